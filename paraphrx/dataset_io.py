@@ -1,0 +1,40 @@
+"""The one way training and evaluation load a prepared paraphrx dataset: a Hub id or a local folder.
+
+`make prep` writes a folder in Hub layout (parquet shards + a README card whose `configs:` header names the splits),
+so `load_dataset("data/paraphrx-alpaca", split="bucket1_4")` and `load_dataset("user/paraphrx-alpaca",
+split="bucket1_4")` read the same thing. The token for private Hub datasets comes from `HF_TOKEN` (huggingface_hub
+reads it from the environment itself); nothing here logs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+# Columns every prepared split carries (the data contract; README "Prepared dataset").
+TEXT_COLUMNS = ("prompt", "completion")
+META_COLUMNS = ("prompt_count", "source", "instruct_type", "bucket", "task_score", "reference")
+
+
+def load_prepared(dataset: str, split: str, revision: str | None = None, buckets: tuple[int, ...] | None = None) -> Dataset:
+    """Load one split of a prepared dataset by Hub id or local path; optionally keep only some buckets."""
+    local = Path(dataset)
+    if local.exists() and not (local / "README.md").exists():
+        raise FileNotFoundError(f"{dataset}: folder has no README.md dataset card; build it with `make prep`")
+    ds = load_dataset(str(local) if local.exists() else dataset, split=split, revision=revision)
+    if buckets is not None:
+        keep = set(buckets)
+        ds = ds.filter(lambda b: b in keep, input_columns="bucket", desc=f"buckets {sorted(keep)}")
+    return ds
+
+
+def dataset_fingerprint(dataset: str, revision: str | None = None) -> dict:
+    """What a run records about its data: the id or path, the Hub revision if any, and the card's input checksums."""
+    info: dict = {"dataset": dataset, "revision": revision}
+    card = Path(dataset) / "README.md"
+    if card.exists():
+        import hashlib
+
+        info["card_sha256"] = hashlib.sha256(card.read_bytes()).hexdigest()
+    return info
