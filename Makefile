@@ -9,7 +9,7 @@ DATA_PATHS ?= data/alpaca_gemma-2-2b-it.json
 DATASET    ?= data/paraphrx-alpaca
 PREP_ARGS  ?=
 
-.PHONY: env prep demo test clean
+.PHONY: env prep demo test clean eval eval-tiny
 
 env: $(VENV)/.installed
 
@@ -23,8 +23,54 @@ $(VENV)/.installed: pyproject.toml
 prep: env
 	$(BIN)/python -m prep --data_paths $(DATA_PATHS) --output_dir $(DATASET) $(PREP_ARGS)
 
+# Prep at users' scale (synthetic 10k prompts x 300 paraphrases, ~1.8 GB, under /tmp) vs the naive way; see benchmarks/RESULTS.md.
+.PHONY: bench-prep
+BENCH_PREP_ARGS ?=
+bench-prep: env
+	$(BIN)/python benchmarks/bench_prep.py $(BENCH_PREP_ARGS)
+
+# Stage 2: QLoRA SFT, one run per recipe -> outputs/<run_name>/ (README "Training").
+# Offline runs use a tiny Gemma-2 built here from the shipped data (no download).
+TINY_MODEL        ?= models/tiny-gemma2
+BUCKET_RECIPES    := bucket1 bucket1-2 bucket1-3 bucket1-4 bucket1-5
+ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
+TRAIN_ARGS        ?=
+
+.PHONY: tiny-model train-tiny train-all
+tiny-model: $(TINY_MODEL)/config.json
+
+$(TINY_MODEL)/config.json: | env
+	$(BIN)/python -m paraphrx.tiny_gemma --output_dir $(TINY_MODEL)
+
+# The five tiny recipes on the CPU (a few seconds each); reruns replace the previous tiny runs.
+train-tiny: tiny-model prep
+	for r in $(BUCKET_RECIPES); do \
+		$(BIN)/python train_sft.py recipes/tiny/$$r.yaml --dataset_name $(DATASET) \
+			--model_name_or_path $(TINY_MODEL) --overwrite_output_dir true $(TRAIN_ARGS) || exit 1; \
+	done
+
+# The five gemma-2-2b-it runs, one after another; finished runs are skipped, killed ones resume.
+train-all: env
+	for r in $(BUCKET_RECIPES); do \
+		if [ -f outputs/$$r/run_complete.json ]; then echo "outputs/$$r is finished, skipping"; continue; fi; \
+		$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) train_sft.py recipes/$$r.yaml \
+			--dataset_name $(DATASET) $(TRAIN_ARGS) || exit 1; \
+	done
+
 # The offline demo: everything runs on this machine, nothing is downloaded.
-demo: prep
+demo: prep train-tiny eval-tiny
+
+# Evaluation: the base model and each adapter answer every test paraphrase -> outputs/eval/<name>/report.md.
+# Adapters: every outputs/bucket*/ (real runs); the tiny demo's outputs/tiny-bucket*/ with short answers (~1 min).
+EVAL_ARGS    ?=
+TINY_ADAPTERS = $(patsubst %/adapter_config.json,%,$(sort $(wildcard outputs/tiny-bucket*/adapter_config.json)))
+
+eval: env
+	$(BIN)/python evaluate_paraphrx.py --dataset $(DATASET) $(EVAL_ARGS)
+
+eval-tiny: env
+	$(BIN)/python evaluate_paraphrx.py --dataset $(DATASET) --adapters $(TINY_ADAPTERS) --output_name tiny \
+		--max_new_tokens 16 --max_paraphrases_per_prompt 60 $(EVAL_ARGS)
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -17,12 +17,28 @@ TEXT_COLUMNS = ("prompt", "completion")
 META_COLUMNS = ("prompt_count", "source", "instruct_type", "bucket", "task_score", "reference")
 
 
+def local_splits(folder: Path) -> dict[str, list[str]]:
+    """The splits of a prepared folder, from its shard names (`data/<split>-00000-of-00001.parquet`)."""
+    splits: dict[str, list[str]] = {}
+    for shard in sorted((folder / "data").glob("*.parquet")):
+        splits.setdefault(shard.name.rsplit("-", 3)[0], []).append(str(shard))
+    return splits
+
+
 def load_prepared(dataset: str, split: str, revision: str | None = None, buckets: tuple[int, ...] | None = None) -> Dataset:
     """Load one split of a prepared dataset by Hub id or local path; optionally keep only some buckets."""
     local = Path(dataset)
-    if local.exists() and not (local / "README.md").exists():
-        raise FileNotFoundError(f"{dataset}: folder has no README.md dataset card; build it with `make prep`")
-    ds = load_dataset(str(local) if local.exists() else dataset, split=split, revision=revision)
+    if local.exists():
+        if not (local / "README.md").exists():
+            raise FileNotFoundError(f"{dataset}: folder has no README.md dataset card; build it with `make prep`")
+        splits = local_splits(local)
+        if split not in splits:
+            raise ValueError(f"{dataset}: no split {split!r} (it has: {', '.join(sorted(splits)) or 'none'})")
+        # Naming the shard files makes the datasets cache key on their paths and modification times: a folder that
+        # `make prep` rebuilt under the same name is read anew instead of served from the old build's cache.
+        ds = load_dataset("parquet", data_files={split: splits[split]}, split=split)
+    else:
+        ds = load_dataset(dataset, split=split, revision=revision)
     if buckets is not None:
         keep = set(buckets)
         ds = ds.filter(lambda b: b in keep, input_columns="bucket", desc=f"buckets {sorted(keep)}")

@@ -1,0 +1,330 @@
+"""Training speed, side by side in one run: the seed recipe, TRL's best knobs, and this project's GPU path.
+
+    python benchmarks/bench_train.py                 # on a GPU: gemma-2-2b-it's exact shapes, random weights
+    python benchmarks/bench_train.py --tiny --device cpu --steps 2 --warmup 1 --configs seed   # plumbing smoke test
+
+Every configuration trains the same pre-tokenized examples (Alpaca-like lengths: prompt median ~45, completion
+median ~180 tokens), 16 examples per optimizer step, LoRA r16/α32/dropout 0.05 on the 7 projections of an NF4
+double-quantized base, AdamW lr 2e-4:
+  seed  the seed recipe: transformers Trainer + peft, eager attention, padded micro-batch 4 x accumulation 4,
+        gradient checkpointing, bf16.
+  trl   TRL 1.16 by configuration alone: SFTTrainer, padding-free 16-sequence batches, flex attention, Liger kernels,
+        no checkpointing (DESIGN.md's best knob setting).
+  ours  `train_sft.py`'s own GPU path: `paraphrx.training.build_model_and_trainer` with recipe `fast_path: on`.
+Each runs in its own process (clean memory and compile caches). Throughput counts real (non-pad) tokens over the
+timed optimizer steps, wall clock from the end of the last warm-up step to the end of the last step. MFU is
+6·N·tokens/s over the bf16 matmul rate measured in this run. The last lines print the table and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CONFIGS = ("seed", "trl", "ours")
+EXAMPLES_PER_STEP = 16
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# google/gemma-2-2b-it's config.json, written out so nothing is downloaded.
+GEMMA2_2B = dict(
+    vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
+    rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False, query_pre_attn_scalar=256, sliding_window=4096,
+    final_logit_softcapping=30.0, attn_logit_softcapping=50.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    tie_word_embeddings=True,
+)
+
+
+def build_model_dir(path: Path, tiny: bool, device: str) -> Path:
+    """Save a Gemma-2 with random weights (gemma-2-2b-it's shapes, or tiny) plus a tokenizer, like a Hub folder."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from paraphrx.tiny_gemma import build_tokenizer, save_tiny_gemma
+
+    if (path / "config.json").exists():
+        return path
+    if tiny:
+        return save_tiny_gemma(path)
+    tokenizer = build_tokenizer([REPO / "data" / "alpaca_gemma-2-2b-it.json"])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B)).to(torch.bfloat16)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)  # token ids in the data are drawn directly; the tokenizer supplies <pad>/<eos>
+    del model
+    return path
+
+
+def synthetic_examples(num: int, vocab: int, seed: int = 0, max_length: int = 1024) -> list[dict]:
+    """Pre-tokenized examples with Alpaca-like lognormal lengths; ids avoid the special tokens (0..9)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    prompt_len = np.clip(rng.lognormal(np.log(45), 0.5, num), 8, 256).astype(int)
+    completion_len = np.clip(rng.lognormal(np.log(180), 0.6, num), 4, max_length - 256).astype(int)
+    rows = []
+    for p, c in zip(prompt_len, completion_len):
+        ids = [2] + rng.integers(10, vocab, p + c - 1).tolist()  # <bos> + prompt + completion
+        rows.append({"input_ids": ids, "completion_mask": [0] * p + [1] * c})
+    return rows
+
+
+def measure_matmul_tflops(device: str) -> float:
+    """bf16 8192^3 matmul rate on this device (mean of 10 after warm-up), the MFU denominator."""
+    import torch
+
+    if device != "cuda":
+        return float("nan")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The three trainers. Each returns a transformers Trainer ready to `.train()`.
+
+
+def _nf4_config(torch):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+
+
+def _lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+
+
+def _common_args(out: str, steps: int, on_gpu: bool) -> dict:
+    return dict(
+        output_dir=out, max_steps=steps, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=1,
+        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-6, weight_decay=0.0, logging_steps=10_000,
+        save_strategy="no", eval_strategy="no", report_to="none", bf16=on_gpu, use_cpu=not on_gpu,
+        dataloader_pin_memory=on_gpu, seed=0, disable_tqdm=True,
+    )
+
+
+def build_seed_trainer(model_dir, rows, out, steps, on_gpu):
+    """The seed: plain Trainer + peft LoRA on NF4, eager, padded micro-batch 4 x 4, gradient checkpointing."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=_nf4_config(torch), dtype=torch.bfloat16, attn_implementation="eager",
+        device_map={"": 0} if on_gpu else None,
+    )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = get_peft_model(model, _lora())
+
+    def collate(batch):  # pad to the longest, right side; labels mask prompt and padding
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            att[i, :n] = 1
+            keep = torch.tensor(b["completion_mask"], dtype=torch.bool)
+            labels[i, :n] = torch.where(keep, ids[i, :n], -100)
+        return {"input_ids": ids, "attention_mask": att, "labels": labels}
+
+    args = TrainingArguments(per_device_train_batch_size=4, gradient_accumulation_steps=4,
+                             remove_unused_columns=False, **_common_args(out, steps, on_gpu))
+    return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate)
+
+
+def build_trl_trainer(model_dir, rows, out, steps, on_gpu):
+    """TRL by configuration alone: padding-free, flex attention, Liger kernels, no checkpointing."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=_nf4_config(torch), dtype=torch.bfloat16,
+        attn_implementation="flex_attention" if on_gpu else "eager", device_map={"": 0} if on_gpu else None,
+    )
+    args = SFTConfig(per_device_train_batch_size=16, gradient_accumulation_steps=1, padding_free=True,
+                     gradient_checkpointing=False, use_liger_kernel=on_gpu, max_length=None,
+                     **_common_args(out, steps, on_gpu))
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
+
+
+def build_ours_trainer(model_dir, rows, out, steps, on_gpu, variant=""):
+    """This project's GPU path (paraphrx.fast_path): NF4 dequantized once, padding-free + flex, compiled layers."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from paraphrx.fast_path import FAST_ATTN_IMPLEMENTATION, FAST_SFT_SETTINGS, compile_decoder_layers, dequantize_frozen_base
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=_nf4_config(torch), dtype=torch.bfloat16,
+        attn_implementation=FAST_ATTN_IMPLEMENTATION if on_gpu else "eager", device_map={"": 0} if on_gpu else None,
+    )
+    if "nodequant" not in variant:
+        dequantize_frozen_base(model)
+    settings = dict(FAST_SFT_SETTINGS)
+    if "liger" in variant:
+        settings["use_liger_kernel"] = True
+    args = SFTConfig(per_device_train_batch_size=16, gradient_accumulation_steps=1, max_length=None,
+                     **settings, **_common_args(out, steps, on_gpu))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
+    if on_gpu and "nocompile" not in variant:
+        mode = next((m for m in ("split", "mlp") if m in variant), "whole")
+        compile_decoder_layers(trainer.model, mode=mode)
+    return trainer
+
+
+BUILDERS = {"seed": build_seed_trainer, "trl": build_trl_trainer, "ours": build_ours_trainer}
+
+
+def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bool, result_path: Path) -> None:
+    """Train one configuration and write its throughput figures as JSON."""
+    import torch
+    from transformers import TrainerCallback
+
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    rows = synthetic_examples(EXAMPLES_PER_STEP * (steps + warmup), vocab)
+    with tempfile.TemporaryDirectory() as out:
+        name, _, variant = config.partition("+")  # e.g. "ours+nocompile": exploration variants of a builder
+        builder = BUILDERS[name]
+        kwargs = {"variant": variant} if variant else {}
+        trainer = builder(model_dir, rows, out, steps + warmup, on_gpu, **kwargs)
+
+        tokens = {"count": 0, "timed": 0}
+        original_step = trainer.training_step
+
+        def counting_step(model, inputs, *args, **kwargs):  # real tokens: ids drawn >= 10, padding is 0
+            tokens["count"] += int((inputs["input_ids"] != 0).sum())
+            return original_step(model, inputs, *args, **kwargs)
+
+        trainer.training_step = counting_step
+        marks: dict = {}
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if on_gpu:
+                    torch.cuda.synchronize()
+                if state.global_step == warmup:
+                    marks["start"] = time.perf_counter()
+                    tokens["timed"] = -tokens["count"]
+                if state.global_step == warmup + steps:
+                    marks["end"] = time.perf_counter()
+                    tokens["timed"] += tokens["count"]
+                marks.setdefault("losses", []).append(state.log_history[-1].get("loss") if state.log_history else None)
+
+        trainer.add_callback(Clock())
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        output = trainer.train()
+        seconds = marks["end"] - marks["start"]
+        result = {
+            "config": config,
+            "tokens_per_s": tokens["timed"] / seconds,
+            "seconds": seconds,
+            "timed_tokens": tokens["timed"],
+            "timed_steps": steps,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan"),
+            "train_loss": output.training_loss,
+            "params": sum(p.numel() for p in trainer.model.parameters()),
+        }
+    result_path.write_text(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma list of: " + ", ".join(CONFIGS))
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (compile, allocator)")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--tiny", action="store_true", help="tiny Gemma-2 instead of gemma-2-2b's shapes")
+    parser.add_argument("--model_dir", type=Path, default=None, help="reuse a saved random model folder")
+    parser.add_argument("--json", type=Path, default=None, help="also write all results here")
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_result", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    on_gpu = args.device == "cuda"
+
+    if args._worker:
+        run_worker(args._worker, args.model_dir, args.steps, args.warmup, on_gpu, args._result)
+        return
+
+    import torch
+
+    model_dir = args.model_dir or Path(tempfile.gettempdir()) / ("paraphrx-bench-tiny" if args.tiny else "paraphrx-bench-gemma2-2b")
+    build_model_dir(model_dir, args.tiny, args.device)
+    matmul_tflops = measure_matmul_tflops(args.device)
+    gpu = torch.cuda.get_device_name() if on_gpu else "cpu"
+    print(f"device: {gpu}; bf16 matmul {matmul_tflops:.0f} TFLOP/s; torch {torch.__version__}", flush=True)
+
+    results = []
+    for config in args.configs.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            cmd = [sys.executable, __file__, "--_worker", config, "--_result", tmp.name, "--model_dir", str(model_dir),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if proc.returncode != 0:
+                print(f"[{config}] FAILED with exit code {proc.returncode}", flush=True)
+                continue
+            r = json.loads(Path(tmp.name).read_text())
+            r["wall_s"] = time.perf_counter() - t0
+            results.append(r)
+            print(f"[{config}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
+                  f"loss {r['train_loss']:.4f}, process {r['wall_s']:.0f} s", flush=True)
+
+    n_base = sum(v for k, v in _param_count(model_dir).items())
+    by_name = {r["config"]: r for r in results}
+    print(f"\n{'config':<6} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}   (N = {n_base / 1e9:.2f}B, 16 examples/step)")
+    for r in results:
+        mfu = 6 * n_base * r["tokens_per_s"] / (matmul_tflops * 1e12)
+        r["mfu"] = mfu
+        print(f"{r['config']:<6} {r['tokens_per_s']:>10.0f} {r['peak_gib']:>9.1f} {mfu:>6.1%}")
+    for num, den in (("ours", "seed"), ("ours", "trl"), ("trl", "seed")):
+        if num in by_name and den in by_name:
+            print(f"ratio {num}/{den}: {by_name[num]['tokens_per_s'] / by_name[den]['tokens_per_s']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"device": gpu, "matmul_tflops": matmul_tflops, "results": results}, indent=2))
+
+
+def _param_count(model_dir: Path) -> dict:
+    """Parameters of the base model from its config (embeddings tied), without loading it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return {"all": sum(p.numel() for p in model.parameters())}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""What a run reports besides the loss: perplexity, peak memory, loguru lines, and early stopping that says so."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+
+import torch
+from loguru import logger
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+
+def peak_memory_metrics() -> dict[str, float]:
+    """Peak GPU memory allocated by torch on CUDA; peak resident set size of this process on the CPU."""
+    if torch.cuda.is_available():
+        return {"gpu_max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+    return {"cpu_max_rss_gib": round(rss_bytes / 2**30, 3)}
+
+
+def add_run_metrics(logs: dict[str, float]) -> dict[str, float]:
+    """Add perplexity = exp(loss) next to every (eval) loss and the peak memory, in place, before logs are reported."""
+    for loss_key, ppl_key in (("loss", "perplexity"), ("eval_loss", "eval_perplexity")):
+        if loss_key in logs:
+            logs[ppl_key] = math.exp(min(logs[loss_key], 700.0))  # exp overflows float past ~709
+    logs.update(peak_memory_metrics())
+    return logs
+
+
+def _format(logs: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+
+
+class LoguruCallback(TrainerCallback):
+    """Every Trainer log (loss, eval loss, perplexity, learning rate, memory) as one loguru line on the main process."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            logger.info("training: {} optimizer steps, {} epochs", state.max_steps, args.num_train_epochs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            logger.info("step {}/{} | {}", state.global_step, state.max_steps, _format(logs))
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            logger.info("checkpoint saved at step {}", state.global_step)
+
+
+class LoggingEarlyStoppingCallback(EarlyStoppingCallback):
+    """transformers' EarlyStoppingCallback, plus a log line when it stops the run."""
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        stopped = self.early_stopping_patience_counter >= self.early_stopping_patience
+        if stopped and state.is_world_process_zero:
+            logger.info(
+                "early stopping at step {}: {} did not improve for {} evaluations (best {:.4g})",
+                state.global_step,
+                args.metric_for_best_model,
+                self.early_stopping_patience,
+                state.best_metric,
+            )
+
+
+def build_callbacks(training_args) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = [LoguruCallback()]
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(
+            LoggingEarlyStoppingCallback(
+                early_stopping_patience=training_args.early_stopping_patience,
+                early_stopping_threshold=training_args.early_stopping_threshold,
+            )
+        )
+    return callbacks

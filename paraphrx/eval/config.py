@@ -1,0 +1,79 @@
+"""The evaluation's dataclasses: what to evaluate and how (`EvalArguments`) plus TRL's `ModelConfig` for loading.
+
+`EvalModelConfig` adds only `trust_remote_code` (off unless turned on) and a bf16 default: TRL's float32 default is
+right for nothing we evaluate on a GPU. When an adapter folder holds the `recipe.yaml` its training resolved, the
+model keys of that recipe (dtype, 4-bit, attention) replace these, so the adapter runs on the base it trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import ModelConfig
+
+
+@dataclass
+class EvalArguments:
+    dataset: str = field(
+        default="data/paraphrx-alpaca", metadata={"help": "Prepared dataset: local folder (`make prep`) or Hub id."}
+    )
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the prepared dataset."})
+    split: str = field(default="test", metadata={"help": "Split whose paraphrases are answered (every bucket)."})
+    adapters: list[str] | None = field(
+        default=None,
+        metadata={"help": "Adapter folders to evaluate (default: every outputs/bucket*/ with an adapter_config.json). "
+                          "Each is named after its folder."},
+    )
+    include_base: bool = field(default=True, metadata={"help": "Also evaluate the base model without any adapter."})
+    merge_adapters: bool = field(
+        default=False,
+        metadata={"help": "Fold each adapter into the base with merge_and_unload() (reloads the base per adapter; "
+                          "on a 4-bit base the merged weights are re-rounded, so results differ slightly)."},
+    )
+    use_recipe_model_config: bool = field(
+        default=True,
+        metadata={"help": "Load the base as the adapter's recipe.yaml did (dtype, 4-bit, attention) when present."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call (left-padded)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Greedy answer length limit in tokens."})
+    max_prompts: int | None = field(
+        default=None, metadata={"help": "Quick runs: keep only the first N prompts of each source."}
+    )
+    max_paraphrases_per_prompt: int | None = field(
+        default=None,
+        metadata={"help": "Quick runs: keep at most N paraphrases per prompt, the original first, then spread "
+                          "evenly over the buckets."},
+    )
+    output_dir: str = field(default="outputs/eval", metadata={"help": "Results land in <output_dir>/<output_name>/."})
+    output_name: str | None = field(
+        default=None, metadata={"help": "Results folder name (default: the dataset's name, e.g. paraphrx-alpaca)."}
+    )
+    cache_dir: str = field(
+        default="outputs/eval/.cache",
+        metadata={"help": "Generation cache, keyed by model+adapter identity, prompt and generation settings."},
+    )
+    use_cache: bool = field(default=True, metadata={"help": "Reuse cached generations and add new ones."})
+    recompute_metrics_only: bool = field(
+        default=False,
+        metadata={"help": "Re-score <output_dir>/<output_name>/generations.jsonl and rewrite the report; "
+                          "loads no model and generates nothing."},
+    )
+    log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_new_tokens", "max_prompts", "max_paraphrases_per_prompt"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}")
+
+
+@dataclass
+class EvalModelConfig(ModelConfig):
+    dtype: str | None = field(
+        default="bfloat16",
+        metadata={"help": "Weights (and 4-bit compute) dtype when no recipe.yaml says otherwise.",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code from the Hub repo (off: only transformers' own classes)."}
+    )

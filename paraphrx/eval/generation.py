@@ -1,0 +1,158 @@
+"""Load the base model once, attach the adapters, and answer prompts greedily in left-padded batches.
+
+The upstream code cut each output at its attention-mask length, which in a left-padded batch lands inside the
+prompt for every row shorter than the longest; here every row of a batch is cut at `input_ids.shape[1]`, the padded
+prompt length, which is where generated tokens start for all rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from loguru import logger
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+if TYPE_CHECKING:  # TRL only for loading: the benchmark imports this module where TRL may be absent
+    from trl import ModelConfig
+
+BASE = "base"
+
+
+def load_tokenizer(model_args: ModelConfig):
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=getattr(model_args, "trust_remote_code", False)
+    )
+    tokenizer.padding_side = "left"  # generated tokens must follow the prompt directly in every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_args: ModelConfig):
+    """The base as the adapters were trained on it: TRL's ModelConfig decides dtype, 4-bit NF4 and attention."""
+    from trl import get_quantization_config
+
+    quantization_config = get_quantization_config(model_args)
+    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype),
+        # Gemma-2 needs eager attention for logit soft-capping; transformers 5.24 refuses sdpa for it anyway.
+        attn_implementation=model_args.attn_implementation or "eager",
+        quantization_config=quantization_config,
+        device_map=device_map,
+        trust_remote_code=getattr(model_args, "trust_remote_code", False),
+    )
+    model.eval()
+    return model
+
+
+def attach_adapters(model, adapters: dict[str, Path]):
+    """Wrap the base once in a PeftModel holding every adapter under its name (switch with `active_model`)."""
+    from peft import PeftModel
+
+    peft_model = None
+    for name, path in adapters.items():
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+        else:
+            peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    if peft_model is not None:
+        peft_model.eval()
+    return peft_model or model
+
+
+def merge_adapter(model, adapter_path: Path):
+    """`merge_and_unload()`: one adapter folded into the base weights (on a 4-bit base, re-rounded to NF4)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False).merge_and_unload().eval()
+
+
+@contextmanager
+def active_model(model, name: str) -> Iterator:
+    """Generate as `name`: the base model ("base") with every adapter disabled, or one named adapter."""
+    if not hasattr(model, "peft_config"):
+        yield model
+    elif name == BASE:
+        with model.disable_adapter():
+            yield model
+    else:
+        model.set_adapter(name)
+        yield model
+
+
+def cut_at_input_length(output_ids: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The generated part of `generate`'s output: everything after the (left-padded) prompt columns."""
+    return output_ids[:, input_ids.shape[1]:]
+
+
+def greedy_config(model, tokenizer, max_new_tokens: int, **overrides):
+    """The model's generation config, made greedy; its eos ids stay (gemma: both <eos> and <end_of_turn>)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **overrides)
+    if config.eos_token_id is None:
+        config.eos_token_id = tokenizer.eos_token_id
+    return config
+
+
+def generate_batched(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int = 32,
+    max_new_tokens: int = 256,
+    on_batch: Callable[[list[str], list[str]], None] | None = None,
+    desc: str = "generate",
+    **generate_kwargs,
+) -> list[str]:
+    """Greedy answers to `prompts`, in their order. Prompts are sorted by length so batches carry little padding;
+    the longest go first so an out-of-memory batch size fails at once. `on_batch(prompts, answers)` sees each batch
+    as it finishes (the cache appends there)."""
+    if tokenizer.padding_side != "left":
+        raise ValueError("generate_batched needs tokenizer.padding_side == 'left'")
+    config = greedy_config(model, tokenizer, max_new_tokens, **generate_kwargs)
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    answers: list[str | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not prompts):
+        index = order[start:start + batch_size]
+        batch = [prompts[i] for i in index]
+        inputs = tokenizer(batch, padding=True, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            output = model.generate(**inputs, generation_config=config)
+        texts = tokenizer.batch_decode(cut_at_input_length(output, inputs["input_ids"]), skip_special_tokens=True)
+        for i, text in zip(index, texts):
+            answers[i] = text
+        if on_batch is not None:
+            on_batch(batch, texts)
+    return answers
+
+
+def generate_per_example(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, **generate_kwargs) -> list[str]:
+    """The reference path: one unpadded `generate` call per prompt (what the batched path must reproduce)."""
+    config = greedy_config(model, tokenizer, max_new_tokens, **generate_kwargs)
+    device = next(model.parameters()).device
+    answers = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            output = model.generate(**inputs, generation_config=config)
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return answers
+
+
+def log_model(model_args: ModelConfig) -> None:
+    quant = "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "no quantization"
+    logger.info("base {} ({}, dtype {}, attention {})", model_args.model_name_or_path, quant, model_args.dtype,
+                model_args.attn_implementation or "eager")
+

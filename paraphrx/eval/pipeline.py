@@ -1,0 +1,281 @@
+"""The evaluation run: test rows -> greedy answers per model (cached) -> per-answer scores -> report folder."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+from loguru import logger
+
+from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity
+from paraphrx.eval.config import EvalArguments, EvalModelConfig
+from paraphrx.eval.generation import (
+    BASE, active_model, attach_adapters, generate_batched, load_base_model, load_tokenizer, log_model, merge_adapter,
+)
+from paraphrx.eval.metrics import score_answer
+from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
+
+REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
+ROW_FIELDS = REQUIRED_COLUMNS + ("task_score",)
+# The recipe keys that decide how the base is loaded (TRL ModelConfig fields).
+RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
+                     "use_bnb_nested_quant", "bnb_4bit_quant_storage")
+ORIGINAL = "instruction_original"
+
+
+class EvalError(Exception):
+    """Bad input: the message names the file, row and field; the entry point prints it on one line."""
+
+
+# --- what to evaluate ------------------------------------------------------------------------------------------------
+def discover_adapters(paths: list[str] | None, default_glob: str = "outputs/bucket*") -> dict[str, Path]:
+    """Adapter folders by name (the folder's name). Without `paths`, every `outputs/bucket*` with an adapter."""
+    if paths is None:
+        found = sorted(p for p in Path().glob(default_glob) if (p / "adapter_config.json").exists())
+    else:
+        found = [Path(p) for p in paths]
+    adapters: dict[str, Path] = {}
+    for path in found:
+        if not (path / "adapter_config.json").is_file():
+            raise EvalError(f"{path}: no adapter_config.json (expected a PEFT adapter folder saved by train_sft.py)")
+        if path.name in adapters or path.name == BASE:
+            raise EvalError(f"{path}: adapter name {path.name!r} is already taken; adapter folder names must differ")
+        adapters[path.name] = path
+    return adapters
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise EvalError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise EvalError(f"{path}: expected a mapping of recipe keys")
+    return data
+
+
+def resolve_model_config(model_args: EvalModelConfig, adapters: dict[str, Path], use_recipe: bool) -> EvalModelConfig:
+    """Fill the base model from the adapters' `base_model_name_or_path` and, with `use_recipe`, the loading keys
+    from their `recipe.yaml`. All adapters must share one base and one way of loading it (it is loaded once)."""
+    bases, loading = {}, {}
+    for name, path in adapters.items():
+        config_file = path / "adapter_config.json"
+        try:
+            bases[name] = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise EvalError(f"{config_file}: unreadable or missing field 'base_model_name_or_path' ({err})") from None
+        recipe = path / "recipe.yaml"
+        if use_recipe and recipe.exists():
+            data = _read_yaml(recipe)
+            loading[name] = {k: data[k] for k in RECIPE_MODEL_KEYS if k in data}
+    if model_args.model_name_or_path is None:
+        if not bases:
+            raise EvalError("no model: pass --model_name_or_path or --adapters (no outputs/bucket*/ adapter found)")
+        model_args.model_name_or_path = next(iter(bases.values()))
+    for name, base in bases.items():
+        if base != model_args.model_name_or_path:
+            raise EvalError(f"{adapters[name] / 'adapter_config.json'}: field 'base_model_name_or_path' is {base!r}, "
+                            f"but the evaluated base is {model_args.model_name_or_path!r}; evaluate them separately")
+    if loading:
+        first_name, first = next(iter(loading.items()))
+        for name, keys in loading.items():
+            if keys != first:
+                raise EvalError(f"{adapters[name] / 'recipe.yaml'}: model keys {keys} differ from {first_name}'s "
+                                f"{first}; pass --use_recipe_model_config false and set them on the command line")
+        for key, value in first.items():
+            if getattr(model_args, key) != value:
+                logger.info("{} = {!r} from {}'s recipe.yaml", key, value, first_name)
+            setattr(model_args, key, value)
+    return model_args
+
+
+# --- the test rows ---------------------------------------------------------------------------------------------------
+def load_rows(eval_args: EvalArguments) -> list[dict]:
+    """The split's rows as dicts, checked field by field, then cut down by --max_prompts / --max_paraphrases_..."""
+    where = f"{eval_args.dataset} split {eval_args.split!r}"
+    try:
+        ds = load_prepared(eval_args.dataset, eval_args.split, revision=eval_args.dataset_revision)
+    except (FileNotFoundError, ValueError) as err:
+        raise EvalError(f"{where}: {str(err).splitlines()[0]}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise EvalError(f"{where}: missing column(s) {missing}; rebuild it with `make prep`")
+    rows = ds.select_columns([c for c in ROW_FIELDS if c in ds.column_names]).to_list()
+    for i, row in enumerate(rows):
+        if row["bucket"] not in (1, 2, 3, 4, 5):
+            raise EvalError(f"{where} row {i}: field 'bucket' is {row['bucket']!r}, expected 1..5")
+        for key in ("prompt", "source", "instruct_type"):
+            if not isinstance(row[key], str) or not row[key]:
+                raise EvalError(f"{where} row {i}: field {key!r} is empty")
+        if not isinstance(row["reference"], str):
+            raise EvalError(f"{where} row {i}: field 'reference' is not a string")
+    if not rows:
+        raise EvalError(f"{where}: no rows")
+    return select_rows(rows, eval_args.max_prompts, eval_args.max_paraphrases_per_prompt)
+
+
+def select_rows(rows: list[dict], max_prompts: int | None, max_per_prompt: int | None) -> list[dict]:
+    """The first `max_prompts` prompts of each source (by prompt_count) and at most `max_per_prompt` rows of each:
+    the original wording first, then one row per bucket in turn, so every bucket stays represented."""
+    prompts: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        prompts[(row["source"], row["prompt_count"])].append(row)
+    kept_per_source: dict[str, int] = defaultdict(int)
+    selected = []
+    for (source, _), group in sorted(prompts.items()):
+        if max_prompts is not None and kept_per_source[source] >= max_prompts:
+            continue
+        kept_per_source[source] += 1
+        if max_per_prompt is not None and len(group) > max_per_prompt:
+            by_bucket = defaultdict(list)
+            for row in group:
+                if row["instruct_type"] != ORIGINAL:
+                    by_bucket[row["bucket"]].append(row)
+            interleaved = [r for r in group if r["instruct_type"] == ORIGINAL]
+            while any(by_bucket.values()):
+                interleaved += [by_bucket[b].pop(0) for b in sorted(by_bucket) if by_bucket[b]]
+            group = interleaved[:max_per_prompt]
+        selected.extend(group)
+    return selected
+
+
+# --- answers ---------------------------------------------------------------------------------------------------------
+def loading_settings(model_args: EvalModelConfig, eval_args: EvalArguments) -> dict:
+    """Everything besides the weights that decides a greedy answer (part of the cache key and the summary)."""
+    return {
+        **{k: getattr(model_args, k) for k in RECIPE_MODEL_KEYS},
+        "attn_implementation": model_args.attn_implementation or "eager",
+        "merged": eval_args.merge_adapters,
+        "max_new_tokens": eval_args.max_new_tokens,
+        "decoding": "greedy",
+    }
+
+
+def generate_answers(prompts: list[str], models: dict[str, Path | None], model_args: EvalModelConfig,
+                     eval_args: EvalArguments, cache_dir: Path) -> tuple[dict[str, dict[str, str]], dict]:
+    """{model name: {prompt: answer}} for every model, generating only what the cache lacks; and each identity."""
+    base = base_identity(model_args.model_name_or_path, model_args.model_revision)
+    settings = loading_settings(model_args, eval_args)
+    caches = {
+        name: GenerationCache(cache_dir, {**base, "adapter": adapter_identity(path) if path else None,
+                                          "settings": settings})
+        for name, path in models.items()
+    }
+    todo = {name: cache.missing(prompts) for name, cache in caches.items()}
+    for name, cache in caches.items():
+        logger.info("{}: {} of {} prompts cached", name, len(prompts) - len(todo[name]), len(prompts))
+    if any(todo.values()):
+        log_model(model_args)
+        tokenizer = load_tokenizer(model_args)
+        if eval_args.merge_adapters:
+            for name, path in models.items():
+                if todo[name]:
+                    model = load_base_model(model_args)
+                    model = merge_adapter(model, path) if path else model
+                    _generate(model, tokenizer, name, todo[name], caches[name], eval_args)
+                    del model
+                    _free_memory()
+        else:
+            model = attach_adapters(load_base_model(model_args),
+                                    {n: p for n, p in models.items() if p is not None and todo[n]})
+            for name in models:
+                if todo[name]:
+                    with active_model(model, name) as active:
+                        _generate(active, tokenizer, name, todo[name], caches[name], eval_args)
+            del model
+            _free_memory()
+    answers = {name: {p: cache.get(p) for p in prompts} for name, cache in caches.items()}
+    identities = {name: {"cache_key": cache.key, **cache.identity} for name, cache in caches.items()}
+    return answers, identities
+
+
+def _generate(model, tokenizer, name, prompts, cache, eval_args) -> None:
+    logger.info("{}: generating {} answers (batch {}, max {} new tokens)", name, len(prompts), eval_args.batch_size,
+                eval_args.max_new_tokens)
+    generate_batched(model, tokenizer, prompts, batch_size=eval_args.batch_size,
+                     max_new_tokens=eval_args.max_new_tokens, on_batch=cache.add, desc=name)
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- scores ----------------------------------------------------------------------------------------------------------
+def score_records(rows: list[dict], answers: dict[str, dict[str, str]]) -> list[dict]:
+    """One record per (model, row): the row's fields, the generation and its scores."""
+    return [
+        score_record({"model": name, **row, "generation": by_prompt[row["prompt"]]})
+        for name, by_prompt in answers.items() for row in rows
+    ]
+
+
+def score_record(record: dict) -> dict:
+    return {**record, **score_answer(record["generation"], record["reference"], record["source"])}
+
+
+def read_generations(path: Path) -> list[dict]:
+    """Records of an earlier run (for --recompute_metrics_only), checked line by line."""
+    if not path.exists():
+        raise EvalError(f"{path}: not found; run the evaluation once without --recompute_metrics_only")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EvalError(f"{path}:{line_no}: not JSON ({err.msg})") from None
+            for key in ("model", "generation") + REQUIRED_COLUMNS:
+                if key not in record:
+                    raise EvalError(f"{path}:{line_no}: missing field {key!r}")
+            records.append({k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)})
+    return records
+
+
+# --- the run ---------------------------------------------------------------------------------------------------------
+def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Path:
+    """Evaluate and write `<output_dir>/<output_name>/`; returns that folder."""
+    name = eval_args.output_name or Path(eval_args.dataset.rstrip("/")).name
+    out_dir = Path(eval_args.output_dir) / name
+    if eval_args.recompute_metrics_only:
+        old_summary = out_dir / "summary.json"
+        context = json.loads(old_summary.read_text(encoding="utf-8")).get("run", {}) if old_summary.exists() else {}
+        records = [score_record(r) for r in read_generations(out_dir / GENERATIONS_FILE)]
+        models = list(dict.fromkeys(r["model"] for r in records))
+        logger.info("re-scoring {} generations of {} models from {}", len(records), len(models), out_dir)
+        return write_results(out_dir, records, build_summary(records, models, {**context, "recomputed": True}))
+
+    adapters = discover_adapters(eval_args.adapters)
+    model_args = resolve_model_config(model_args, adapters, eval_args.use_recipe_model_config)
+    models: dict[str, Path | None] = ({BASE: None} if eval_args.include_base else {}) | dict(adapters)
+    if not models:
+        raise EvalError("nothing to evaluate: --include_base false and no adapters")
+    rows = load_rows(eval_args)
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    logger.info("{} rows ({} distinct prompts) x {} models: {}", len(rows), len(prompts), len(models), list(models))
+
+    if eval_args.use_cache:
+        answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(eval_args.cache_dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="paraphrx-eval-") as scratch:
+            answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
+    records = score_records(rows, answers)
+    context = {
+        "dataset": dataset_fingerprint(eval_args.dataset, eval_args.dataset_revision),
+        "split": eval_args.split,
+        "base_model": model_args.model_name_or_path,
+        "settings": loading_settings(model_args, eval_args),
+        "adapters": {n: str(p) for n, p in adapters.items()},
+        "identities": identities,
+        "max_prompts": eval_args.max_prompts,
+        "max_paraphrases_per_prompt": eval_args.max_paraphrases_per_prompt,
+    }
+    return write_results(out_dir, records, build_summary(records, list(models), context))

@@ -1,0 +1,120 @@
+"""Label-mask debug view: which tokens of a few training rows carry loss and which are masked (-100).
+
+    python -m paraphrx.label_mask recipes/tiny/bucket1.yaml --num_examples 3 [--show_tokens] [--any_recipe_key v]
+
+Rows go through SFTTrainer's own dataset preparation (add `<eos>`, tokenize prompt and prompt+completion, build
+`labels`), so what is shown is exactly what trains — only the tokenizer is loaded, never the model. Output is plain
+text (no colours), readable in a terminal and in the log file: runs of masked and trained tokens, the exact
+prompt→completion boundary, and with `--show_tokens` one line per token (`+` trains, `.` is masked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from loguru import logger
+from trl import SFTTrainer
+
+IGNORE_INDEX = -100
+
+
+def sft_prepare(dataset: Dataset, tokenizer, training_args) -> Dataset:
+    """Run SFTTrainer's dataset preparation without building a model.
+
+    `_prepare_dataset` only reads the tokenizer, the completion-only switch and the training chat template from the
+    trainer; tests/test_label_mask.py checks that its output equals a real trainer's `train_dataset`.
+    """
+    trainer = SFTTrainer.__new__(SFTTrainer)
+    trainer._tokenizer = tokenizer
+    trainer.completion_only_loss = (
+        training_args.completion_only_loss
+        if training_args.completion_only_loss is not None
+        else {"prompt", "completion"} <= set(dataset.column_names)
+    )
+    trainer.chat_template = None
+    return trainer._prepare_dataset(dataset, tokenizer, training_args, False, None, "label-mask")
+
+
+def mask_runs(input_ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
+    """Consecutive stretches of (trained?, token ids)."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token, label in zip(input_ids, labels):
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token)
+        else:
+            runs.append((trained, [token]))
+    return runs
+
+
+def render_example(
+    tokenizer, input_ids: list[int], labels: list[int], header: str = "", show_tokens: bool = False
+) -> str:
+    """One example as text: counts, each masked/trained run, the boundary tokens, optionally every token."""
+    trained = sum(label != IGNORE_INDEX for label in labels)
+    lines = [f"{header}tokens={len(input_ids)} masked={len(input_ids) - trained} trained={trained}"]
+    for is_trained, ids in mask_runs(input_ids, labels):
+        tag = "TRAINED" if is_trained else "MASKED "
+        lines.append(f"  {tag} ({len(ids)}): {tokenizer.decode(ids)!r}")
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+    if first is not None:
+        window = range(max(0, first - 3), min(len(input_ids), first + 3))
+        lines.append("  boundary: " + " ".join(_token_cell(tokenizer, input_ids[i], labels[i]) for i in window))
+    if show_tokens:
+        for i, (token, label) in enumerate(zip(input_ids, labels)):
+            mark = "+" if label != IGNORE_INDEX else "."
+            lines.append(f"  {i:5d} {mark} {token:7d} {tokenizer.decode([token])!r}")
+    return "\n".join(lines)
+
+
+def _token_cell(tokenizer, token: int, label: int) -> str:
+    return ("[+]" if label != IGNORE_INDEX else "[.]") + repr(tokenizer.decode([token]))
+
+
+def render_label_mask(
+    dataset: Dataset, tokenizer, training_args, num_examples: int = 3, show_tokens: bool = False
+) -> str:
+    """The debug view for the first `num_examples` rows of a prompt/completion dataset."""
+    rows = dataset.select(range(min(num_examples, len(dataset))))
+    prepared = sft_prepare(rows, tokenizer, training_args)
+    blocks = []
+    for i, (raw, row) in enumerate(zip(rows, prepared)):
+        meta = " ".join(f"{k}={raw[k]}" for k in ("source", "prompt_count", "bucket", "instruct_type") if k in raw)
+        header = f"example {i + 1}: {meta} "
+        blocks.append(render_example(tokenizer, row["input_ids"], row["labels"], header, show_tokens))
+    return "\n\n".join(blocks)
+
+
+@dataclass
+class LabelMaskArguments:
+    num_examples: int = field(default=3, metadata={"help": "How many training rows to show."})
+    show_tokens: bool = field(default=False, metadata={"help": "Also print one line per token."})
+
+
+def main(argv: list[str] | None = None) -> str:
+    from paraphrx.config import RECIPE_DATACLASSES
+    from paraphrx.logs import setup_logging
+    from paraphrx.modeling import load_tokenizer
+    from paraphrx.recipe_cli import parse_recipe_or_exit
+    from paraphrx.training_data import TrainingDataError, load_training_splits
+
+    script_args, training_args, model_args, view_args = parse_recipe_or_exit(
+        argv, (*RECIPE_DATACLASSES, LabelMaskArguments)
+    )
+    setup_logging(f"{training_args.run_name}-label-mask", training_args.log_dir)
+    try:
+        train, _, record = load_training_splits(script_args, training_args.seed, with_eval=False)
+    except TrainingDataError as err:
+        logger.error("{}", err)
+        raise SystemExit(1) from None
+    tokenizer = load_tokenizer(model_args, training_args)
+    text = render_label_mask(train, tokenizer, training_args, view_args.num_examples, view_args.show_tokens)
+    logger.info(
+        "label mask of {}:{} ({})\n{}", record["dataset"], record["train_split"], model_args.model_name_or_path, text
+    )
+    return text
+
+
+if __name__ == "__main__":
+    main()

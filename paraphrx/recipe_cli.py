@@ -1,0 +1,105 @@
+"""Command line → recipe dataclasses, with one-line errors.
+
+Accepts the three launch forms the README shows, each with `--any_key value` overrides on top:
+
+    accelerate launch train_sft.py recipes/bucket1-4.yaml --learning_rate 1e-4
+    python train_sft.py recipes/bucket1-4.yaml
+    python train_sft.py --config recipes/bucket1-4.yaml
+
+`TrlParser` only reads YAML from `--config`, so a leading positional `.yaml` is rewritten into that form. A bad
+recipe (missing file, broken YAML, unknown key, wrong type) becomes one line naming the file and key, exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from trl import TrlParser
+
+from paraphrx.config import RECIPE_DATACLASSES
+
+EXIT_BAD_RECIPE = 2
+
+
+class RecipeError(ValueError):
+    """A recipe or command line that cannot be parsed; the message is one line meant for the user."""
+
+
+class _RecipeParser(TrlParser):
+    """TrlParser whose argparse errors raise instead of printing usage and exiting."""
+
+    def error(self, message: str):  # argparse calls this for bad values and missing arguments
+        raise RecipeError(message)
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """`recipes/x.yaml --k v` → `--config recipes/x.yaml --k v` (TrlParser only knows `--config`)."""
+    argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
+        if "--config" in argv:
+            raise RecipeError(f"give the recipe once: positional {argv[0]!r} and --config both set")
+        argv = ["--config", argv[0], *argv[1:]]
+    return argv
+
+
+def recipe_path(argv: Sequence[str]) -> Path | None:
+    """The recipe file named by `--config` in a normalized argv, if any."""
+    argv = list(argv)
+    if "--config" not in argv:
+        return None
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise RecipeError("--config needs a recipe file")
+    return Path(argv[i + 1])
+
+
+def read_recipe(path: Path, known_keys: set[str]) -> dict:
+    """Load a flat recipe YAML and reject what TrlParser would reject with a long message or a traceback."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of key: value, got {type(data).__name__}")
+    unknown = [key for key in data if key != "env" and key not in known_keys]
+    if unknown:
+        raise RecipeError(f"{path}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else ""))
+    return data
+
+
+def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
+    """Parse argv (default sys.argv[1:]) into `dataclass_types` instances; raises RecipeError on bad input."""
+    argv = normalize_argv(sys.argv[1:] if argv is None else argv)
+    parser = _RecipeParser(dataclass_types)
+    known = {action.dest for action in parser._actions}
+    path = recipe_path(argv)
+    if path is not None:
+        read_recipe(path, known)
+    try:
+        *parsed, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    except RecipeError as err:
+        raise RecipeError(f"{path or 'command line'}: {err}") from None
+    except ValueError as err:  # the dataclasses' own __post_init__ checks (e.g. eval/save step mismatch)
+        raise RecipeError(f"{path or 'command line'}: {str(err).splitlines()[0]}") from None
+    if remaining:
+        raise RecipeError(f"unknown option {remaining[0]!r} (not a field of the recipe dataclasses)")
+    return tuple(parsed)
+
+
+def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
+    """`parse_recipe` for entry points: a bad recipe prints one line to stderr and exits with code 2."""
+    try:
+        return parse_recipe(argv, dataclass_types)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_RECIPE) from None

@@ -1,0 +1,42 @@
+"""Trainer construction, in one place: TRL's SFTTrainer with the LoRA config, our callbacks and extra metrics.
+
+Loss masking is SFTTrainer's own: prompt/completion rows get `completion_only_loss`, so `<bos>` and every prompt
+token are -100 and the completion plus the `<eos>` TRL appends train (tests/test_label_mask.py checks it per token).
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+from trl import SFTTrainer, get_peft_config
+
+from paraphrx.callbacks import add_run_metrics, build_callbacks
+
+
+class ParaphrxSFTTrainer(SFTTrainer):
+    """SFTTrainer whose logs also carry perplexity and peak memory, so every reporter and trainer_state sees them."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(add_run_metrics(logs), start_time)
+
+
+def build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset=None) -> SFTTrainer:
+    trainer = ParaphrxSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=build_callbacks(training_args),
+    )
+    trainable, total = count_parameters(trainer.model)
+    logger.info("trainable parameters: {:,} of {:,} ({:.3%})", trainable, total, trainable / max(total, 1))
+    return trainer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, all) parameters; PEFT's count knows that a 4-bit weight packs two values per stored element."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

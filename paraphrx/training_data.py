@@ -1,0 +1,60 @@
+"""The rows a training run sees: the recipe's bucket-range split for training, and the `validation` split
+restricted to the same buckets for eval loss, both through `paraphrx.dataset_io.load_prepared`."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+from loguru import logger
+
+from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from prep.buckets import BucketSpecError, buckets_of_split
+
+
+class TrainingDataError(ValueError):
+    """The recipe's dataset or split cannot be loaded; the message is one line meant for the user."""
+
+
+def _load(dataset: str, split: str, revision: str | None, buckets=None) -> Dataset:
+    try:
+        return load_prepared(dataset, split, revision=revision, buckets=buckets)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise TrainingDataError(f"{dataset} (split {split!r}): {str(err).splitlines()[0]}") from None
+
+
+def load_training_splits(script_args, seed: int = 42, with_eval: bool = True) -> tuple[Dataset, Dataset | None, dict]:
+    """(train, eval or None, record of what was loaded for `dataset.json`)."""
+    name, revision = script_args.dataset_name, script_args.dataset_revision
+    if not name:
+        raise TrainingDataError("dataset_name: no dataset given (a prepared folder or a Hub id)")
+    try:
+        buckets = buckets_of_split(script_args.dataset_train_split)
+    except BucketSpecError as err:
+        raise TrainingDataError(f"dataset_train_split: {err}") from None
+    train = _load(name, script_args.dataset_train_split, revision)
+    if script_args.max_train_samples is not None:
+        # a seeded sample across prompts, not the first prompt's rows
+        train = train.shuffle(seed=seed).select(range(min(script_args.max_train_samples, len(train))))
+    evaluation = None
+    if with_eval:
+        evaluation = _load(name, script_args.dataset_test_split, revision, buckets=buckets)
+        if script_args.max_eval_samples is not None:
+            evaluation = evaluation.shuffle(seed=seed).select(range(min(script_args.max_eval_samples, len(evaluation))))
+    for split, ds in (("train", train), ("eval", evaluation)):
+        if ds is not None and len(ds) == 0:
+            raise TrainingDataError(f"{name}: the {split} split for buckets {list(buckets)} has no rows")
+    record = {
+        **dataset_fingerprint(name, revision),
+        "train_split": script_args.dataset_train_split,
+        "train_rows": len(train),
+        "train_fingerprint": train._fingerprint,
+        "eval_split": script_args.dataset_test_split if evaluation is not None else None,
+        "eval_buckets": list(buckets),
+        "eval_rows": len(evaluation) if evaluation is not None else 0,
+        "eval_fingerprint": evaluation._fingerprint if evaluation is not None else None,
+    }
+    logger.info("data: {} train rows from {}:{}", record["train_rows"], name, record["train_split"])
+    if evaluation is not None:
+        logger.info(
+            "data: {} eval rows from {}:{} buckets {}", record["eval_rows"], name, record["eval_split"], list(buckets)
+        )
+    return train, evaluation, record

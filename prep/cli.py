@@ -1,0 +1,111 @@
+"""`python -m prep`: paraphrase JSON -> one Hub-layout dataset folder with a split per bucket range (+ optional push).
+
+Steps: parse flags -> stream and validate every row (nothing is written before all rows pass) -> split prompts ->
+pick each split's rows -> write parquet + card into a temporary folder -> rename into place -> push. Bad input ends
+with one error line naming file, row and field, exit code 2, and no output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from loguru import logger
+
+from paraphrx.logs import setup_logging
+from prep.card import render_card
+from prep.config import ConfigError, PrepConfig
+from prep.push import push_folder
+from prep.rows import read_sources
+from prep.schema import ValidationError
+from prep.split import assign_sides, held_out_prompts, select_rows, split_stats
+from prep.writer import atomic_folder, ensure_replaceable, write_splits
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None = None) -> PrepConfig:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(PrepConfig, prog="python -m prep", description=__doc__.split("\n\n")[0])
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    return config
+
+
+def run(config: PrepConfig, command: str) -> Path:
+    bucket_splits = config.bucket_splits()
+    fractions = config.split_fractions()
+    ensure_replaceable(config.output_dir)
+    missing = [p for p in config.data_paths if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"--data_paths: {missing[0]}: no such file")
+
+    data = read_sources(config.data_paths, config.use_paraphrase_answer, config.skip_invalid)
+    logger.info(
+        "read {} paraphrase rows of {} prompts from {} file(s)",
+        data.rows.num_rows,
+        data.prompts.num_rows,
+        len(data.inputs),
+    )
+    if data.skipped:
+        logger.warning("--skip_invalid dropped {} row(s): {}", len(data.skipped), data.skipped_summary())
+
+    sides = assign_sides(
+        data.prompts.column("source").to_pylist(),
+        data.prompts.column("prompt_count").to_pylist(),
+        fractions,
+        config.seed,
+    )
+    split_rows = select_rows(data, sides, bucket_splits)
+    # `datasets` cannot load a split without rows, so an empty split is left out (e.g. --split 100/0/0, --buckets 5).
+    empty = [split for split, rows in split_rows.items() if len(rows) == 0]
+    if empty:
+        logger.warning("empty, not written: {}", ", ".join(empty))
+        split_rows = {split: rows for split, rows in split_rows.items() if len(rows)}
+    if not split_rows:
+        raise ConfigError("--buckets/--split: every split would be empty")
+    stats = split_stats(data, split_rows)
+    held_out = held_out_prompts(data, sides)
+    for split, st in stats.items():
+        logger.info("{}: {} rows, {} prompts, by bucket {}", split, st["rows"], st["prompts"], st["by_bucket"])
+
+    out = Path(config.output_dir)
+    with atomic_folder(out) as tmp:
+        split_files = write_splits(
+            tmp, data, split_rows, config.template, config.use_paraphrase_answer, config.max_shard_mb
+        )
+        versions = {pkg: version(pkg) for pkg in ("paraphrx", "pyarrow", "datasets")}
+        card = render_card(
+            name=out.name, command=command, config=config, bucket_splits=bucket_splits, split_files=split_files, stats=stats,
+            held_out=held_out, inputs=data.inputs, skipped=data.skipped_summary(), versions=versions, empty=empty,
+        )  # fmt: skip
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        split_doc = {
+            "seed": config.seed,
+            "fractions": dict(zip(("train", "validation", "test"), fractions)),
+            **held_out,
+        }
+        (tmp / "prompt_split.json").write_text(json.dumps(split_doc, indent=1) + "\n", encoding="utf-8")
+    logger.info("wrote {} ({} splits)", out, len(split_files))
+
+    if config.push_to_hub:
+        url = push_folder(out, config.push_to_hub, private=config.private)
+        logger.info("pushed to {}", url)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config = parse_args(args)
+    setup_logging("prep")
+    command = "python -m prep " + shlex.join(args)
+    logger.info("{}", command)
+    try:
+        run(config, command)
+    except (ValidationError, ConfigError) as e:
+        logger.error("{}", e)
+        return EXIT_BAD_INPUT
+    return 0

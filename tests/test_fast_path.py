@@ -1,0 +1,187 @@
+"""The fast path computes the reference's function: same weights, same per-token loss, no attention across samples.
+
+CPU tests run in CI; the CUDA test (flex attention + compiled layers + dequantized NF4, packed) runs on a GPU box:
+`python -m pytest tests/test_fast_path.py`.
+"""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Gemma2Config, Gemma2ForCausalLM
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from paraphrx.fast_path import compile_decoder_layers, dequantize_frozen_base, fast_path_enabled
+
+PAD = 0
+
+
+def _nf4(compute_dtype):
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def _examples(lengths, prompt_lengths, vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n, p in zip(lengths, prompt_lengths):
+        ids = [2] + torch.randint(10, vocab, (n - 1,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * p + ids[p:]})
+    return rows
+
+
+def _unpacked_token_losses(model, rows):
+    """Reference: right-padded batch with an attention mask; per-token CE of every trained position, in order."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n], mask[i, :n], labels[i, :n] = torch.tensor(r["input_ids"]), 1, torch.tensor(r["labels"])
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+    shift_labels = labels[:, 1:].to(device)
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, reduction="none",
+                                               ignore_index=-100)
+    return losses[shift_labels != -100]
+
+
+def _packed_token_losses(model, rows, leak=False):
+    """Padding-free batch exactly as SFTTrainer collates it (one row, position_ids restart per sample)."""
+    batch = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)(rows)
+    position_ids = batch["position_ids"]
+    if leak:  # control: one long sequence, so every sample attends to the ones before it
+        position_ids = torch.arange(position_ids.shape[1])[None]
+    device = next(model.parameters()).device
+    # use_cache=False as SFTTrainer passes it: with a KV cache, transformers does not look for packed sequences.
+    logits = model(input_ids=batch["input_ids"].to(device), position_ids=position_ids.to(device),
+                   use_cache=False).logits.float()
+    shift_labels = batch["labels"][:, 1:].to(device)
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, reduction="none",
+                                               ignore_index=-100)
+    return losses[shift_labels != -100]
+
+
+def test_fast_path_choice_resolution():
+    assert fast_path_enabled("off") is False
+    assert fast_path_enabled("auto") is torch.cuda.is_available()
+    with pytest.raises(ValueError, match="fast_path must be one of"):
+        fast_path_enabled("fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            fast_path_enabled("on")
+
+
+def test_dequantized_base_computes_the_nf4_function(tiny_model_dir):
+    nf4 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
+    fast = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
+    replaced = dequantize_frozen_base(fast, dtype=torch.float32)
+    config = fast.config
+    assert replaced == 7 * config.num_hidden_layers
+    import bitsandbytes as bnb
+
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in fast.modules())
+    assert not any(p.requires_grad for n, p in fast.named_parameters() if "proj" in n)
+    ids = torch.tensor([[2, 15, 99, 300, 41, 7, 8, 1000]])
+    torch.testing.assert_close(fast(ids).logits, nf4(ids).logits, atol=1e-4, rtol=1e-4)
+    # The NF4 rounding is kept: the dequantized weights are not the original full-precision ones.
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert not torch.allclose(fast.model.layers[0].mlp.up_proj.weight, full.model.layers[0].mlp.up_proj.weight)
+
+
+def test_packed_batch_matches_unpacked_reference_on_cpu(tiny_model_dir):
+    """The CPU fallback (eager) with TRL's padding-free batches: same per-token loss, and samples stay separate."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rows = _examples([23, 40, 11, 31], [9, 12, 4, 20], model.config.vocab_size)
+    with torch.no_grad():
+        reference = _unpacked_token_losses(model, rows)
+        packed = _packed_token_losses(model, rows)
+        leaked = _packed_token_losses(model, rows, leak=True)
+    assert packed.shape == reference.shape == (sum(n - p for n, p in [(23, 9), (40, 12), (11, 4), (31, 20)]),)
+    torch.testing.assert_close(packed, reference, atol=1e-4, rtol=1e-4)
+    assert (leaked - reference).abs().max() > 1e-2  # the control shows the comparison can fail
+
+
+# ------------------------------------------------------------------------------------------------------ GPU
+
+
+def _gpu_model_dir(tmp_path):
+    """A small Gemma-2 with gemma-2-2b's head_dim (256) and soft-capping, scaled so that both caps really bite."""
+    config = Gemma2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=256, query_pre_attn_scalar=256,
+                          sliding_window=128, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                          pad_token_id=PAD, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:  # attention scores of order 100: soft-capping at 50 changes them
+            layer.self_attn.q_proj.weight.mul_(12)
+            layer.self_attn.k_proj.weight.mul_(12)
+        model.model.embed_tokens.weight.mul_(4)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "gpu-gemma2")
+    return tmp_path / "gpu-gemma2"
+
+
+def _with_lora(model, seed=1):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                   "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # non-zero B, so the adapters take part in the comparison
+                p.normal_(0, 0.02, generator=torch.Generator(p.device).manual_seed(hash(name) % 2**31))
+    return peft_model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention backward and torch.compile need CUDA")
+@pytest.mark.parametrize("mode", ["whole", "split", "mlp"])
+def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, mode):
+    from trl.trainer.utils import add_fused_lm_head
+
+    model_dir = _gpu_model_dir(tmp_path)
+    load = dict(quantization_config=_nf4(torch.bfloat16), dtype=torch.bfloat16, device_map={"": 0})
+    reference = _with_lora(AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **load))
+    base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="flex_attention", **load)
+    assert dequantize_frozen_base(base) == 28
+    add_fused_lm_head(base, outputs=("log_probs",))  # what SFTTrainer does: only trained positions hit the LM head
+    fast = _with_lora(base)
+    lora = {n: p for n, p in reference.named_parameters() if "lora_" in n}
+    with torch.no_grad():  # identical adapters on both sides
+        for n, p in fast.named_parameters():
+            if "lora_" in n:
+                p.copy_(lora[n])
+    compile_decoder_layers(fast, mode=mode)
+
+    rows = _examples([37, 120, 64, 201, 90], [12, 40, 30, 45, 89], 4096)
+    with torch.no_grad():
+        expected = _unpacked_token_losses(reference, rows)
+        batch = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)(rows)
+        batch = {k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "labels")}
+        trained = batch["labels"][:, 1:] != -100  # the fused head returns already-shifted per-token values
+        got = -fast(**batch, use_cache=False, fused_lm_head=True).log_probs[trained].float()
+        # Controls: what a leaky pack, or a reference without attention soft-capping, would look like.
+        leaky = {**batch, "position_ids": torch.arange(batch["input_ids"].shape[1], device="cuda")[None]}
+        leaked = -fast(**leaky, use_cache=False, fused_lm_head=True).log_probs[trained].float()
+        reference.base_model.model.config.attn_logit_softcapping = None
+        uncapped = _unpacked_token_losses(reference, rows)
+
+    # Training mode, gradients: the compiled backward through flex attention gives the reference's LoRA gradients.
+    reference.base_model.model.config.attn_logit_softcapping = 50.0
+    reference.train(), fast.train()
+    _unpacked_token_losses(reference, rows).mean().backward()
+    (-fast(**batch, use_cache=False, fused_lm_head=True).log_probs[trained].float()).mean().backward()
+    ref_grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    fast_grads = {n: p.grad for n, p in fast.named_parameters() if p.grad is not None}
+    assert ref_grads.keys() == fast_grads.keys() and len(ref_grads) == 2 * 7 * 4
+    for name, g in ref_grads.items():
+        rel = (fast_grads[name].float() - g.float()).norm() / g.float().norm()
+        assert rel < 5e-2, (name, rel.item())
+
+    assert got.shape == expected.shape
+    err = (got - expected).abs()
+    scale = expected.abs().mean()
+    assert err.mean() / scale < 1e-2 and err.max() / scale < 0.1, (err.mean().item(), err.max().item(), scale.item())
+    assert (leaked - expected).abs().mean() > 5 * err.mean()
+    assert (uncapped - expected).abs().mean() > 5 * err.mean()

@@ -1,0 +1,177 @@
+"""End to end on the CPU: a tiny QLoRA run through train_sft.main, its run folder, reload, refusal, early stopping,
+and a real kill-and-rerun resume in subprocesses."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from paraphrx.modeling import load_model_and_tokenizer
+from paraphrx.recipe_cli import parse_recipe
+from paraphrx.run_outputs import COMPLETE_MARKER, RunFolderError, resolved_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "recipes" / "tiny" / "bucket1-2.yaml")
+sys.path.insert(0, str(REPO))
+import train_sft  # noqa: E402
+
+
+def tiny_argv(model_dir, data_dir, out, *overrides):
+    return [TINY, "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--output_dir", str(out),
+            "--log_dir", str(Path(out).parent / "logs"), *overrides]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
+    """16 training rows, 4 per step, 12 steps: three passes over the same rows, so the loss must fall."""
+    out = tmp_path_factory.mktemp("train") / "tiny-run"
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "16", "--max_steps", "12",
+                     "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "1")
+    trainer = train_sft.main(*parse_recipe(argv))
+    return trainer, out, argv
+
+
+def test_training_loss_falls(tiny_run):
+    trainer, _, _ = tiny_run
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 12
+    first_pass, last_pass = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last_pass < first_pass - 0.05, losses
+
+
+def test_base_is_4bit_nf4_and_only_lora_trains(tiny_run):
+    trainer, _, _ = tiny_run
+    import bitsandbytes as bnb
+
+    linear4 = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
+    assert all(m.weight.quant_type == "nf4" for m in linear4)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_run_folder_holds_the_adapter_and_records(tiny_run, tiny_model_dir, prepared_dataset_dir):
+    trainer, out, _ = tiny_run
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "recipe.yaml", "dataset.json",
+            "README.md", COMPLETE_MARKER} <= names
+    assert "model.safetensors" not in names and not any(n.startswith("checkpoint-") for n in names)
+    assert not any(n.startswith(".") for n in names), "no temporary files left behind"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model_dir)
+    assert (adapter["r"], adapter["lora_alpha"]) == (16, 32)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    record = json.loads((out / "dataset.json").read_text())
+    assert record["dataset"] == str(prepared_dataset_dir) and record["train_split"] == "bucket1_2"
+    assert record["eval_split"] == "validation" and record["eval_buckets"] == [1, 2] and record["card_sha256"]
+    assert "## paraphrx run" in (out / "README.md").read_text()
+
+
+def test_resolved_recipe_reruns_as_a_recipe(tiny_run):
+    _, out, argv = tiny_run
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["max_steps"] == 12 and recipe["max_train_samples"] == 16 and recipe["lora_r"] == 16
+    assert recipe["hub_token"] is None
+    again = parse_recipe([str(out / "recipe.yaml")])
+    original = parse_recipe(argv)
+    assert resolved_recipe(*again) == resolved_recipe(*original)
+
+
+def test_logs_carry_loss_eval_perplexity_lr_and_memory(tiny_run):
+    trainer, out, _ = tiny_run
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [4, 8, 12]
+    assert all(math.isclose(h["eval_perplexity"], math.exp(h["eval_loss"]), rel_tol=1e-9) for h in evals)
+    train_logs = [h for h in history if "loss" in h]
+    assert all("learning_rate" in h and h["cpu_max_rss_gib"] > 0 for h in train_logs)
+    log_dir = out.parent / "logs"
+    latest = log_dir / "tiny-bucket1-2_latest.log"
+    assert latest.is_symlink()
+    text = latest.read_text()
+    assert "trainable parameters: " in text and "eval_perplexity=" in text and "learning_rate=" in text
+    first = text.splitlines()[0]
+    assert first[:4].isdigit() and first[23] == "Z" and "| INFO" in first  # UTC timestamp, level
+
+
+def test_saved_adapter_reloads_with_the_same_logits(tiny_run):
+    from peft import PeftModel
+
+    trainer, out, argv = tiny_run
+    _, training_args, model_args = parse_recipe(argv)
+    base, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    # keep the saved bf16 adapter weights as they are (PEFT would upcast them to fp32)
+    reloaded = PeftModel.from_pretrained(base, str(out), autocast_adapter_dtype=False).eval()
+    trained = trainer.model.eval()
+    saved = {n: p for n, p in reloaded.named_parameters() if "lora_" in n}
+    in_memory = {n: p for n, p in trained.named_parameters() if "lora_" in n}
+    assert saved.keys() == in_memory.keys() and len(saved) == 2 * 7 * 2
+    assert all(torch.equal(saved[n].float(), in_memory[n].float()) for n in saved), "adapter weights bit for bit"
+
+    batch = tokenizer(["### Instruction:\nName a colour.\n\n### Response:\nBlue", "Hello"], return_tensors="pt",
+                      padding=True)
+    with torch.no_grad():
+        expected = trained(**batch).logits.float()
+        actual = reloaded(**batch).logits.float()
+        with reloaded.disable_adapter():
+            plain = reloaded(**batch).logits.float()
+    # bitsandbytes on the CPU un-nests each NF4 layer's absmax to bf16 at its first forward, so two loads of the same
+    # 4-bit base agree to bf16 rounding of logits (~1e-2), not bit for bit; the adapter moves them far more.
+    assert torch.allclose(actual, expected, atol=2e-2), (actual - expected).abs().max()
+    assert (plain - expected).abs().max() > 10 * (actual - expected).abs().max(), "the adapter must change the logits"
+
+
+def test_finished_run_is_not_overwritten(tiny_run):
+    _, out, argv = tiny_run
+    before = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(RunFolderError, match="finished run"):
+        train_sft.main(*parse_recipe(argv))
+    assert (out / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_early_stopping_stops(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    # A threshold no eval can beat: the first eval sets the best, the next one exhausts patience 1.
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "es", "--max_steps", "20", "--eval_steps", "1",
+                     "--save_steps", "1", "--early_stopping_patience", "1", "--early_stopping_threshold", "100")
+    trainer = train_sft.main(*parse_recipe(argv))
+    assert trainer.state.global_step == 2
+    assert (tmp_path / "es" / COMPLETE_MARKER).exists()
+    assert "early stopping at step 2" in (tmp_path / "logs" / "tiny-bucket1-2_latest.log").read_text()
+
+
+def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    out = tmp_path / "killed"
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_steps", "10", "--save_steps", "3",
+                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null")
+    cmd = [sys.executable, str(REPO / "train_sft.py"), *argv]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint_state = out / "checkpoint-3" / "trainer_state.json"
+    deadline = time.monotonic() + 240
+    while not checkpoint_state.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the run must be killed mid-training"
+    assert not (out / COMPLETE_MARKER).exists()
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    log = second.stderr
+    assert "resuming from " in log and "checkpoint-" in log
+    step = int(log.split("resuming from ")[1].split("checkpoint-")[1].split()[0])
+    assert step >= 3 and step % 3 == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+    logged_steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert logged_steps and logged_steps[-1] == 10
+    assert f"step {step + 1}/10" in log and f"step {step}/10 | loss" not in log, "continued after the checkpoint"

@@ -1,0 +1,49 @@
+"""Supervised fine-tuning of gemma-2-2b-it on paraphrase buckets: TRL SFTTrainer, completion-only loss, QLoRA.
+
+    accelerate launch train_sft.py recipes/bucket1-4.yaml [--any_key value ...]
+    python train_sft.py --config recipes/tiny/bucket1.yaml --max_steps 5
+
+One recipe (a flat YAML of TRL's ScriptArguments / SFTConfig / ModelConfig fields plus paraphrx's few) describes a
+run; it writes the adapter and its records to `output_dir` (outputs/<run_name>) and logs to logs/<run_name>_*.log.
+"""
+
+import sys
+
+from accelerate import PartialState
+from loguru import logger
+
+from paraphrx.logs import setup_logging
+from paraphrx.modeling import load_model_and_tokenizer
+from paraphrx.recipe_cli import parse_recipe_or_exit
+from paraphrx.run_outputs import RunFolderError, finalize_run, resolve_checkpoint_or_refuse, resolved_recipe
+from paraphrx.trainer_factory import build_trainer
+from paraphrx.training_data import TrainingDataError, load_training_splits
+
+
+def main(script_args, training_args, model_args):
+    """Train one recipe end to end; returns the trainer (its model holds the final adapter)."""
+    run_name = training_args.run_name
+    setup_logging(run_name, training_args.log_dir, main_process=PartialState().is_main_process)
+    recipe = resolved_recipe(script_args, training_args, model_args)
+    logger.info("run {} → {}", run_name, training_args.output_dir)
+
+    checkpoint = resolve_checkpoint_or_refuse(training_args)
+    with_eval = training_args.eval_strategy != "no"
+    train_dataset, eval_dataset, dataset_record = load_training_splits(script_args, training_args.seed, with_eval)
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
+
+    trainer.train(resume_from_checkpoint=checkpoint)
+    finalize_run(trainer, recipe, dataset_record, keep_checkpoints=training_args.keep_checkpoints)
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, tear down the process group
+        trainer.end()
+    return trainer
+
+
+if __name__ == "__main__":
+    args = parse_recipe_or_exit()
+    try:
+        main(*args)
+    except (RunFolderError, TrainingDataError) as err:
+        logger.error("{}", err)
+        sys.exit(1)
