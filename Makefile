@@ -63,7 +63,7 @@ demo: prep train-tiny eval-tiny
 # Evaluation: the base model and each adapter answer every test paraphrase -> outputs/eval/<name>/report.md.
 # Adapters: every outputs/bucket*/ (real runs); the tiny demo's outputs/tiny-bucket*/ with short answers (~1 min).
 EVAL_ARGS    ?=
-TINY_ADAPTERS = $(patsubst %/adapter_config.json,%,$(sort $(wildcard outputs/tiny-bucket*/adapter_config.json)))
+TINY_ADAPTERS = $(sort $(patsubst %/adapter_config.json,%,$(wildcard outputs/tiny-bucket*/adapter_config.json)))
 
 eval: env
 	$(BIN)/python evaluate_paraphrx.py --dataset $(DATASET) $(EVAL_ARGS)

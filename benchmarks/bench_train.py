@@ -10,7 +10,9 @@ double-quantized base, AdamW lr 2e-4:
         gradient checkpointing, bf16.
   trl   TRL 1.16 by configuration alone: SFTTrainer, padding-free 16-sequence batches, flex attention, Liger kernels,
         no checkpointing (DESIGN.md's best knob setting).
-  ours  `train_sft.py`'s own GPU path: `paraphrx.training.build_model_and_trainer` with recipe `fast_path: on`.
+  ours  `train_sft.py`'s own path on recipes/bucket1-4.yaml (`fast_path: auto` is on with CUDA): the same
+        `load_model_and_tokenizer` and `build_trainer` calls, NF4 dequantized once, padding-free flex attention,
+        compiled decoder layers (paraphrx/fast_path.py).
 Each runs in its own process (clean memory and compile caches). Throughput counts real (non-pad) tokens over the
 timed optimizer steps, wall clock from the end of the last warm-up step to the end of the last step. MFU is
 6·N·tokens/s over the bf16 matmul rate measured in this run. The last lines print the table and the ratios.
@@ -176,32 +178,23 @@ def build_trl_trainer(model_dir, rows, out, steps, on_gpu):
                       processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
 
 
-def build_ours_trainer(model_dir, rows, out, steps, on_gpu, variant=""):
-    """This project's GPU path (paraphrx.fast_path): NF4 dequantized once, padding-free + flex, compiled layers."""
-    import torch
+def build_ours_trainer(model_dir, rows, out, steps, on_gpu):
+    """This project's path, through the functions `train_sft.py` calls, on the recipe users run (bucket1-4)."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    from paraphrx.fast_path import FAST_ATTN_IMPLEMENTATION, FAST_SFT_SETTINGS, compile_decoder_layers, dequantize_frozen_base
+    from paraphrx.modeling import load_model_and_tokenizer
+    from paraphrx.recipe_cli import parse_recipe
+    from paraphrx.trainer_factory import build_trainer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=_nf4_config(torch), dtype=torch.bfloat16,
-        attn_implementation=FAST_ATTN_IMPLEMENTATION if on_gpu else "eager", device_map={"": 0} if on_gpu else None,
-    )
-    if "nodequant" not in variant:
-        dequantize_frozen_base(model)
-    settings = dict(FAST_SFT_SETTINGS)
-    if "liger" in variant:
-        settings["use_liger_kernel"] = True
-    args = SFTConfig(per_device_train_batch_size=16, gradient_accumulation_steps=1, max_length=None,
-                     **settings, **_common_args(out, steps, on_gpu))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
-    if on_gpu and "nocompile" not in variant:
-        mode = next((m for m in ("split", "mlp") if m in variant), "whole")
-        compile_decoder_layers(trainer.model, mode=mode)
-    return trainer
+    script_args, training_args, model_args = parse_recipe([
+        str(REPO / "recipes" / "bucket1-4.yaml"), "--model_name_or_path", str(model_dir), "--output_dir", out,
+        "--run_name", "bench", "--max_steps", str(steps), "--warmup_steps", "1", "--logging_steps", "10000",
+        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+        "--early_stopping_patience", "None", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
+        "--fast_path", "on" if on_gpu else "off", "--bf16", str(on_gpu).lower(), "--use_cpu", str(not on_gpu).lower(),
+    ])
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    return build_trainer(model, tokenizer, training_args, model_args, Dataset.from_list(rows))
 
 
 BUILDERS = {"seed": build_seed_trainer, "trl": build_trl_trainer, "ours": build_ours_trainer}
@@ -215,10 +208,7 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rows = synthetic_examples(EXAMPLES_PER_STEP * (steps + warmup), vocab)
     with tempfile.TemporaryDirectory() as out:
-        name, _, variant = config.partition("+")  # e.g. "ours+nocompile": exploration variants of a builder
-        builder = BUILDERS[name]
-        kwargs = {"variant": variant} if variant else {}
-        trainer = builder(model_dir, rows, out, steps + warmup, on_gpu, **kwargs)
+        trainer = BUILDERS[config](model_dir, rows, out, steps + warmup, on_gpu)
 
         tokens = {"count": 0, "timed": 0}
         original_step = trainer.training_step
@@ -243,6 +233,22 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
                 marks.setdefault("losses", []).append(state.log_history[-1].get("loss") if state.log_history else None)
 
         trainer.add_callback(Clock())
+        if os.environ.get("PARAPHRX_PROFILE") == config:  # a kernel table for two timed steps, to find the gaps
+            from torch.profiler import ProfilerActivity, profile
+
+            class Profile(TrainerCallback):
+                def on_step_begin(self, args, state, control, **kw):
+                    if state.global_step == warmup:
+                        marks["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                        marks["prof"].__enter__()
+
+                def on_step_end(self, args, state, control, **kw):
+                    if state.global_step == warmup + 2:
+                        torch.cuda.synchronize()
+                        marks["prof"].__exit__(None, None, None)
+                        print(marks["prof"].key_averages().table(sort_by="cuda_time_total", row_limit=30), flush=True)
+
+            trainer.add_callback(Profile())
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         output = trainer.train()

@@ -47,6 +47,14 @@ class ParaphrxSFTConfig(SFTConfig):
         metadata={"help": "Keep checkpoint-* folders after a successful run (default: delete, keep the adapter)."},
     )
     log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
+    fast_path: str = field(
+        default="auto",
+        metadata={
+            "help": "GPU fast path (paraphrx/fast_path.py): NF4 dequantized once, padding-free flex attention, compiled "
+            "layers; same model, loss and examples per step. auto = on when CUDA is available; on; off.",
+            "choices": ["auto", "on", "off"],
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -9,9 +9,10 @@ What the reference (QLoRA, NF4, eager, padded micro-batches) spends its time on,
 2. **Padding-free batches** (TRL `padding_free`) with **flex attention**: one flattened sequence per step, no pad
    tokens. transformers derives a block-diagonal causal mask from `position_ids`, so samples never see each other,
    and Gemma-2's attention soft-capping (50) is applied in flex's `score_mod`.
-3. **Regional `torch.compile`** of each decoder layer (`compile_decoder_layers`): fuses RMSNorm, GeGLU, RoPE,
-   soft-capping, residual adds and LoRA dropout/scaling, and removes most kernel launches; the identical layers
-   share one compiled graph. Sequence length is marked dynamic, so one graph serves every packed length.
+3. **Regional `torch.compile`** of each decoder layer (`compile_decoder_layers`), flex attention inside the graph:
+   fuses RMSNorm, GeGLU, RoPE, soft-capping, residual adds and LoRA dropout/scaling, lets inductor recompute cheap
+   elementwise results instead of storing them, and removes most kernel launches; identical layers share one
+   graph, and after the second packed length one symbolic-length graph serves every step.
 4. **No full logits**: TRL's SFTTrainer already projects only the completion positions through the 256k-vocab LM
    head, in tiles, with Gemma-2's final soft-capping (30); Liger's kernels add nothing once the layers are compiled.
 
@@ -43,6 +44,37 @@ def fast_path_enabled(choice: str) -> bool:
             raise ValueError("fast_path: on needs a CUDA GPU (flex attention has no backward on the CPU); use auto/off")
         return False
     return True
+
+
+def adapt_training_args(training_args) -> int | None:
+    """Switch an SFTConfig to the fast path in place, keeping the optimisation identical.
+
+    The examples per optimizer step stay the same (micro-batch x accumulation becomes one padding-free batch),
+    activation checkpointing goes (memory is not the limit once no pad tokens and no fp32 logits are stored), and
+    `max_length` moves from TRL (which refuses it with padding-free batches) to `truncate_tokenized`.
+    Returns the max_length to truncate to.
+    """
+    examples = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps = examples, 1
+    training_args.padding_free = True
+    training_args.use_liger_kernel = False  # compiled layers already fuse what Liger would
+    for name in ("activation_checkpointing", "gradient_checkpointing"):  # transformers 5.24 / 5.17 spelling
+        if hasattr(training_args, name):
+            setattr(training_args, name, False)
+    max_length, training_args.max_length = training_args.max_length, None
+    logger.info("fast path: one padding-free batch of {} examples per optimizer step, flex attention, no "
+                "activation checkpointing, sequences cut at {} tokens", examples, max_length)
+    return max_length
+
+
+def truncate_tokenized(dataset, max_length: int | None):
+    """Cut tokenized rows to max_length from the start, as TRL's `truncation_mode="keep_start"` would."""
+    if dataset is None or max_length is None:
+        return dataset
+    columns = [c for c in ("input_ids", "completion_mask", "assistant_masks") if c in dataset.column_names]
+    if max(len(ids) for ids in dataset["input_ids"]) <= max_length:
+        return dataset
+    return dataset.map(lambda row: {c: row[c][:max_length] for c in columns}, desc=f"truncating to {max_length}")
 
 
 def dequantize_frozen_base(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -94,42 +126,14 @@ def _autocast_off(forward):
     return forward_without_autocast
 
 
-def _attention_outside_graph() -> str:
-    """Register flex attention under a name whose call dynamo skips, so the layer compiles around it."""
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.integrations.flex_attention import flex_attention_forward
-    from transformers.masking_utils import flex_attention_mask
-
-    name = "paraphrx_flex"
-    # recursive: the whole call runs outside the layer's graph, through transformers' own compiled flex kernel.
-    AttentionInterface.register(name, torch.compiler.disable(flex_attention_forward))
-    AttentionMaskInterface.register(name, flex_attention_mask)
-    return name
-
-
-def compile_decoder_layers(model: nn.Module, mode: str = "whole") -> int:
-    """Compile each decoder layer's pieces in place (regional compilation: identical layers share the code).
-
-    mode "whole": the layer with attention inside the graph (autocast off in the layer); "split": the layer with
-    attention outside the graph; "mlp": only the MLP and the four RMSNorms of each layer.
-    """
+def compile_decoder_layers(model: nn.Module) -> int:
+    """Compile each decoder layer in place (regional compilation: one graph reused by all identical layers)."""
     layers = decoder_layers(model)
-    if mode == "split":
-        name = _attention_outside_graph()
-        for module in model.modules():
-            config = getattr(module, "config", None)
-            if config is not None and getattr(config, "_attn_implementation", None) == "flex_attention":
-                config._attn_implementation = name
     for layer in layers:
-        # dynamic=None: a static graph first, then one symbolic-length graph when a second length appears. (True
-        # would also make Gemma-2's soft-cap constant a CPU tensor, which flex attention's lowering rejects.)
-        if mode == "mlp":
-            for name, child in layer.named_children():
-                if name == "mlp" or name.endswith("layernorm"):
-                    child.compile()
-            continue
-        if mode == "whole":
-            layer.forward = _autocast_off(layer.forward)
+        layer.forward = _autocast_off(layer.forward)
+        # dynamic=None: one static graph first, then one symbolic-length graph once a second length appears.
+        # (dynamic=True would also turn Gemma-2's soft-cap constant into a CPU tensor, which flex attention's
+        # lowering rejects.)
         layer.compile()
-    logger.info("fast path: compiled {} decoder layers (mode {})", len(layers), mode)
+    logger.info("fast path: compiled {} decoder layers", len(layers))
     return len(layers)

@@ -17,6 +17,7 @@ from loguru import logger
 from trl import SFTTrainer
 
 IGNORE_INDEX = -100
+_ROW = "__label_mask_row"  # pairs prepared rows with their source rows
 
 
 def sft_prepare(dataset: Dataset, tokenizer, training_args) -> Dataset:
@@ -77,12 +78,18 @@ def render_label_mask(
 ) -> str:
     """The debug view for the first `num_examples` rows of a prompt/completion dataset."""
     rows = dataset.select(range(min(num_examples, len(dataset))))
-    prepared = sft_prepare(rows, tokenizer, training_args)
+    # SFTTrainer drops rows left without a trained token (a prompt that fills max_length); the index keeps the rest
+    # paired with their source row.
+    prepared = sft_prepare(rows.add_column(_ROW, list(range(len(rows)))), tokenizer, training_args)
+    by_row = {row[_ROW]: row for row in prepared}
     blocks = []
-    for i, (raw, row) in enumerate(zip(rows, prepared)):
+    for i, raw in enumerate(rows):
         meta = " ".join(f"{k}={raw[k]}" for k in ("source", "prompt_count", "bucket", "instruct_type") if k in raw)
         header = f"example {i + 1}: {meta} "
-        blocks.append(render_example(tokenizer, row["input_ids"], row["labels"], header, show_tokens))
+        if i in by_row:
+            blocks.append(render_example(tokenizer, by_row[i]["input_ids"], by_row[i]["labels"], header, show_tokens))
+        else:
+            blocks.append(f"{header}DROPPED: no completion token within max_length={training_args.max_length}")
     return "\n\n".join(blocks)
 
 

@@ -14,6 +14,8 @@ from loguru import logger
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, SFTConfig, get_quantization_config
 
+from paraphrx.fast_path import FAST_ATTN_IMPLEMENTATION, dequantize_frozen_base, fast_path_enabled
+
 
 def kbit_device_map() -> dict | None:
     """Under DDP each process holds a whole 4-bit model on its own GPU; FSDP and DeepSpeed place (and shard) the
@@ -38,11 +40,13 @@ def load_model_and_tokenizer(
     """The base model as the recipe asks (e.g. NF4 4-bit with double quantisation and bf16 compute) + its tokenizer."""
     quantization_config = get_quantization_config(model_args)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    fast = fast_path_enabled(getattr(training_args, "fast_path", "off"))
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
+        # flex attention applies Gemma-2's soft-capping and keeps packed samples apart (see fast_path.py)
+        attn_implementation=FAST_ATTN_IMPLEMENTATION if fast else model_args.attn_implementation,
         dtype=dtype,
         quantization_config=quantization_config,
         device_map=kbit_device_map() if quantization_config is not None else None,
@@ -58,6 +62,8 @@ def load_model_and_tokenizer(
         )
     else:
         logger.info("loaded {} in {}", model_args.model_name_or_path, model.dtype)
+    if fast and quantization_config is not None:
+        dequantize_frozen_base(model, dtype=dtype if isinstance(dtype, torch.dtype) else torch.bfloat16)
     return model, load_tokenizer(model_args, training_args)
 
 

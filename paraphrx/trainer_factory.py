@@ -10,6 +10,7 @@ from loguru import logger
 from trl import SFTTrainer, get_peft_config
 
 from paraphrx.callbacks import add_run_metrics, build_callbacks
+from paraphrx.fast_path import adapt_training_args, compile_decoder_layers, fast_path_enabled, truncate_tokenized
 
 
 class ParaphrxSFTTrainer(SFTTrainer):
@@ -18,8 +19,18 @@ class ParaphrxSFTTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(add_run_metrics(logs), start_time)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Under FSDP with SHARDED_STATE_DICT (accelerate_configs/fsdp_qlora.yaml) Trainer.save_model writes nothing;
+        # the final adapter is gathered into one loadable file, as PEFT's FSDP-QLoRA example does. Checkpoints
+        # (_internal_call) stay sharded, which is what resuming under FSDP reads.
+        if self.is_fsdp_enabled and not _internal_call:
+            self.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        super().save_model(output_dir, _internal_call)
+
 
 def build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset=None) -> SFTTrainer:
+    fast = fast_path_enabled(getattr(training_args, "fast_path", "off"))
+    max_length = adapt_training_args(training_args) if fast else None
     trainer = ParaphrxSFTTrainer(
         model=model,
         args=training_args,
@@ -29,6 +40,10 @@ def build_trainer(model, tokenizer, training_args, model_args, train_dataset, ev
         peft_config=get_peft_config(model_args),
         callbacks=build_callbacks(training_args),
     )
+    if fast:
+        trainer.train_dataset = truncate_tokenized(trainer.train_dataset, max_length)
+        trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, max_length)
+        compile_decoder_layers(trainer.model)
     trainable, total = count_parameters(trainer.model)
     logger.info("trainable parameters: {:,} of {:,} ({:.3%})", trainable, total, trainable / max(total, 1))
     return trainer

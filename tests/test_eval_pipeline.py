@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -110,8 +109,7 @@ def _write_prepared(folder: Path, rows: list[dict]) -> Path:
 def test_bad_rows_name_the_row_and_field(tmp_path):
     row = {"prompt": "p", "completion": "c", "reference": "r", "source": "alpaca", "prompt_count": 1,
            "instruct_type": "instruction_original", "paraphrase": "p", "input": "", "bucket": 1, "task_score": 9.0}
-    # datasets caches local folders by folder name alone: a unique name keeps another test's data out
-    folder = _write_prepared(tmp_path / f"bad-{uuid.uuid4().hex}", [row, {**row, "bucket": 7}])
+    folder = _write_prepared(tmp_path / "bad", [row, {**row, "bucket": 7}])
     with pytest.raises(EvalError, match=r"split 'test' row 1: field 'bucket' is 7, expected 1..5"):
         pipeline.load_rows(EvalArguments(dataset=str(folder)))
     with pytest.raises(EvalError, match="split 'nope'"):

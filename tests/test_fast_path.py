@@ -113,11 +113,11 @@ def _gpu_model_dir(tmp_path):
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(config)
     with torch.no_grad():
-        for layer in model.model.layers:  # attention scores of order 100: soft-capping at 50 changes them
-            layer.self_attn.q_proj.weight.mul_(12)
-            layer.self_attn.k_proj.weight.mul_(12)
+        for layer in model.model.layers:  # attention scores of order 10-50: soft-capping at 50 changes them
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
         model.model.embed_tokens.weight.mul_(4)
-    model.to(torch.bfloat16).save_pretrained(tmp_path / "gpu-gemma2")
+    model.save_pretrained(tmp_path / "gpu-gemma2")
     return tmp_path / "gpu-gemma2"
 
 
@@ -131,20 +131,28 @@ def _with_lora(model, seed=1):
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:  # non-zero B, so the adapters take part in the comparison
-                p.normal_(0, 0.02, generator=torch.Generator(p.device).manual_seed(hash(name) % 2**31))
+                p.normal_(0, 0.02)
     return peft_model
 
 
+def _set_attention_softcap(model, value):
+    for module in model.modules():
+        if hasattr(module, "attn_logit_softcapping"):  # read per call by Gemma-2's attention, not from the config
+            module.attn_logit_softcapping = value
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention backward and torch.compile need CUDA")
-@pytest.mark.parametrize("mode", ["whole", "split", "mlp"])
-def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, mode):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype):
+    """float32: the fast path computes the reference's function (loss and LoRA gradients to ~1e-4); bfloat16: the
+    per-token loss the trainer sees agrees within bf16 rounding."""
     from trl.trainer.utils import add_fused_lm_head
 
     model_dir = _gpu_model_dir(tmp_path)
-    load = dict(quantization_config=_nf4(torch.bfloat16), dtype=torch.bfloat16, device_map={"": 0})
+    load = dict(quantization_config=_nf4(dtype), dtype=dtype, device_map={"": 0})
     reference = _with_lora(AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **load))
     base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="flex_attention", **load)
-    assert dequantize_frozen_base(base) == 28
+    assert dequantize_frozen_base(base, dtype=dtype) == 28
     add_fused_lm_head(base, outputs=("log_probs",))  # what SFTTrainer does: only trained positions hit the LM head
     fast = _with_lora(base)
     lora = {n: p for n, p in reference.named_parameters() if "lora_" in n}
@@ -152,36 +160,39 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, mode):
         for n, p in fast.named_parameters():
             if "lora_" in n:
                 p.copy_(lora[n])
-    compile_decoder_layers(fast, mode=mode)
+    compile_decoder_layers(fast)
 
     rows = _examples([37, 120, 64, 201, 90], [12, 40, 30, 45, 89], 4096)
+    batch = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)(rows)
+    batch = {k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "labels")}
+    trained = batch["labels"][:, 1:] != -100  # the fused head returns already-shifted per-token values
+    reference.train(), fast.train()
+    expected = _unpacked_token_losses(reference, rows)
+    got = -fast(**batch, use_cache=False, fused_lm_head=True).log_probs[trained].float()
+    expected.mean().backward()
+    got.mean().backward()
     with torch.no_grad():
-        expected = _unpacked_token_losses(reference, rows)
-        batch = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)(rows)
-        batch = {k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "labels")}
-        trained = batch["labels"][:, 1:] != -100  # the fused head returns already-shifted per-token values
-        got = -fast(**batch, use_cache=False, fused_lm_head=True).log_probs[trained].float()
         # Controls: what a leaky pack, or a reference without attention soft-capping, would look like.
         leaky = {**batch, "position_ids": torch.arange(batch["input_ids"].shape[1], device="cuda")[None]}
         leaked = -fast(**leaky, use_cache=False, fused_lm_head=True).log_probs[trained].float()
-        reference.base_model.model.config.attn_logit_softcapping = None
+        _set_attention_softcap(reference, None)
         uncapped = _unpacked_token_losses(reference, rows)
 
-    # Training mode, gradients: the compiled backward through flex attention gives the reference's LoRA gradients.
-    reference.base_model.model.config.attn_logit_softcapping = 50.0
-    reference.train(), fast.train()
-    _unpacked_token_losses(reference, rows).mean().backward()
-    (-fast(**batch, use_cache=False, fused_lm_head=True).log_probs[trained].float()).mean().backward()
-    ref_grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
-    fast_grads = {n: p.grad for n, p in fast.named_parameters() if p.grad is not None}
-    assert ref_grads.keys() == fast_grads.keys() and len(ref_grads) == 2 * 7 * 4
-    for name, g in ref_grads.items():
-        rel = (fast_grads[name].float() - g.float()).norm() / g.float().norm()
-        assert rel < 5e-2, (name, rel.item())
-
     assert got.shape == expected.shape
-    err = (got - expected).abs()
-    scale = expected.abs().mean()
-    assert err.mean() / scale < 1e-2 and err.max() / scale < 0.1, (err.mean().item(), err.max().item(), scale.item())
-    assert (leaked - expected).abs().mean() > 5 * err.mean()
-    assert (uncapped - expected).abs().mean() > 5 * err.mean()
+    err = (got - expected.detach()).abs()
+    scale = expected.detach().abs().mean()
+    tolerance = 1e-3 if dtype == torch.float32 else 1e-2  # fp32: flex may use TF32 matmuls
+    print(f"{dtype}: mean err {err.mean() / scale:.2e}, max err {err.max() / scale:.2e} (relative to mean loss "
+          f"{scale:.3f}); leak {(leaked - expected).abs().mean():.3e}; no softcap {(uncapped - expected).abs().mean():.3e}")
+    assert err.mean() / scale < tolerance and err.max() / scale < 10 * tolerance
+    if dtype == torch.float32:
+        # bf16 rounding in this deliberately peaked model is of the same order as the controls' effects, so the
+        # controls (and the near-one-hot attention gradients) are checked where they are unambiguous: in float32.
+        assert (leaked - expected).abs().mean() > 1000 * err.mean()
+        assert (uncapped - expected).abs().mean() > 1000 * err.mean()
+        ref_grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+        fast_grads = {n: p.grad for n, p in fast.named_parameters() if p.grad is not None}
+        assert ref_grads.keys() == fast_grads.keys() and len(ref_grads) == 2 * 7 * 4
+        worst = max(((fast_grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items())
+        print(f"worst LoRA gradient relative error {worst:.2e}")
+        assert worst < 1e-2

@@ -1,5 +1,6 @@
 """The exact completion-only mask, token by token, through SFTTrainer's own processing; and the debug view."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,14 @@ def test_debug_view_shows_masked_prompt_and_trained_completion(mask_setup):
         assert f"MASKED  ({len(tokenizer(row['prompt'])['input_ids'])}): {('<bos>' + row['prompt'])!r}" in block
         assert f": {(row['completion'] + '<eos>')!r}" in block.split("TRAINED")[1]
         assert "boundary: " in block and "[.]" in block and "[+]" in block
+
+
+def test_debug_view_reports_rows_truncation_drops(mask_setup):
+    _, tokenizer, raw, training_args = mask_setup
+    short = copy.copy(training_args)
+    short.max_length = 8  # every prompt here is longer: TRL drops all rows, the view must say so, not misalign
+    blocks = render_label_mask(raw, tokenizer, short, num_examples=2).split("\n\n")
+    assert len(blocks) == 2 and all("DROPPED" in b and "max_length=8" in b for b in blocks)
 
 
 def test_mask_runs_groups_consecutive_tokens():
