@@ -16,7 +16,7 @@ from paraphrx.logs import setup_logging
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe_or_exit
 from paraphrx.run_outputs import RunFolderError, finalize_run, resolve_checkpoint_or_refuse, resolved_recipe
-from paraphrx.trainer_factory import build_trainer
+from paraphrx.trainer_factory import build_trainer, end_run
 from paraphrx.training_data import TrainingDataError, load_training_splits
 
 
@@ -35,8 +35,7 @@ def main(script_args, training_args, model_args):
 
     trainer.train(resume_from_checkpoint=checkpoint)
     finalize_run(trainer, recipe, dataset_record, keep_checkpoints=training_args.keep_checkpoints)
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, tear down the process group
-        trainer.end()
+    end_run(trainer)
     return trainer
 
 

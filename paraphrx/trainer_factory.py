@@ -55,3 +55,19 @@ def count_parameters(model) -> tuple[int, int]:
         return model.get_nb_trainable_parameters()
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def end_run(trainer) -> None:
+    """Tear down in an order that cannot hang: every rank drops its DDP wrapper (whose reducer holds the gloo/NCCL
+    group) while all ranks are still alive, then the group is destroyed. Freed the other way round, a rank whose peer
+    had already exited hung in gloo's destructor (seen in tests/test_multi_process.py)."""
+    import gc
+
+    trainer.accelerator.wait_for_everyone()
+    trainer.model_wrapped = trainer.model
+    trainer.accelerator.free_memory()
+    gc.collect()
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
+        trainer.end()
+

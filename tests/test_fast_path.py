@@ -196,3 +196,27 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype):
         worst = max(((fast_grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items())
         print(f"worst LoRA gradient relative error {worst:.2e}")
         assert worst < 1e-2
+
+
+def test_adapt_training_args_keeps_the_examples_per_step():
+    from paraphrx.config import ParaphrxSFTConfig
+    from paraphrx.fast_path import adapt_training_args
+
+    args = ParaphrxSFTConfig(output_dir="/tmp/unused", per_device_train_batch_size=4, gradient_accumulation_steps=4,
+                             gradient_checkpointing=True, max_length=512, report_to="none", use_cpu=True, bf16=False)
+    assert adapt_training_args(args) == 512
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
+    assert args.padding_free and args.max_length is None and not args.use_liger_kernel
+    assert not getattr(args, "activation_checkpointing", False) and not args.gradient_checkpointing
+
+
+def test_truncate_tokenized_cuts_like_trl_keep_start():
+    from datasets import Dataset
+
+    from paraphrx.fast_path import truncate_tokenized
+
+    ds = Dataset.from_list([{"input_ids": [2, 5, 6, 7, 8], "completion_mask": [0, 0, 1, 1, 1]},
+                            {"input_ids": [2, 9], "completion_mask": [0, 1]}])
+    cut = truncate_tokenized(ds, 3)
+    assert cut["input_ids"] == [[2, 5, 6], [2, 9]] and cut["completion_mask"] == [[0, 0, 1], [0, 1]]
+    assert truncate_tokenized(ds, 5) is ds and truncate_tokenized(None, 3) is None
