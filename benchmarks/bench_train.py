@@ -16,6 +16,7 @@ double-quantized base, AdamW lr 2e-4:
 Each runs in its own process (clean memory and compile caches). Throughput counts real (non-pad) tokens over the
 timed optimizer steps, wall clock from the end of the last warm-up step to the end of the last step. MFU is
 6·N·tokens/s over the bf16 matmul rate measured in this run. The last lines print the table and the ratios.
+`PARAPHRX_PROFILE=ours` (or seed/trl) also prints a torch.profiler kernel table for two timed steps of that config.
 """
 
 from __future__ import annotations
@@ -210,27 +211,24 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
     with tempfile.TemporaryDirectory() as out:
         trainer = BUILDERS[config](model_dir, rows, out, steps + warmup, on_gpu)
 
-        tokens = {"count": 0, "timed": 0}
+        # Real tokens (ids are drawn >= 10, padding is 0), summed on the device: reading them every micro-step would
+        # synchronize and stop the CPU from queueing ahead, which is not what training does.
+        count = {"tokens": torch.zeros((), dtype=torch.long, device="cuda" if on_gpu else "cpu")}
         original_step = trainer.training_step
 
-        def counting_step(model, inputs, *args, **kwargs):  # real tokens: ids drawn >= 10, padding is 0
-            tokens["count"] += int((inputs["input_ids"] != 0).sum())
+        def counting_step(model, inputs, *args, **kwargs):
+            count["tokens"] += (inputs["input_ids"] != 0).sum()
             return original_step(model, inputs, *args, **kwargs)
 
         trainer.training_step = counting_step
         marks: dict = {}
 
-        class Clock(TrainerCallback):
+        class Clock(TrainerCallback):  # synchronizes only at the two marks
             def on_step_end(self, args, state, control, **kw):
-                if on_gpu:
-                    torch.cuda.synchronize()
-                if state.global_step == warmup:
-                    marks["start"] = time.perf_counter()
-                    tokens["timed"] = -tokens["count"]
-                if state.global_step == warmup + steps:
-                    marks["end"] = time.perf_counter()
-                    tokens["timed"] += tokens["count"]
-                marks.setdefault("losses", []).append(state.log_history[-1].get("loss") if state.log_history else None)
+                if state.global_step in (warmup, warmup + steps):
+                    if on_gpu:
+                        torch.cuda.synchronize()
+                    marks[state.global_step] = (time.perf_counter(), int(count["tokens"]))
 
         trainer.add_callback(Clock())
         if os.environ.get("PARAPHRX_PROFILE") == config:  # a kernel table for two timed steps, to find the gaps
@@ -252,12 +250,13 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         output = trainer.train()
-        seconds = marks["end"] - marks["start"]
+        (t0, n0), (t1, n1) = marks[warmup], marks[warmup + steps]
+        seconds = t1 - t0
         result = {
             "config": config,
-            "tokens_per_s": tokens["timed"] / seconds,
+            "tokens_per_s": (n1 - n0) / seconds,
             "seconds": seconds,
-            "timed_tokens": tokens["timed"],
+            "timed_tokens": n1 - n0,
             "timed_steps": steps,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan"),
             "train_loss": output.training_loss,
@@ -308,7 +307,7 @@ def main() -> None:
             print(f"[{config}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
                   f"loss {r['train_loss']:.4f}, process {r['wall_s']:.0f} s", flush=True)
 
-    n_base = sum(v for k, v in _param_count(model_dir).items())
+    n_base = _param_count(model_dir)
     by_name = {r["config"]: r for r in results}
     print(f"\n{'config':<6} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}   (N = {n_base / 1e9:.2f}B, 16 examples/step)")
     for r in results:
@@ -322,14 +321,14 @@ def main() -> None:
         args.json.write_text(json.dumps({"device": gpu, "matmul_tflops": matmul_tflops, "results": results}, indent=2))
 
 
-def _param_count(model_dir: Path) -> dict:
+def _param_count(model_dir: Path) -> int:
     """Parameters of the base model from its config (embeddings tied), without loading it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    return {"all": sum(p.numel() for p in model.parameters())}
+    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, SFTConfig
 
+from paraphrx.fast_path import fast_path_enabled
+
 
 @dataclass
 class ParaphrxScriptArguments(ScriptArguments):
@@ -58,6 +60,7 @@ class ParaphrxSFTConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        fast_path_enabled(self.fast_path)  # `on` without CUDA: a one-line recipe error now, not a traceback later
         # transformers' EarlyStoppingCallback would only assert this once training starts.
         if self.early_stopping_patience is not None and not (
             self.load_best_model_at_end and self.metric_for_best_model and self.eval_strategy != "no"

@@ -28,8 +28,6 @@ from torch import nn
 
 FAST_PATH_CHOICES = ("auto", "on", "off")
 
-# The SFTConfig values the fast path relies on; the GPU recipes set them (README "Speed").
-FAST_SFT_SETTINGS = {"padding_free": True, "gradient_checkpointing": False, "use_liger_kernel": False}
 FAST_ATTN_IMPLEMENTATION = "flex_attention"
 
 

@@ -220,3 +220,12 @@ def test_truncate_tokenized_cuts_like_trl_keep_start():
     cut = truncate_tokenized(ds, 3)
     assert cut["input_ids"] == [[2, 5, 6], [2, 9]] and cut["completion_mask"] == [[0, 0, 1], [0, 1]]
     assert truncate_tokenized(ds, 5) is ds and truncate_tokenized(None, 3) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_recipe_asking_for_the_fast_path_on_a_cpu_is_a_one_line_recipe_error():
+    from paraphrx.recipe_cli import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match=r"recipes/tiny/bucket1.yaml: fast_path: on needs a CUDA GPU"):
+        parse_recipe(["recipes/tiny/bucket1.yaml", "--fast_path", "on"])
+    assert parse_recipe(["recipes/tiny/bucket1.yaml"])[1].fast_path == "auto"
