@@ -127,6 +127,9 @@ def _autocast_off(forward):
 def compile_decoder_layers(model: nn.Module) -> int:
     """Compile each decoder layer in place (regional compilation: one graph reused by all identical layers)."""
     layers = decoder_layers(model)
+    # One graph per (sliding | global layer) x (first length | symbolic length) x (train | no-grad eval) is already
+    # dynamo's default limit of 8; past it a layer silently runs eagerly, so leave room.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for layer in layers:
         layer.forward = _autocast_off(layer.forward)
         # dynamic=None: one static graph first, then one symbolic-length graph once a second length appears.
