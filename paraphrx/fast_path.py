@@ -22,6 +22,8 @@ the plain one: eager attention, bitsandbytes NF4, no compile (flex attention has
 
 from __future__ import annotations
 
+import os
+
 import torch
 from loguru import logger
 from torch import nn
@@ -31,15 +33,26 @@ FAST_PATH_CHOICES = ("auto", "on", "off")
 FAST_ATTN_IMPLEMENTATION = "flex_attention"
 
 
+def _sharded_launch() -> str | None:
+    """FSDP or DeepSpeed, as `accelerate launch` announces them to the training process."""
+    for engine in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() in ("1", "true"):
+            return engine
+    return None
+
+
 def fast_path_enabled(choice: str) -> bool:
-    """Resolve the recipe's `fast_path` value: `auto` means on exactly when a CUDA device is present."""
+    """Resolve the recipe's `fast_path` value: `auto` means on exactly when a CUDA device is present and the run is
+    not sharded (FSDP-QLoRA and ZeRO-3 exist to shard the 4-bit base, which the fast path would dequantize)."""
     if choice not in FAST_PATH_CHOICES:
         raise ValueError(f"fast_path must be one of {FAST_PATH_CHOICES}, got {choice!r}")
     if choice == "off":
         return False
-    if not torch.cuda.is_available():
+    sharded = _sharded_launch()
+    if not torch.cuda.is_available() or sharded:
         if choice == "on":
-            raise ValueError("fast_path: on needs a CUDA GPU (flex attention has no backward on the CPU); use auto/off")
+            why = f"a {sharded} launch shards the 4-bit base" if sharded else "it needs a CUDA GPU"
+            raise ValueError(f"fast_path: on is not possible here: {why}; use auto or off")
         return False
     return True
 

@@ -71,6 +71,18 @@ def test_fast_path_choice_resolution():
             fast_path_enabled("on")
 
 
+def test_fast_path_stands_down_under_fsdp_and_deepspeed(monkeypatch):
+    """FSDP-QLoRA / ZeRO-3 shard the 4-bit base; dequantizing it would defeat them, so auto is off and on refuses."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fast_path_enabled("auto") is True
+    for engine in ("FSDP", "DEEPSPEED"):
+        monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
+        assert fast_path_enabled("auto") is False
+        with pytest.raises(ValueError, match=f"a {engine} launch shards the 4-bit base"):
+            fast_path_enabled("on")
+        monkeypatch.delenv(f"ACCELERATE_USE_{engine}")
+
+
 def test_dequantized_base_computes_the_nf4_function(tiny_model_dir):
     nf4 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
     fast = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
@@ -226,6 +238,6 @@ def test_truncate_tokenized_cuts_like_trl_keep_start():
 def test_recipe_asking_for_the_fast_path_on_a_cpu_is_a_one_line_recipe_error():
     from paraphrx.recipe_cli import RecipeError, parse_recipe
 
-    with pytest.raises(RecipeError, match=r"recipes/tiny/bucket1.yaml: fast_path: on needs a CUDA GPU"):
+    with pytest.raises(RecipeError, match=r"recipes/tiny/bucket1.yaml: fast_path: on is not possible here: it needs a CUDA"):
         parse_recipe(["recipes/tiny/bucket1.yaml", "--fast_path", "on"])
     assert parse_recipe(["recipes/tiny/bucket1.yaml"])[1].fast_path == "auto"
