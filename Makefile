@@ -1,23 +1,29 @@
 # paraphrx — every target creates the virtual environment first if it is missing.
-# CPU boxes (and CI) get the CPU torch wheel; on a GPU machine use `make env TORCH=torch` (or your CUDA build).
+# TORCH is installed first and on its own: on this project's CI machines `torch==2.13.0` resolves to the CPU wheel
+# kept on disk. Elsewhere, for a CPU build add TORCH_INDEX=https://download.pytorch.org/whl/cpu (plain PyPI gives the
+# CUDA build); on a GPU machine use e.g. `make env TORCH='torch>=2.11,<2.14'`. Changing TORCH reinstalls.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 
 DATA_PATHS ?= data/alpaca_gemma-2-2b-it.json
 DATASET    ?= data/paraphrx-alpaca
 PREP_ARGS  ?=
 
-.PHONY: env prep demo test clean eval eval-tiny
+.PHONY: env install prep demo test clean eval eval-tiny
 
-env: $(VENV)/.installed
+# The stamp holds the TORCH it was built with; a newer pyproject.toml or another TORCH rebuilds.
+env:
+	@if [ ! -f $(VENV)/.installed ] || [ pyproject.toml -nt $(VENV)/.installed ] \
+		|| [ "$$(cat $(VENV)/.installed)" != "$(TORCH) $(TORCH_INDEX)" ]; then $(MAKE) --no-print-directory install; fi
 
-$(VENV)/.installed: pyproject.toml
+install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $@
+	echo "$(TORCH) $(TORCH_INDEX)" > $(VENV)/.installed
 
 # Stage 1: source JSON -> one Hub-layout dataset folder with a split per bucket range.
 prep: env

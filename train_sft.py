@@ -46,3 +46,6 @@ if __name__ == "__main__":
     except (RunFolderError, TrainingDataError) as err:
         logger.error("{}", err)
         sys.exit(1)
+    except OSError as err:  # e.g. a model or tokenizer folder that does not exist (`make tiny-model` not run yet)
+        logger.error("{}", str(err).splitlines()[0])
+        sys.exit(1)

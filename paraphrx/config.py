@@ -22,10 +22,10 @@ class ParaphrxScriptArguments(ScriptArguments):
         default=None, metadata={"help": "Hub revision (branch, tag or commit) of the prepared dataset."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training rows (tiny demo / CI runs)."}
+        default=None, metadata={"help": "Train on a seeded sample of N rows (tiny demo / CI runs)."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N evaluation rows (tiny demo / CI runs)."}
+        default=None, metadata={"help": "Evaluate on a seeded sample of N rows (tiny demo / CI runs)."}
     )
 
 
@@ -59,6 +59,10 @@ class ParaphrxSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if isinstance(self.fast_path, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            self.fast_path = "on" if self.fast_path else "off"
+        if self.hub_token:  # it would be pickled into training_args.bin in every checkpoint
+            raise ValueError("hub_token: give the Hub token through the HF_TOKEN environment variable, not the recipe")
         super().__post_init__()
         fast_path_enabled(self.fast_path)  # `on` without CUDA: a one-line recipe error now, not a traceback later
         # transformers' EarlyStoppingCallback would only assert this once training starts.

@@ -12,11 +12,6 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-# Columns every prepared split carries (the data contract; README "Prepared dataset").
-TEXT_COLUMNS = ("prompt", "completion")
-META_COLUMNS = ("prompt_count", "source", "instruct_type", "bucket", "task_score", "reference")
-
-
 def local_splits(folder: Path) -> dict[str, list[str]]:
     """The splits of a prepared folder, from its shard names (`data/<split>-00000-of-00001.parquet`)."""
     splits: dict[str, list[str]] = {}

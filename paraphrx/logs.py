@@ -1,7 +1,7 @@
 """Logging for every stage: loguru to stderr and to `logs/<run_name>_<YYYY-mm-dd_HH-MM-SS>.log` (UTC), with a
 `logs/<run_name>_latest.log` link to the newest file. Python `logging` records (transformers, TRL, datasets) are
-routed into the same sinks, and every message passes a filter that masks token values, so `HF_TOKEN` or
-`WANDB_API_KEY` never reach a log even if a library prints them.
+routed into the same sinks, and every formatted line (tracebacks included) passes a filter that masks token values,
+so `HF_TOKEN` or `WANDB_API_KEY` never reach a log even if a library prints them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from loguru import logger
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY")
 # Token shapes worth masking even when they did not come from the environment.
 _SECRET_PATTERNS = [re.compile(r"hf_[A-Za-z0-9]{20,}")]
+LIBRARY_LOGGERS = ("transformers", "trl", "datasets", "peft", "accelerate", "huggingface_hub")
 _FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z | {level: <8} | {name}:{line} | {message}"
 
 
@@ -32,8 +33,15 @@ def redact(text: str) -> str:
     return text
 
 
-def _redacting_patcher(record) -> None:
-    record["message"] = redact(record["message"])
+class _RedactingSink:
+    """Writes each fully formatted line, traceback included, with secrets masked."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, message: str) -> None:
+        self.stream.write(redact(message))
+        self.stream.flush()
 
 
 class _InterceptHandler(logging.Handler):
@@ -50,16 +58,21 @@ class _InterceptHandler(logging.Handler):
 def setup_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO", main_process: bool = True) -> Path | None:
     """Configure loguru once per process. Only the main process writes the file; others log warnings to stderr."""
     logger.remove()
-    logger.configure(patcher=_redacting_patcher)
-    logger.add(sys.stderr, level=level if main_process else "WARNING", format=_FORMAT, colorize=None)
+    # diagnose=False: loguru would otherwise print every local variable of a traceback (a token among them).
+    logger.add(_RedactingSink(sys.stderr), level=level if main_process else "WARNING", format=_FORMAT,
+               colorize=False, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+    for name in LIBRARY_LOGGERS:  # transformers & co. keep their own stderr handler and stop propagation: undo that
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
     if not main_process:
         return None
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
     path = log_dir / f"{run_name}_{stamp}.log"
-    logger.add(path, level="DEBUG", format=_FORMAT, enqueue=False, encoding="utf-8")
+    logger.add(_RedactingSink(path.open("a", encoding="utf-8")), level="DEBUG", format=_FORMAT, diagnose=False)
     latest = log_dir / f"{run_name}_latest.log"
     tmp = log_dir / f".{run_name}_latest.tmp"
     tmp.unlink(missing_ok=True)

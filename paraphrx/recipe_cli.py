@@ -12,6 +12,7 @@ recipe (missing file, broken YAML, unknown key, wrong type) becomes one line nam
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ def recipe_path(argv: Sequence[str]) -> Path | None:
     return Path(argv[i + 1])
 
 
-def read_recipe(path: Path, known_keys: set[str]) -> dict:
+def read_recipe(path: Path, known_keys: set[str], collection_keys: set[str] = frozenset()) -> dict:
     """Load a flat recipe YAML and reject what TrlParser would reject with a long message or a traceback."""
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -74,7 +75,23 @@ def read_recipe(path: Path, known_keys: set[str]) -> dict:
     unknown = [key for key in data if key != "env" and key not in known_keys]
     if unknown:
         raise RecipeError(f"{path}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else ""))
+    for key, value in data.items():
+        if isinstance(value, (list, dict)) and key != "env" and key not in collection_keys:
+            raise RecipeError(f"{path}: {key}: expected a single value, got a {type(value).__name__}")
     return data
+
+
+def collection_fields(dataclass_types) -> set[str]:
+    """Recipe keys whose type admits a list or a mapping (e.g. lora_target_modules, model_init_kwargs)."""
+    names = set()
+    for cls in dataclass_types:
+        # The classes' own annotations: HfArgumentParser rewrites `field.type` (e.g. `dict | str | None` -> str).
+        annotations = {k: v for klass in reversed(cls.__mro__) for k, v in vars(klass).get("__annotations__", {}).items()}
+        for f in dataclasses.fields(cls):
+            annotation = str(annotations.get(f.name, f.type)).lower()
+            if any(word in annotation for word in ("list", "dict", "tuple", "any")):
+                names.add(f.name)
+    return names
 
 
 def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
@@ -84,13 +101,14 @@ def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATAC
     known = {action.dest for action in parser._actions}
     path = recipe_path(argv)
     if path is not None:
-        read_recipe(path, known)
+        read_recipe(path, known, collection_fields(dataclass_types))
     try:
         *parsed, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except RecipeError as err:
         raise RecipeError(f"{path or 'command line'}: {err}") from None
     except ValueError as err:  # the dataclasses' own __post_init__ checks (e.g. eval/save step mismatch)
-        raise RecipeError(f"{path or 'command line'}: {str(err).splitlines()[0]}") from None
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise RecipeError(f"{path or 'command line'}: {message}") from None
     if remaining:
         raise RecipeError(f"unknown option {remaining[0]!r} (not a field of the recipe dataclasses)")
     return tuple(parsed)

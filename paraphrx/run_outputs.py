@@ -40,6 +40,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,6 +63,11 @@ def resolve_checkpoint_or_refuse(training_args) -> str | None:
     out = Path(training_args.output_dir)
     state = PartialState()
     finished = (out / COMPLETE_MARKER).exists()
+    if training_args.overwrite_output_dir and out.exists() and any(out.iterdir()) and not is_run_folder(out):
+        raise RunFolderError(
+            f"{out} is not a paraphrx run folder (no {RECIPE_FILE}, {COMPLETE_MARKER} or checkpoint-*); "
+            "--overwrite_output_dir only replaces runs, so choose another --output_dir"
+        )
     if training_args.overwrite_output_dir and out.exists():
         state.wait_for_everyone()  # everyone has looked at the folder before the main process wipes it
         if state.is_main_process:
@@ -78,6 +86,13 @@ def resolve_checkpoint_or_refuse(training_args) -> str | None:
     if last:
         logger.info("resuming from {}", last)
     return last
+
+
+def is_run_folder(out: Path) -> bool:
+    """A folder a paraphrx run wrote: the only kind `--overwrite_output_dir` may delete."""
+    return any((out / name).exists() for name in (RECIPE_FILE, COMPLETE_MARKER, TRAINER_STATE_NAME)) or any(
+        out.glob("checkpoint-*")
+    )
 
 
 def last_complete_checkpoint(out: str | Path) -> str | None:
@@ -150,9 +165,6 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
     for item in staging.iterdir():
         os.replace(item, out / item.name)  # one rename per file: each appears whole
     staging.rmdir()
-    if not keep_checkpoints:
-        for checkpoint in out.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
     write_json_atomic(
         out / COMPLETE_MARKER,
         {
@@ -163,6 +175,9 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
             "dataset": dataset_record,
         },
     )
+    if not keep_checkpoints:  # after the marker: a kill in between leaves a finished run, not a lost resume point
+        for checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
     logger.info("run finished: adapter and records in {}", out)
     return out
 

@@ -126,6 +126,7 @@ def save_tiny_gemma(output_dir: str | Path, corpus_paths: list[Path] | None = No
     try:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

@@ -2,7 +2,8 @@
 
 Steps: parse flags -> stream and validate every row (nothing is written before all rows pass) -> split prompts ->
 pick each split's rows -> write parquet + card into a temporary folder -> rename into place -> push. Bad input ends
-with one error line naming file, row and field, exit code 2, and no output folder.
+with one error line naming file, row and field, exit code 2, and no output folder. A file system error (e.g. an
+`--output_dir` under a file) is one line naming the path, exit code 2; a failed push is one line, exit code 1.
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ from prep.split import assign_sides, held_out_prompts, select_rows, split_stats
 from prep.writer import atomic_folder, ensure_replaceable, write_splits
 
 EXIT_BAD_INPUT = 2
+EXIT_PUSH_FAILED = 1
+
+
+class PushError(RuntimeError):
+    """The upload to the Hub failed (network, token, permissions); the local dataset is complete."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (Hub and transformers errors span several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+def os_error_line(err: OSError) -> str:
+    """`<path>: <what>` for a file system error, e.g. `afile: File exists`."""
+    if err.filename is not None and err.strerror:
+        paths = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+        return f"{paths}: {err.strerror}"
+    return one_line(err)
 
 
 def parse_args(argv: list[str] | None = None) -> PrepConfig:
@@ -38,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
 def run(config: PrepConfig, command: str) -> Path:
     bucket_splits = config.bucket_splits()
     fractions = config.split_fractions()
+    max_shard_mb = config.shard_mb()
     ensure_replaceable(config.output_dir)
     missing = [p for p in config.data_paths if not Path(p).is_file()]
     if missing:
@@ -75,7 +95,7 @@ def run(config: PrepConfig, command: str) -> Path:
     out = Path(config.output_dir)
     with atomic_folder(out) as tmp:
         split_files = write_splits(
-            tmp, data, split_rows, config.template, config.use_paraphrase_answer, config.max_shard_mb
+            tmp, data, split_rows, config.template, config.use_paraphrase_answer, max_shard_mb
         )
         versions = {pkg: version(pkg) for pkg in ("paraphrx", "pyarrow", "datasets")}
         card = render_card(
@@ -92,7 +112,13 @@ def run(config: PrepConfig, command: str) -> Path:
     logger.info("wrote {} ({} splits)", out, len(split_files))
 
     if config.push_to_hub:
-        url = push_folder(out, config.push_to_hub, private=config.private)
+        try:
+            url = push_folder(out, config.push_to_hub, private=config.private)
+        except ConfigError:
+            raise
+        except Exception as err:  # huggingface_hub's HTTP, token, offline and transport errors: all end the same way
+            logger.opt(exception=True).debug("push failed")  # the traceback goes to the log file only
+            raise PushError(f"--push_to_hub {config.push_to_hub}: {type(err).__name__}: {one_line(err)}") from None
         logger.info("pushed to {}", url)
     return out
 
@@ -100,12 +126,22 @@ def run(config: PrepConfig, command: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config = parse_args(args)
-    setup_logging("prep")
+    try:
+        setup_logging("prep", log_dir=config.log_dir)
+    except OSError as e:
+        print(f"error: --log_dir: {os_error_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     command = "python -m prep " + shlex.join(args)
     logger.info("{}", command)
     try:
         run(config, command)
     except (ValidationError, ConfigError) as e:
         logger.error("{}", e)
+        return EXIT_BAD_INPUT
+    except PushError as e:
+        logger.error("{}", e)
+        return EXIT_PUSH_FAILED
+    except OSError as e:  # e.g. --output_dir below a file, a full disk, an unreadable input
+        logger.error("{}", os_error_line(e))
         return EXIT_BAD_INPUT
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -48,8 +49,14 @@ class PrepConfig:
         default=None,
         metadata={"help": "Upload the folder to this Hub dataset repo (token: HF_TOKEN or `hf auth login`)."},
     )
-    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
-    max_shard_mb: float = field(default=500, metadata={"help": "Upper bound on a parquet shard's uncompressed size."})
+    private: bool = field(
+        default=False,
+        metadata={"help": "Create the Hub repo as private; refuse to upload to an existing public repo."},
+    )
+    max_shard_mb: float = field(
+        default=500, metadata={"help": "Upper bound on a parquet shard's uncompressed size in MB (> 0)."}
+    )
+    log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
 
     def bucket_splits(self) -> dict[str, tuple[int, ...]]:
         """Split name -> buckets, in the order given; specs naming the same buckets collapse into one split."""
@@ -66,6 +73,16 @@ class PrepConfig:
 
     def split_fractions(self) -> tuple[float, float, float]:
         return parse_split_fractions(self.split)
+
+    def shard_mb(self) -> float:
+        return check_max_shard_mb(self.max_shard_mb)
+
+
+def check_max_shard_mb(value: float) -> float:
+    """`--max_shard_mb` must be a finite number > 0 (0 or less would write one shard per row)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"--max_shard_mb: expected a number of MB greater than 0, got {value!r}")
+    return float(value)
 
 
 def parse_split_fractions(text: str) -> tuple[float, float, float]:

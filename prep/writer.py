@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from prep.config import ConfigError
+from prep.config import ConfigError, check_max_shard_mb
 from prep.rows import SourceRows
 from prep.templates import completion_column, prompt_column
 
@@ -130,9 +130,10 @@ def write_splits(folder: Path, data: SourceRows, split_rows: dict[str, np.ndarra
     its `files`, `num_examples`, `num_bytes` (Arrow, uncompressed) and `download_size` (parquet bytes), as the card's
     `dataset_info` records them. A shard is written one row group at a time: memory stays at the source table plus a
     few row groups."""
+    max_shard_mb = check_max_shard_mb(max_shard_mb)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     row_bytes = _row_bytes(data, template)
-    shard_rows = max(1, int(max_shard_mb * 1e6 / row_bytes))
+    shard_rows = max(1, int(min(max_shard_mb * 1e6 / row_bytes, 2**62)))
     group_rows = max(1, min(shard_rows, int(ROW_GROUP_BYTES / row_bytes)))
     jobs, written = [], {}
     for split, indices in split_rows.items():

@@ -143,9 +143,51 @@ def test_skip_invalid_drops_rows_and_reports_them(in_tmp, rows, capfd):
     assert (in_tmp / "logs" / "prep_latest.log").read_text().count("skipping") == 3
 
 
-def _run_module(*args, cwd):
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_max_shard_mb_must_be_positive(in_tmp, gsm8k_path, capfd, value):
+    assert main(["--data_paths", str(gsm8k_path), "--output_dir", str(in_tmp / "ds"), "--max_shard_mb", value]) == 2
+    (line,) = _error_lines(capfd.readouterr().err)
+    assert "--max_shard_mb: expected a number of MB greater than 0" in line
+    assert not (in_tmp / "ds").exists()
+
+
+def test_log_dir_flag(in_tmp, gsm8k_path):
+    assert main(["--data_paths", str(gsm8k_path), "--output_dir", "ds", "--log_dir", "elsewhere/logs"]) == 0
+    assert (in_tmp / "elsewhere" / "logs" / "prep_latest.log").is_symlink()
+    assert "wrote ds" in (in_tmp / "elsewhere" / "logs" / "prep_latest.log").read_text()
+    assert not (in_tmp / "logs").exists()
+
+
+def _run_module(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "prep", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+                          env={**(env or os.environ), "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+
+
+def test_process_os_error_is_one_line(tmp_path, gsm8k_path):
+    """An --output_dir below a file: one line naming the path, exit 2, no traceback, nothing left behind."""
+    (tmp_path / "afile").write_text("not a folder")
+    failed = _run_module("--data_paths", str(gsm8k_path), "--output_dir", "afile/sub", cwd=tmp_path)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    (line,) = _error_lines(failed.stderr)
+    assert line.endswith("afile: File exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "logs"]
+
+    bad_log_dir = _run_module("--data_paths", str(gsm8k_path), "--output_dir", "ds", "--log_dir", "afile/logs",
+                              cwd=tmp_path)  # fmt: skip
+    assert bad_log_dir.returncode == 2 and "Traceback" not in bad_log_dir.stderr
+    assert bad_log_dir.stderr.strip() == "error: --log_dir: afile/logs: Not a directory"
+
+
+def test_process_push_failure_is_one_line(tmp_path, gsm8k_path):
+    """A Hub that cannot be reached (a closed local port, never the network): one line naming the repo, exit 1."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    failed = _run_module("--data_paths", str(gsm8k_path), "--output_dir", "ds", "--push_to_hub", "me/x",
+                         cwd=tmp_path, env=env)  # fmt: skip
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    (line,) = _error_lines(failed.stderr)
+    assert "--push_to_hub me/x: " in line
+    assert (tmp_path / "ds" / "README.md").is_file()
 
 
 def test_process_exit_code_and_previous_dataset_intact(tmp_path, rows, gsm8k_path):
@@ -169,5 +211,5 @@ def test_process_exit_code_and_previous_dataset_intact(tmp_path, rows, gsm8k_pat
 def test_process_help_lists_the_flags(tmp_path):
     shown = _run_module("--help", cwd=tmp_path).stdout
     for flag in ("--data_paths", "--buckets", "--seed", "--split", "--use_paraphrase_answer", "--template", "--output_dir",
-                 "--push_to_hub", "--private", "--skip_invalid"):  # fmt: skip
+                 "--push_to_hub", "--private", "--skip_invalid", "--max_shard_mb", "--log_dir"):  # fmt: skip
         assert flag in shown

@@ -13,9 +13,22 @@ TOKEN = "hf_" + "T0kenValueThatMustNeverBeLogged1234"
 
 class FakeHfApi:
     calls: list = []
+    existing: dict = {}  # repo_id -> private, the repos already on the fake Hub
 
     def __init__(self, token=None, **kwargs):
         self.calls.append(("init", {"token": token, **kwargs}))
+
+    def repo_info(self, repo_id, repo_type=None, **kwargs):
+        from types import SimpleNamespace
+
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        self.calls.append(("repo_info", {"repo_id": repo_id, "repo_type": repo_type}))
+        if repo_id not in self.existing:
+            request = SimpleNamespace(url=f"https://huggingface.co/api/datasets/{repo_id}")
+            raise RepositoryNotFoundError("404 Repository Not Found",
+                                          response=SimpleNamespace(headers={}, request=request))
+        return SimpleNamespace(id=repo_id, private=self.existing[repo_id])
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
@@ -38,6 +51,7 @@ def fake_hub(monkeypatch, tmp_path):
     import huggingface_hub
 
     FakeHfApi.calls = []
+    FakeHfApi.existing = {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.chdir(tmp_path)
@@ -87,3 +101,44 @@ def test_public_by_default_and_no_push_on_bad_input(fake_hub, tmp_path, gsm8k_pa
     bad.write_text("[1]")
     assert main(["--data_paths", str(bad), "--output_dir", str(tmp_path / "ds2"), "--push_to_hub", "me/x"]) == 2
     assert fake_hub == []
+
+
+def _push_argv(tmp_path, gsm8k_path, *extra):
+    return ["--data_paths", str(gsm8k_path), "--output_dir", str(tmp_path / "ds"), "--push_to_hub", "me/x", *extra]
+
+
+def test_private_refuses_an_existing_public_repo(fake_hub, tmp_path, gsm8k_path, capfd):
+    FakeHfApi.existing = {"me/x": False}
+    assert main(_push_argv(tmp_path, gsm8k_path, "--private")) == 2
+    names = [name for name, _ in fake_hub]
+    assert "repo_info" in names and "upload_folder" not in names and "create_repo" not in names
+    assert dict(fake_hub)["repo_info"] == {"repo_id": "me/x", "repo_type": "dataset"}
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if "| ERROR" in line]
+    assert "--private: the dataset repo me/x already exists and is public; refusing to upload" in line
+    assert "Traceback" not in err
+
+
+def test_private_uploads_to_an_existing_private_repo_and_public_push_to_public(fake_hub, tmp_path, gsm8k_path):
+    FakeHfApi.existing = {"me/x": True}
+    assert main(_push_argv(tmp_path, gsm8k_path, "--private")) == 0
+    assert "upload_folder" in [name for name, _ in fake_hub]
+    fake_hub.clear()
+    FakeHfApi.existing = {"me/x": False}
+    assert main(_push_argv(tmp_path, gsm8k_path)) == 0  # no --private asked: the public repo is fine
+    assert "upload_folder" in [name for name, _ in fake_hub]
+
+
+def test_push_failure_is_one_line_exit_1(fake_hub, tmp_path, gsm8k_path, capfd, monkeypatch):
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    def no_token(self, repo_id, **kwargs):
+        raise LocalTokenNotFoundError("Token is required (`token=True`), but no token found.\nRun `hf auth login`.")
+
+    monkeypatch.setattr(FakeHfApi, "create_repo", no_token)
+    assert main(_push_argv(tmp_path, gsm8k_path)) == 1
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if "| ERROR" in line]
+    assert line.endswith("--push_to_hub me/x: LocalTokenNotFoundError: Token is required (`token=True`), "
+                         "but no token found. Run `hf auth login`.")
+    assert "Traceback" not in err and (tmp_path / "ds" / "README.md").is_file()  # the local dataset is complete

@@ -228,3 +228,17 @@ def test_empty_splits_are_left_out(tmp_path, gsm8k_path):
     assert len(load_prepared(str(out), "bucket1_2")) == 88 - sum(
         p["bucket"] > 2 for r in json.loads(gsm8k_path.read_text()) for p in r["paraphrases"]
     )
+
+
+@pytest.mark.parametrize("max_shard_mb", [0, -5.0])
+def test_write_splits_refuses_a_shard_size_of_zero_or_less(tmp_path, gsm8k_path, max_shard_mb):
+    """Without the check, 0 MB made one parquet file per row."""
+    import numpy as np
+
+    from prep.rows import read_sources
+    from prep.writer import write_splits
+
+    data = read_sources([str(gsm8k_path)], False, False)
+    with pytest.raises(ConfigError, match="--max_shard_mb"):
+        write_splits(tmp_path, data, {"test": np.arange(data.rows.num_rows)}, max_shard_mb=max_shard_mb)
+    assert not (tmp_path / "data").exists()

@@ -67,6 +67,22 @@ def test_wrong_type_names_the_key(tmp_path):
         parse_recipe([TINY, "--learning_rate", "fast"])
 
 
+@pytest.mark.parametrize("line", ["learning_rate: [0.1]\n", "max_steps: {a: 1}\n"])
+def test_a_list_or_mapping_for_a_single_value_key_names_the_key(tmp_path, line):
+    key = line.split(":")[0]
+    with pytest.raises(RecipeError, match=rf"r\.yaml: {key}: expected a single value"):
+        parse_recipe([_write(tmp_path, line)])
+
+
+@pytest.mark.parametrize("word, expected", [("on", "on"), ("off", "off"), ("auto", "auto")])
+def test_bare_yaml_on_off_for_fast_path(tmp_path, word, expected):
+    if word == "on" and not __import__("torch").cuda.is_available():
+        with pytest.raises(RecipeError, match="fast_path: on is not possible here"):
+            parse_recipe([_write(tmp_path, f"fast_path: {word}\n")])
+        return
+    assert parse_recipe([_write(tmp_path, f"fast_path: {word}\n")])[1].fast_path == expected
+
+
 def test_broken_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model_name_or_path: x\nlora_r: [16\n")

@@ -74,15 +74,31 @@ def test_overwrite_output_dir_starts_over(tmp_path):
     assert not out.exists()
 
 
-def test_resolved_recipe_keeps_special_tokens_and_drops_the_hub_token(tmp_path):
-    script, train, model = parse_recipe([TINY, "--eos_token", "<end_of_turn>", "--hub_token", "hf_" + "x" * 30])
+def test_resolved_recipe_keeps_special_tokens_and_reparses(tmp_path):
+    script, train, model = parse_recipe([TINY, "--eos_token", "<end_of_turn>"])
     recipe = resolved_recipe(script, train, model)
     assert recipe["eos_token"] == "<end_of_turn>" and recipe["hub_token"] is None
     assert recipe["lr_scheduler_type"] == "cosine" and recipe["lora_target_modules"][0] == "q_proj"
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert "hf_xxx" not in path.read_text()
     assert resolved_recipe(*parse_recipe([str(path)])) == recipe
+
+
+def test_hub_token_in_a_recipe_is_refused():
+    """It would be pickled into training_args.bin in every checkpoint; the token comes from HF_TOKEN only."""
+    from paraphrx.recipe_cli import RecipeError
+
+    with pytest.raises(RecipeError, match="hub_token: give the Hub token through the HF_TOKEN environment variable"):
+        parse_recipe([TINY, "--hub_token", "hf_" + "x" * 30])
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    precious = tmp_path / "outputs"
+    (precious / "bucket1").mkdir(parents=True)
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(RunFolderError, match="is not a paraphrx run folder"):
+        resolve_checkpoint_or_refuse(_args(precious, "--overwrite_output_dir", "true"))
+    assert (precious / "notes.txt").read_text() == "keep me"
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

@@ -175,3 +175,16 @@ def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
     logged_steps = [h["step"] for h in state["log_history"] if "loss" in h]
     assert logged_steps and logged_steps[-1] == 10
     assert f"step {step + 1}/10" in log and f"step {step}/10 | loss" not in log, "continued after the checkpoint"
+
+
+def test_missing_model_folder_is_one_line_exit_1(prepared_dataset_dir, tmp_path):
+    """E.g. the tiny recipe before `make tiny-model`: one error line, no traceback."""
+    missing = tmp_path / "no-such-model"
+    cmd = [sys.executable, str(REPO / "train_sft.py"),
+           *tiny_argv(missing, prepared_dataset_dir, tmp_path / "out", "--max_steps", "1")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and "no-such-model" in errors[0], proc.stderr[-2000:]

@@ -1,7 +1,8 @@
 """Generation cache: one JSONL file per model identity, one line per answered prompt.
 
-The key of a file is a hash of what decides a greedy answer: the base model (Hub id + resolved commit, or the
-sha256 of a local folder's weights), the adapter (sha256 of its weights and config), how the base was loaded
+The key of a file is a hash of what decides a greedy answer: the base model (Hub id + the commit the HF cache
+resolves its revision to after loading, so the first run and later ones agree; or the sha256 of a local folder's
+weights), the adapter (sha256 of its weights and config), how the base was loaded
 (dtype, 4-bit, attention, merged or not) and the generation settings. Inside, answers are keyed by the prompt's
 sha256. So a re-run generates only what is new, and a changed adapter or setting never reuses stale text.
 Batch size is not part of the key: greedy text should not depend on it (in bf16 it rarely can; see README).
@@ -34,20 +35,38 @@ def sha256_files(paths: list[Path]) -> str:
 
 
 def base_identity(model_name_or_path: str, revision: str | None) -> dict:
-    """A local folder is identified by its weights' hash; a Hub id by the commit the local HF cache resolved."""
+    """A local folder is identified by its weights' hash; a Hub id by the commit the local HF cache resolves
+    `revision` to, or `"commit": None` while the model has never been downloaded (see `loaded_base_identity`)."""
     local = Path(model_name_or_path)
     if local.is_dir():
         files = [p for p in local.iterdir() if p.suffix in WEIGHT_SUFFIXES] + [local / "config.json"]
         return {"base": str(local), "sha256": sha256_files([p for p in files if p.exists()])}
-    commit = revision
-    try:
-        from huggingface_hub import snapshot_download
+    return {"base": model_name_or_path, "commit": cached_commit(model_name_or_path, revision)}
 
-        # Offline lookup only: which commit `revision` points to in the local cache (if it was downloaded before).
-        commit = Path(snapshot_download(model_name_or_path, revision=revision, local_files_only=True)).name
-    except Exception:  # not cached yet: the revision name is the best identity we have
-        pass
-    return {"base": model_name_or_path, "commit": commit}
+
+def loaded_base_identity(model_name_or_path: str, revision: str | None) -> dict:
+    """The identity once `from_pretrained` has run: the download recorded `revision` -> commit in the HF cache,
+    so a Hub id resolves to the same commit the next run finds before loading anything. (transformers 5 keeps
+    no `config._commit_hash`; the cache is the record.) A commit that still cannot be resolved (a custom cache
+    folder) falls back to the revision name, the same on every run."""
+    identity = base_identity(model_name_or_path, revision)
+    if "commit" in identity and identity["commit"] is None:
+        identity["commit"] = revision or "main"
+    return identity
+
+
+def cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit `revision` points to in the local HF cache (offline), or None when it is not there."""
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision  # already a commit
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # not a valid repo id, unreadable cache: nothing resolved
+        return None
+    # `<cache>/models--org--name/snapshots/<commit>/config.json`; otherwise None or the "known missing" marker.
+    return Path(path).parent.name if isinstance(path, str) else None
 
 
 def adapter_identity(adapter_dir: Path) -> dict:
@@ -88,9 +107,6 @@ class GenerationCache:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     logger.warning("{}:{}: unreadable cache line skipped (interrupted write?)", self.path, line_no)
         return answers
-
-    def __len__(self) -> int:
-        return len(self._answers)
 
     def get(self, prompt: str) -> str | None:
         return self._answers.get(sha256_text(prompt))

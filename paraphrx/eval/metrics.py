@@ -152,15 +152,6 @@ def mmlu_letter(text: str) -> str | None:
 
 
 # --- one answer ------------------------------------------------------------------------------------------------------
-def extracted_answer(source: str, text: str) -> str | None:
-    """The short answer used for answer consistency (GSM8K number, MMLU letter); None for free-text sources."""
-    if source == "gsm8k":
-        return gsm8k_flexible_answer(text)
-    if source == "mmlu":
-        return mmlu_letter(text)
-    return None
-
-
 def score_answer(prediction: str, reference: str, source: str) -> dict:
     """All per-answer scores for one generation, plus the extracted answer for GSM8K/MMLU."""
     scores = {"exact_match": exact_match(prediction, reference), **rouge_f1(prediction, reference),

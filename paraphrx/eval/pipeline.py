@@ -12,20 +12,20 @@ import yaml
 from loguru import logger
 
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
-from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity
+from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.generation import (
     BASE, active_model, attach_adapters, generate_batched, load_base_model, load_tokenizer, log_model, merge_adapter,
 )
 from paraphrx.eval.metrics import score_answer
 from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
+from paraphrx.eval.robustness import ORIGINAL
 
 REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
 ROW_FIELDS = REQUIRED_COLUMNS + ("task_score",)
 # The recipe keys that decide how the base is loaded (TRL ModelConfig fields).
 RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
                      "use_bnb_nested_quant", "bnb_4bit_quant_storage")
-ORIGINAL = "instruction_original"
 
 
 class EvalError(Exception):
@@ -158,40 +158,57 @@ def loading_settings(model_args: EvalModelConfig, eval_args: EvalArguments) -> d
 
 def generate_answers(prompts: list[str], models: dict[str, Path | None], model_args: EvalModelConfig,
                      eval_args: EvalArguments, cache_dir: Path) -> tuple[dict[str, dict[str, str]], dict]:
-    """{model name: {prompt: answer}} for every model, generating only what the cache lacks; and each identity."""
-    base = base_identity(model_args.model_name_or_path, model_args.model_revision)
+    """{model name: {prompt: answer}} for every model, generating only what the cache lacks; and each identity.
+
+    A Hub base that was never downloaded has no commit yet: it is loaded first, and the caches are keyed by the
+    commit the load resolved, the one the next run reads from the HF cache before loading anything."""
     settings = loading_settings(model_args, eval_args)
-    caches = {
-        name: GenerationCache(cache_dir, {**base, "adapter": adapter_identity(path) if path else None,
-                                          "settings": settings})
-        for name, path in models.items()
-    }
-    todo = {name: cache.missing(prompts) for name, cache in caches.items()}
-    for name, cache in caches.items():
-        logger.info("{}: {} of {} prompts cached", name, len(prompts) - len(todo[name]), len(prompts))
-    if any(todo.values()):
+
+    def open_caches(base: dict) -> tuple[dict[str, GenerationCache], dict[str, list[str]]]:
+        caches = {
+            name: GenerationCache(cache_dir, {**base, "adapter": adapter_identity(path) if path else None,
+                                              "settings": settings})
+            for name, path in models.items()
+        }
+        return caches, {name: cache.missing(prompts) for name, cache in caches.items()}
+
+    base = base_identity(model_args.model_name_or_path, model_args.model_revision)
+    caches, todo = open_caches(base)
+    unresolved = base.get("commit", "") is None
+    if unresolved or any(todo.values()):
         log_model(model_args)
         tokenizer = load_tokenizer(model_args)
+        model = load_base_model(model_args)
+        loaded = loaded_base_identity(model_args.model_name_or_path, model_args.model_revision)
+        if loaded != base:
+            caches, todo = open_caches(loaded)
+        _log_cached(prompts, todo)
         if eval_args.merge_adapters:
             for name, path in models.items():
                 if todo[name]:
-                    model = load_base_model(model_args)
+                    model = model if model is not None else load_base_model(model_args)
                     model = merge_adapter(model, path) if path else model
                     _generate(model, tokenizer, name, todo[name], caches[name], eval_args)
-                    del model
+                    model = None
                     _free_memory()
         else:
-            model = attach_adapters(load_base_model(model_args),
-                                    {n: p for n, p in models.items() if p is not None and todo[n]})
+            model = attach_adapters(model, {n: p for n, p in models.items() if p is not None and todo[n]})
             for name in models:
                 if todo[name]:
                     with active_model(model, name) as active:
                         _generate(active, tokenizer, name, todo[name], caches[name], eval_args)
-            del model
-            _free_memory()
+        del model
+        _free_memory()
+    else:
+        _log_cached(prompts, todo)
     answers = {name: {p: cache.get(p) for p in prompts} for name, cache in caches.items()}
     identities = {name: {"cache_key": cache.key, **cache.identity} for name, cache in caches.items()}
     return answers, identities
+
+
+def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
+    for name, missing in todo.items():
+        logger.info("{}: {} of {} prompts cached", name, len(prompts) - len(missing), len(prompts))
 
 
 def _generate(model, tokenizer, name, prompts, cache, eval_args) -> None:

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from paraphrx.eval.metrics import corpus_bleu_by_group, metrics_for, primary_metric
-from paraphrx.eval.robustness import BUCKETS, consistency, robustness_report
+from paraphrx.eval.robustness import consistency, robustness_report
+from prep.buckets import BUCKETS
 
 GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 
-ORIGINAL = "instruction_original"
-BUCKETS = (1, 2, 3, 4, 5)
+from prep.buckets import BUCKETS
+
+ORIGINAL = "instruction_original"  # the `instruct_type` of a prompt's own wording (the pipeline's too)
 
 
 def _mean(values) -> float | None:
@@ -98,9 +99,9 @@ def consistency(rows: list[dict], answer_key: str = "answer") -> float | None:
     return _mean(shares)
 
 
-def robustness_report(rows: list[dict], metric: str, with_consistency: bool = False) -> dict:
+def robustness_report(rows: list[dict], metric: str) -> dict:
     """Every robustness number for one model on one metric, as stored in summary.json."""
-    report = {
+    return {
         "metric": metric,
         "n_rows": len(rows),
         "n_prompts": len(by_prompt(rows, metric)),
@@ -112,6 +113,3 @@ def robustness_report(rows: list[dict], metric: str, with_consistency: bool = Fa
         "pdr": pdr(rows, metric),
         "cps": cps(rows, metric),
     }
-    if with_consistency:
-        report["consistency"] = consistency(rows)
-    return report
