@@ -2,7 +2,35 @@
 
 import json
 
-from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, cache_key
+import pytest
+
+from paraphrx.eval import pipeline
+from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, cache_key, loaded_base_identity
+from paraphrx.eval.config import EvalArguments, EvalModelConfig
+
+HUB_ID = "google/gemma-2-2b-it"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty HF cache of the test's own, whatever the user's cache holds (gemma itself, say)."""
+    import huggingface_hub.constants
+
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))  # read once, at import
+    return home / "hub"
+
+
+def fake_download(hub_cache, repo_id, commit, revision="main"):
+    """What `from_pretrained` leaves in the HF cache: the revision -> commit ref and the snapshot's files."""
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
 
 
 def _adapter(tmp_path, name, weights: bytes):
@@ -22,14 +50,54 @@ def test_key_changes_with_adapter_weights_and_settings(tmp_path):
     assert cache_key({"adapter": a, "settings": settings}) == cache_key({"settings": settings, "adapter": a})
 
 
-def test_base_identity_hashes_a_local_folders_weights(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "model.safetensors").write_bytes(b"w1")
-    first = base_identity(str(tmp_path), None)
-    (tmp_path / "model.safetensors").write_bytes(b"w2")
-    assert base_identity(str(tmp_path), None) != first
-    hub = base_identity("google/gemma-2-2b-it", "main")  # not in the local HF cache here: the revision stands in
-    assert hub == {"base": "google/gemma-2-2b-it", "commit": "main"}
+def test_base_identity_hashes_a_local_folders_weights(tmp_path, hf_cache):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"w1")
+    first = base_identity(str(model_dir), None)
+    assert loaded_base_identity(str(model_dir), None) == first  # a local folder: the same before and after loading
+    (model_dir / "model.safetensors").write_bytes(b"w2")
+    assert base_identity(str(model_dir), None) != first
+
+
+def test_hub_identity_is_the_commit_the_hf_cache_resolves(hf_cache):
+    assert base_identity(HUB_ID, "main") == {"base": HUB_ID, "commit": None}  # never downloaded: unknown yet
+    assert loaded_base_identity(HUB_ID, "main") == {"base": HUB_ID, "commit": "main"}  # still unknown after a load
+    fake_download(hf_cache, HUB_ID, COMMIT)
+    assert base_identity(HUB_ID, "main") == {"base": HUB_ID, "commit": COMMIT}
+    assert base_identity(HUB_ID, None) == loaded_base_identity(HUB_ID, "main") == {"base": HUB_ID, "commit": COMMIT}
+    assert base_identity(HUB_ID, COMMIT)["commit"] == COMMIT
+
+
+def test_first_and_second_run_of_a_hub_model_share_one_cache_key(tmp_path, hf_cache, monkeypatch):
+    """First run: the model is not in the HF cache, so its commit is only known once it is loaded (downloaded).
+    The answers must land under that commit's key, the one the second run computes before loading anything."""
+    loads = []
+
+    def load_base_model(model_args):  # a "download": the HF cache now maps main -> COMMIT
+        loads.append(model_args.model_name_or_path)
+        fake_download(hf_cache, HUB_ID, COMMIT)
+        return object()
+
+    def generate_batched(model, tokenizer, prompts, on_batch=None, **kwargs):
+        on_batch(prompts, [p.upper() for p in prompts])
+        return [p.upper() for p in prompts]
+
+    monkeypatch.setattr(pipeline, "load_tokenizer", lambda model_args: "tokenizer")
+    monkeypatch.setattr(pipeline, "load_base_model", load_base_model)
+    monkeypatch.setattr(pipeline, "generate_batched", generate_batched)
+    model_args = EvalModelConfig(model_name_or_path=HUB_ID, model_revision="main")
+    prompts = ["p1", "p2"]
+
+    first, first_ids = pipeline.generate_answers(prompts, {"base": None}, model_args, EvalArguments(), tmp_path / "c")
+    assert loads == [HUB_ID] and first == {"base": {"p1": "P1", "p2": "P2"}}
+    assert first_ids["base"]["commit"] == COMMIT
+    second, second_ids = pipeline.generate_answers(prompts, {"base": None}, model_args, EvalArguments(), tmp_path / "c")
+    assert loads == [HUB_ID]  # everything cached under the same key: no model loaded, nothing regenerated
+    assert second == first and second_ids["base"]["cache_key"] == first_ids["base"]["cache_key"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
+        [f"{first_ids['base']['cache_key']}.json", f"{first_ids['base']['cache_key']}.jsonl"])
 
 
 def test_round_trip_missing_and_torn_line(tmp_path):
@@ -41,7 +109,7 @@ def test_round_trip_missing_and_torn_line(tmp_path):
     with cache.path.open("a") as handle:  # an interrupted append
         handle.write('{"prompt_sha256": "abc", "genera')
     reread = GenerationCache(tmp_path, identity)
-    assert reread.get("p1") == "answer one" and reread.get("p2") is None and len(reread) == 1
+    assert reread.get("p1") == "answer one" and reread.get("p2") is None and reread.missing(["p1", "p2"]) == ["p2"]
     reread.add(["p2"], ["answer two"])
     again = GenerationCache(tmp_path, identity)
     assert again.get("p2") == "answer two" and again.missing(["p1", "p2"]) == []

@@ -129,3 +129,85 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"{not_an_adapter}: no adapter_config.json" in errors[0]
     assert not (tmp_path / "eval").exists()  # nothing half-written
+
+
+def _run_script(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "evaluate_paraphrx.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_broken_config_and_missing_base_folder_are_one_line(tmp_path):
+    """The real process: a broken --config YAML and a base model folder that is not there."""
+    (tmp_path / "eval.yaml").write_text("batch_size: [4\nmax_new_tokens: 8\n", encoding="utf-8")
+    result = _run_script("--config", "eval.yaml", "--log_dir", "l", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: eval.yaml (line 2): invalid YAML")
+
+    result = _run_script("--model_name_or_path", "./models/gone", "--log_dir", "l", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith("--model_name_or_path: base model folder ./models/gone: not found")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_base_folder_named_by_an_adapter(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    adapter = tmp_path / "outputs" / "bucket1"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    assert evaluate_paraphrx.main(["--log_dir", "l"]) == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"outputs/bucket1/adapter_config.json: base_model_name_or_path: base model folder {tmp_path / 'gone'}: not found")
+
+
+def test_corrupt_summary_json_is_one_line(tmp_path, capfd):
+    out = tmp_path / "eval" / "run"
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text('{"run": {"split": "te', encoding="utf-8")  # a torn write
+    (out / "generations.jsonl").write_text("", encoding="utf-8")
+    argv = ["--output_dir", str(tmp_path / "eval"), "--output_name", "run", "--recompute_metrics_only",
+            "--log_dir", str(tmp_path / "logs")]
+    assert evaluate_paraphrx.main(argv) == 2
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and f"{out / 'summary.json'}: not valid JSON" in errors[0] and "Traceback" not in err
+    assert (out / "summary.json").read_text(encoding="utf-8") == '{"run": {"split": "te'  # left as it was
+    (out / "summary.json").write_text("[1, 2]", encoding="utf-8")
+    assert evaluate_paraphrx.main(argv) == 2
+    assert "expected an object with a 'run' object" in capfd.readouterr().err
+
+
+HUB_FAILURES = {
+    "model: no connection": ("load_tokenizer", OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
+        "files.\nCheck your internet connection."), "base model org/tiny: OSError: We couldn't connect to "
+        "'https://huggingface.co' to load the files, and couldn't find them in the cached files. Check your internet "
+        "connection."),
+    "model: connection reset": ("load_base_model", ConnectionError("Connection reset by peer"),
+                                "base model org/tiny: ConnectionError: Connection reset by peer"),
+    "dataset: unreachable": ("load_prepared", ConnectionError("Couldn't reach 'org/ds' on the Hub\n(offline)"),
+                             "ConnectionError: Couldn't reach 'org/ds' on the Hub (offline)"),
+}
+
+
+@pytest.mark.parametrize("case", HUB_FAILURES, ids=list(HUB_FAILURES))
+def test_hub_errors_are_one_line(tmp_path, prepared_dataset_dir, monkeypatch, capfd, case):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # org/tiny: not cached
+    target, error, expected = HUB_FAILURES[case]
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pipeline, "load_tokenizer", lambda model_args: "tokenizer")  # never the network
+    monkeypatch.setattr(pipeline, target, fail)
+    monkeypatch.chdir(tmp_path)  # no outputs/bucket*/ adapters here: the base alone
+    argv = ["--dataset", str(prepared_dataset_dir), "--model_name_or_path", "org/tiny", "--output_dir", str(tmp_path / "eval"), "--cache_dir", str(tmp_path / "cache"),
+            "--log_dir", str(tmp_path / "logs")]
+    assert evaluate_paraphrx.main(argv) == 2
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith(expected) and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()

@@ -32,6 +32,21 @@ class EvalError(Exception):
     """Bad input: the message names the file, row and field; the entry point prints it on one line."""
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (transformers' and the Hub's errors span several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+def check_base_model(name: str, origin: str) -> None:
+    """A base that names a local folder must be one; a Hub id (`name` or `org/name`) is left to `from_pretrained`."""
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise EvalError(f"{origin}: base model {name}: not a folder")
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_local and not path.is_dir():
+        raise EvalError(f"{origin}: base model folder {name}: not found")
+
+
 # --- what to evaluate ------------------------------------------------------------------------------------------------
 def discover_adapters(paths: list[str] | None, default_glob: str = "outputs/bucket*") -> dict[str, Path]:
     """Adapter folders by name (the folder's name). Without `paths`, every `outputs/bucket*` with an adapter."""
@@ -177,8 +192,8 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     unresolved = base.get("commit", "") is None
     if unresolved or any(todo.values()):
         log_model(model_args)
-        tokenizer = load_tokenizer(model_args)
-        model = load_base_model(model_args)
+        tokenizer = _loading(load_tokenizer, model_args)
+        model = _loading(load_base_model, model_args)
         loaded = loaded_base_identity(model_args.model_name_or_path, model_args.model_revision)
         if loaded != base:
             caches, todo = open_caches(loaded)
@@ -186,7 +201,7 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
         if eval_args.merge_adapters:
             for name, path in models.items():
                 if todo[name]:
-                    model = model if model is not None else load_base_model(model_args)
+                    model = model if model is not None else _loading(load_base_model, model_args)
                     model = merge_adapter(model, path) if path else model
                     _generate(model, tokenizer, name, todo[name], caches[name], eval_args)
                     model = None
@@ -204,6 +219,14 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     answers = {name: {p: cache.get(p) for p in prompts} for name, cache in caches.items()}
     identities = {name: {"cache_key": cache.key, **cache.identity} for name, cache in caches.items()}
     return answers, identities
+
+
+def _loading(load, model_args: EvalModelConfig):
+    """`load(model_args)` (tokenizer or base model); a missing, unreachable or gated model becomes one EvalError."""
+    try:
+        return load(model_args)
+    except (OSError, ValueError) as err:  # OSError covers the Hub's HTTP, connection, offline and token errors
+        raise EvalError(f"base model {model_args.model_name_or_path}: {type(err).__name__}: {one_line(err)}") from None
 
 
 def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
@@ -257,21 +280,37 @@ def read_generations(path: Path) -> list[dict]:
     return records
 
 
+def read_run_context(path: Path) -> dict:
+    """The `run` section of an earlier summary.json ({} when there is none); a corrupt file is an EvalError."""
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EvalError(f"{path}: not valid JSON ({one_line(err)}); delete it to start a fresh report") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("run", {}), dict):
+        raise EvalError(f"{path}: expected an object with a 'run' object; delete it to start a fresh report")
+    return summary.get("run", {})
+
+
 # --- the run ---------------------------------------------------------------------------------------------------------
 def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Path:
     """Evaluate and write `<output_dir>/<output_name>/`; returns that folder."""
     name = eval_args.output_name or Path(eval_args.dataset.rstrip("/")).name
     out_dir = Path(eval_args.output_dir) / name
     if eval_args.recompute_metrics_only:
-        old_summary = out_dir / "summary.json"
-        context = json.loads(old_summary.read_text(encoding="utf-8")).get("run", {}) if old_summary.exists() else {}
+        context = read_run_context(out_dir / "summary.json")
         records = [score_record(r) for r in read_generations(out_dir / GENERATIONS_FILE)]
         models = list(dict.fromkeys(r["model"] for r in records))
         logger.info("re-scoring {} generations of {} models from {}", len(records), len(models), out_dir)
         return write_results(out_dir, records, build_summary(records, models, {**context, "recomputed": True}))
 
     adapters = discover_adapters(eval_args.adapters)
+    given = model_args.model_name_or_path
     model_args = resolve_model_config(model_args, adapters, eval_args.use_recipe_model_config)
+    origin = ("--model_name_or_path" if given is not None
+              else f"{next(iter(adapters.values())) / 'adapter_config.json'}: base_model_name_or_path")
+    check_base_model(model_args.model_name_or_path, origin)
     models: dict[str, Path | None] = ({BASE: None} if eval_args.include_base else {}) | dict(adapters)
     if not models:
         raise EvalError("nothing to evaluate: --include_base false and no adapters")
