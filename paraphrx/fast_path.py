@@ -16,8 +16,9 @@ What the reference (QLoRA, NF4, eager, padded micro-batches) spends its time on,
 4. **No full logits**: TRL's SFTTrainer already projects only the completion positions through the 256k-vocab LM
    head, in tiles, with Gemma-2's final soft-capping (30); Liger's kernels add nothing once the layers are compiled.
 
-Everything here is opt-in through the recipe key `fast_path` (`auto` = on when CUDA is available). The CPU path is
-the plain one: eager attention, bitsandbytes NF4, no compile (flex attention has no backward on the CPU).
+Everything here is switched by the recipe key `fast_path` (`auto` = on when CUDA is available and the launch is not
+FSDP/DeepSpeed, which shard the 4-bit base). The CPU path is the plain one: eager attention, bitsandbytes NF4, no
+compile (flex attention has no backward on the CPU).
 """
 
 from __future__ import annotations

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from paraphrx.atomic_folder import atomic_folder
 
 # Gemma-2's special tokens, in Gemma's order for the first five ids (pad=0, eos=1, bos=2, unk=3).
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
@@ -117,22 +116,13 @@ def build_model(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers: int
 
 
 def save_tiny_gemma(output_dir: str | Path, corpus_paths: list[Path] | None = None, seed: int = 0) -> Path:
-    """Write tokenizer + model to `output_dir` atomically (temp folder, then rename)."""
+    """Write tokenizer + model to `output_dir` as a whole (built aside, then swapped in)."""
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(corpus_paths or [DEFAULT_CORPUS])
     model = build_model(tokenizer, seed=seed)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_folder(output_dir) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 
 

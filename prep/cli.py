@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from paraphrx.atomic_folder import atomic_folder
 from paraphrx.logs import setup_logging
 from prep.card import render_card
 from prep.config import ConfigError, PrepConfig
@@ -23,7 +24,7 @@ from prep.push import push_folder
 from prep.rows import read_sources
 from prep.schema import ValidationError
 from prep.split import assign_sides, held_out_prompts, select_rows, split_stats
-from prep.writer import atomic_folder, ensure_replaceable, write_splits
+from prep.writer import ensure_replaceable, write_splits
 
 EXIT_BAD_INPUT = 2
 EXIT_PUSH_FAILED = 1

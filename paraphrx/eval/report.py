@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import statistics
-import tempfile
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from paraphrx.atomic_folder import atomic_folder
 from paraphrx.eval.metrics import corpus_bleu_by_group, metrics_for, primary_metric
 from paraphrx.eval.robustness import consistency, robustness_report
 from prep.buckets import BUCKETS
@@ -70,10 +68,7 @@ def build_summary(records: list[dict], models: list[str], context: dict) -> dict
 # --- writing ---------------------------------------------------------------------------------------------------------
 def write_results(out_dir: Path, records: list[dict], summary: dict) -> Path:
     """Write all result files into a temporary sibling folder, then swap it in place of `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         with (tmp / GENERATIONS_FILE).open("w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -82,16 +77,7 @@ def write_results(out_dir: Path, records: list[dict], summary: dict) -> Path:
         plot_score_by_bucket(summary, tmp / BUCKET_PLOT)
         plot_bucket_gap(summary, tmp / GAP_PLOT)
         (tmp / REPORT_FILE).write_text(render_markdown(summary), encoding="utf-8")
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def _jsonable(value):
