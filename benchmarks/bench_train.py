@@ -16,7 +16,9 @@ double-quantized base, AdamW lr 2e-4:
 Each runs in its own process (clean memory and compile caches). Throughput counts real (non-pad) tokens over the
 timed optimizer steps, wall clock from the end of the last warm-up step to the end of the last step. MFU is
 6·N·tokens/s over the bf16 matmul rate measured in this run. The last lines print the table and the ratios.
-`PARAPHRX_PROFILE=ours` (or seed/trl) also prints a torch.profiler kernel table for two timed steps of that config.
+`PARAPHRX_PROFILE=ours` (or seed/trl) also prints a torch.profiler kernel table for two timed steps of that config
+and the GPU's idle gaps with what the host did in each (`PARAPHRX_PROFILE_TRACE=trace.json.gz` keeps the trace);
+`PARAPHRX_SYNC_DEBUG=ours` lists every host-device synchronization of the last warm-up step with its Python stack.
 """
 
 from __future__ import annotations
@@ -231,22 +233,10 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
                     marks[state.global_step] = (time.perf_counter(), int(count["tokens"]))
 
         trainer.add_callback(Clock())
-        if os.environ.get("PARAPHRX_PROFILE") == config:  # a kernel table for two timed steps, to find the gaps
-            from torch.profiler import ProfilerActivity, profile
-
-            class Profile(TrainerCallback):
-                def on_step_begin(self, args, state, control, **kw):
-                    if state.global_step == warmup:
-                        marks["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-                        marks["prof"].__enter__()
-
-                def on_step_end(self, args, state, control, **kw):
-                    if state.global_step == warmup + 2:
-                        torch.cuda.synchronize()
-                        marks["prof"].__exit__(None, None, None)
-                        print(marks["prof"].key_averages().table(sort_by="cuda_time_total", row_limit=30), flush=True)
-
-            trainer.add_callback(Profile())
+        if on_gpu and os.environ.get("PARAPHRX_PROFILE") == config:  # kernel table + GPU idle gaps for two timed steps
+            trainer.add_callback(_profile_callback(warmup, marks))
+        if on_gpu and os.environ.get("PARAPHRX_SYNC_DEBUG") == config:  # where the host waits for the GPU, last warm-up step
+            trainer.add_callback(_sync_debug_callback(warmup))
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         output = trainer.train()
@@ -263,6 +253,107 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
             "params": sum(p.numel() for p in trainer.model.parameters()),
         }
     result_path.write_text(json.dumps(result))
+
+
+def _profile_callback(warmup: int, marks: dict):
+    """torch.profiler over two timed steps: the kernel table, then where the GPU sat idle (the CPU gaps)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup:
+                marks["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                marks["prof"].__enter__()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warmup + 2:
+                torch.cuda.synchronize()
+                marks["prof"].__exit__(None, None, None)
+                print(marks["prof"].key_averages().table(sort_by="cuda_time_total", row_limit=30), flush=True)
+                with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+                    marks["prof"].export_chrome_trace(trace.name)
+                    print_gpu_gaps(json.loads(Path(trace.name).read_text()), steps=2)
+                    if os.environ.get("PARAPHRX_PROFILE_TRACE"):  # the chrome trace, gzipped, for a closer look
+                        import gzip
+                        Path(os.environ["PARAPHRX_PROFILE_TRACE"]).write_bytes(
+                            gzip.compress(Path(trace.name).read_bytes()))
+
+    return Profile()
+
+
+def print_gpu_gaps(trace: dict, steps: int, min_gap_us: float = 300.0, show: int = 25) -> None:
+    """GPU busy time vs the profiled wall time, and the longest idle gaps with the host calls made during each."""
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    gpu = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    host = sorted((e["ts"], e["dur"], e.get("cat"), e["name"]) for e in events
+                  if e.get("cat") in ("cpu_op", "cuda_runtime", "user_annotation"))
+    if not gpu:
+        print("no GPU events in the trace", flush=True)
+        return
+    busy, gaps, (start, end) = 0.0, [], gpu[0]
+    for s, e in gpu[1:]:
+        if s > end:
+            busy += end - start
+            if s - end >= min_gap_us:
+                gaps.append((s - end, end, s))
+            start, end = s, e
+        else:
+            end = max(end, e)
+    busy += end - start
+    wall = gpu[-1][1] - min(h[0] for h in host) if host else gpu[-1][1] - gpu[0][0]
+    idle = sum(g[0] for g in gaps)
+    print(f"GPU busy {busy / steps / 1e3:.1f} ms/step of {wall / steps / 1e3:.1f} ms/step profiled; "
+          f"{len(gaps)} gaps >= {min_gap_us / 1e3:.1f} ms sum to {idle / steps / 1e3:.1f} ms/step", flush=True)
+    for length, g0, g1 in sorted(gaps, reverse=True)[:show]:
+        during = [h for h in host if g0 - 50 <= h[0] < g1]
+        syncs = [h for h in host if h[2] == "cuda_runtime" and h[0] < g1 and h[0] + h[1] > g0 - 50
+                 and ("Synchronize" in h[3] or "Memcpy" in h[3])]
+        names, seen = [], set()
+        for h in during:
+            if h[2] != "cuda_runtime" and h[3] not in seen:
+                seen.add(h[3])
+                names.append(h[3])
+        print(f"  gap {length / 1e3:6.2f} ms at +{(g0 - gpu[0][0]) / 1e3:7.1f} ms | syncs: "
+              f"{[f'{h[3]} {h[1] / 1e3:.2f}ms' for h in syncs][:3]} | host: {names[:8]}", flush=True)
+
+
+def _sync_debug_callback(warmup: int):
+    """The last warm-up step under torch.cuda.set_sync_debug_mode: each distinct Python stack that made the host wait."""
+    import collections
+    import traceback
+    import warnings
+
+    import torch
+    from transformers import TrainerCallback
+
+    stacks: collections.Counter = collections.Counter()
+    show_default = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+            stacks["\n".join(f"    {f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in frames[-7:])] += 1
+        else:
+            show_default(message, category, filename, lineno, file, line)
+
+    class SyncDebug(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup - 1:
+                warnings.showwarning = record
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warmup:  # global_step already counts it
+                torch.cuda.set_sync_debug_mode("default")
+                warnings.showwarning = show_default
+                print(f"host-device syncs in one step: {sum(stacks.values())} from {len(stacks)} places", flush=True)
+                for stack, n in stacks.most_common():
+                    print(f"  x{n}\n{stack}", flush=True)
+
+    return SyncDebug()
 
 
 def main() -> None:

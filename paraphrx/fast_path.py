@@ -15,6 +15,8 @@ What the reference (QLoRA, NF4, eager, padded micro-batches) spends its time on,
    graph, and after the second packed length one symbolic-length graph serves every step.
 4. **No full logits**: TRL's SFTTrainer already projects only the completion positions through the 256k-vocab LM
    head, in tiles, with Gemma-2's final soft-capping (30); Liger's kernels add nothing once the layers are compiled.
+5. **No host waits inside a step**, so Python queues the next kernels while the GPU works (`adapt_training_args`,
+   `keep_packed_masks_on_device`, and `ParaphrxSFTTrainer.compute_loss` keeping TRL's metrics on the device).
 
 Everything here is switched by the recipe key `fast_path` (`auto` = on when CUDA is available and the launch is not
 FSDP/DeepSpeed, which shard the 4-bit base). The CPU path is the plain one: eager attention, bitsandbytes NF4, no
@@ -74,6 +76,13 @@ def adapt_training_args(training_args) -> int | None:
         if hasattr(training_args, name):
             setattr(training_args, name, False)
     max_length, training_args.max_length = training_args.max_length, None
+    # Keep the host from waiting on the GPU inside a step, so it can queue work ahead (see keep_packed_masks_on_device
+    # and ParaphrxSFTTrainer.compute_loss for the other waits removed):
+    if training_args.optim == "adamw_torch":
+        training_args.optim = "adamw_torch_fused"  # the same AdamW update, one kernel for all LoRA tensors
+    training_args.logging_nan_inf_filter = False  # it reads the loss on the host after every step
+    training_args.dataloader_pin_memory = True  # pinned batches copy to the GPU without a host wait
+    training_args.accelerator_config.non_blocking = True
     logger.info("fast path: one padding-free batch of {} examples per optimizer step, flex attention, no "
                 "activation checkpointing, sequences cut at {} tokens", examples, max_length)
     return max_length
@@ -152,3 +161,20 @@ def compile_decoder_layers(model: nn.Module) -> int:
         layer.compile()
     logger.info("fast path: compiled {} decoder layers", len(layers))
     return len(layers)
+
+
+def keep_packed_masks_on_device() -> None:
+    """Stop transformers from asking the host whether `position_ids` hold several sequences.
+
+    `masking_utils.find_packed_sequence_indices` ends in `if (...).all(): return None`, a host read that waits for
+    the GPU to finish everything queued, at the start of every forward and once per mask (Gemma-2 builds two). Its
+    answer only lets a batch of one sequence skip the per-sample mask; for flex attention the sample-id mask is exact
+    in both cases, so this version always returns it, computed the same way, with no host read. It replaces the
+    function process-wide, which is why only the fast path (flex attention, a training process) calls it."""
+    from transformers import masking_utils
+
+    def find_packed_sequence_indices(position_ids: torch.Tensor) -> torch.Tensor:
+        first_dummy_value = position_ids[:, :1] - 1
+        return (torch.diff(position_ids, prepend=first_dummy_value, dim=-1) != 1).cumsum(-1)
+
+    masking_utils.find_packed_sequence_indices = find_packed_sequence_indices

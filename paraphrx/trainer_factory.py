@@ -6,17 +6,65 @@ token are -100 and the completion plus the `<eos>` TRL appends train (tests/test
 
 from __future__ import annotations
 
+import torch
 from loguru import logger
 from trl import SFTTrainer, get_peft_config
 
 from paraphrx.callbacks import add_run_metrics, build_callbacks
-from paraphrx.fast_path import adapt_training_args, compile_decoder_layers, fast_path_enabled, truncate_tokenized
+from paraphrx.fast_path import (
+    adapt_training_args,
+    compile_decoder_layers,
+    fast_path_enabled,
+    keep_packed_masks_on_device,
+    truncate_tokenized,
+)
 
 
 class ParaphrxSFTTrainer(SFTTrainer):
     """SFTTrainer whose logs also carry perplexity and peak memory, so every reporter and trainer_state sees them."""
 
+    # Set by build_trainer on the fast path: per-step metrics stay on the GPU until a log step (see compute_loss).
+    metrics_on_device = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's training loss and metrics (entropy, token accuracy, tokens seen), kept on the device.
+
+        TRL 1.16 turns five per-step scalars into Python numbers (`.item()`, `if num_valid > 0`), and each one makes
+        the host wait for the GPU to finish the forward before it may queue the backward. Here the same quantities
+        are appended as tensors and read once per log step; any case this does not cover goes to TRL."""
+        plain = (self.metrics_on_device and model.training and not return_outputs and self.compute_loss_func is None
+                 and self.label_smoother is None and not self.aux_loss_enabled and self.args.loss_type == "nll"
+                 and "position_ids" in inputs and "attention_mask" not in inputs)
+        if not plain:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(outputs.label_mask.sum()).sum()
+        valid = num_valid.clamp(min=1)
+        zero = torch.zeros((), device=valid.device)
+        metrics = self._metrics["train"]
+        metrics["entropy"].append(torch.where(num_valid > 0, gather(outputs.entropy.detach().sum()).sum() / valid, zero))
+        metrics["mean_token_accuracy"].append(
+            torch.where(num_valid > 0, gather(outputs.is_top1.sum()).sum() / valid, zero)
+        )
+        # padding-free: every position is a real token; gathered because ranks' batches differ in length
+        local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+        self._total_train_tokens = self._total_train_tokens + gather(local).sum() // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+        return loss
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for mode_metrics in self._metrics.values():  # the device-side metrics of compute_loss, read in one go
+            for key, values in mode_metrics.items():
+                if values and all(isinstance(v, torch.Tensor) for v in values):
+                    mode_metrics[key] = torch.stack([v.double() for v in values]).tolist()
+        if isinstance(self._total_train_tokens, torch.Tensor):
+            self._total_train_tokens = int(self._total_train_tokens)
         super().log(add_run_metrics(logs), start_time)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -44,6 +92,8 @@ def build_trainer(model, tokenizer, training_args, model_args, train_dataset, ev
         trainer.train_dataset = truncate_tokenized(trainer.train_dataset, max_length)
         trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, max_length)
         compile_decoder_layers(trainer.model)
+        trainer.metrics_on_device = True
+        keep_packed_masks_on_device()
     trainable, total = count_parameters(trainer.model)
     logger.info("trainable parameters: {:,} of {:,} ({:.3%})", trainable, total, trainable / max(total, 1))
     return trainer

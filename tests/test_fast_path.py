@@ -9,7 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Gemma2Config, Gemma2ForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from paraphrx.fast_path import compile_decoder_layers, dequantize_frozen_base, fast_path_enabled
+from paraphrx.fast_path import (
+    compile_decoder_layers,
+    dequantize_frozen_base,
+    fast_path_enabled,
+    keep_packed_masks_on_device,
+)
 
 PAD = 0
 
@@ -155,7 +160,7 @@ def _set_attention_softcap(model, value):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention backward and torch.compile need CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype):
+def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, monkeypatch):
     """float32: the fast path computes the reference's function (loss and LoRA gradients to ~1e-4); bfloat16: the
     per-token loss the trainer sees agrees within bf16 rounding."""
     from trl.trainer.utils import add_fused_lm_head
@@ -173,6 +178,10 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype):
             if "lora_" in n:
                 p.copy_(lora[n])
     compile_decoder_layers(fast)
+    from transformers import masking_utils
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", masking_utils.find_packed_sequence_indices)
+    keep_packed_masks_on_device()  # as build_trainer does on the fast path
 
     rows = _examples([37, 120, 64, 201, 90], [12, 40, 30, 45, 89], 4096)
     batch = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)(rows)
@@ -220,6 +229,33 @@ def test_adapt_training_args_keeps_the_examples_per_step():
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
     assert args.padding_free and args.max_length is None and not args.use_liger_kernel
     assert not getattr(args, "activation_checkpointing", False) and not args.gradient_checkpointing
+    # nothing left that makes the host wait for the GPU each step
+    assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter
+    assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
+
+
+def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_model_dir, monkeypatch):
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", original)  # restored after the test
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    single = torch.arange(9)[None]
+    ids = torch.randint(10, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(0))
+    before = {name: model(input_ids=ids, position_ids=pos, use_cache=False).logits
+              for name, pos in (("packed", packed), ("single", single))}
+    assert original(single) is None  # transformers' host check: one sequence, no per-sample mask
+
+    keep_packed_masks_on_device()
+    patched = masking_utils.find_packed_sequence_indices
+    assert patched is not original
+    assert torch.equal(patched(packed), original(packed)) and torch.equal(patched(single), torch.zeros_like(single))
+    for name, pos in (("packed", packed), ("single", single)):
+        after = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        torch.testing.assert_close(after, before[name], rtol=0, atol=1e-6)
+    # control: the packed mask matters, so the comparison above could fail
+    assert (before["packed"] - before["single"]).abs().max() > 1e-3
 
 
 def test_truncate_tokenized_cuts_like_trl_keep_start():
