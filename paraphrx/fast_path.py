@@ -36,7 +36,7 @@ FAST_PATH_CHOICES = ("auto", "on", "off")
 FAST_ATTN_IMPLEMENTATION = "flex_attention"
 
 
-def _sharded_launch() -> str | None:
+def sharded_launch() -> str | None:
     """FSDP or DeepSpeed, as `accelerate launch` announces them to the training process."""
     for engine in ("FSDP", "DEEPSPEED"):
         if os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() in ("1", "true"):
@@ -51,7 +51,7 @@ def fast_path_enabled(choice: str) -> bool:
         raise ValueError(f"fast_path must be one of {FAST_PATH_CHOICES}, got {choice!r}")
     if choice == "off":
         return False
-    sharded = _sharded_launch()
+    sharded = sharded_launch()
     if not torch.cuda.is_available() or sharded:
         if choice == "on":
             why = f"a {sharded} launch shards the 4-bit base" if sharded else "it needs a CUDA GPU"

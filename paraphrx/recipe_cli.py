@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from trl import TrlParser
+from trl import ModelConfig, TrlParser
 
 from paraphrx.config import RECIPE_DATACLASSES
+from paraphrx.fast_path import sharded_launch
 
 EXIT_BAD_RECIPE = 2
 
@@ -111,7 +112,26 @@ def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATAC
         raise RecipeError(f"{path or 'command line'}: {message}") from None
     if remaining:
         raise RecipeError(f"unknown option {remaining[0]!r} (not a field of the recipe dataclasses)")
+    for args in parsed:
+        if isinstance(args, ModelConfig):
+            check_sharded_4bit_storage(args, path)
     return tuple(parsed)
+
+
+def check_sharded_4bit_storage(model_args: ModelConfig, path: Path | None) -> None:
+    """FSDP and ZeRO-3 flatten each wrapped block's parameters into one tensor of one dtype, so 4-bit weights must be
+    stored in the model's dtype; with bitsandbytes' default (uint8) the run fails deep inside FSDP's wrapping, after
+    the model has loaded. Say so before anything loads."""
+    engine = sharded_launch()
+    if engine is None or not model_args.load_in_4bit:
+        return
+    wanted = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"
+    if model_args.bnb_4bit_quant_storage != wanted:
+        raise RecipeError(
+            f"{path or 'command line'}: bnb_4bit_quant_storage: a {engine} launch shards the 4-bit base, which needs "
+            f"it stored as the model's dtype: add --bnb_4bit_quant_storage {wanted} "
+            f"(got {model_args.bnb_4bit_quant_storage or 'the default uint8'})"
+        )
 
 
 def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:

@@ -75,3 +75,24 @@ def test_recipe_override_stores_4bit_weights_in_bf16():
     assert quant.bnb_4bit_quant_storage == torch.bfloat16 == getattr(torch, model_args.dtype)
     assert quant.bnb_4bit_compute_dtype == torch.bfloat16 and quant.bnb_4bit_quant_type == "nf4"
     assert get_quantization_config(parse_recipe([recipe, *on_cpu])[2]).bnb_4bit_quant_storage == torch.uint8  # the default
+
+
+def test_fsdp_launch_without_bf16_4bit_storage_is_a_one_line_recipe_error(monkeypatch):
+    """Caught when the recipe is parsed, before any weights load (FSDP itself fails only while wrapping the model).
+    DeepSpeed launches get the same check; they cannot be parsed here without deepspeed installed."""
+    from paraphrx.recipe_cli import RecipeError, parse_recipe
+
+    for key, value in launch_env("fsdp_qlora").items():  # the environment accelerate launch gives each process
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    recipe = str(CONFIGS.parent / "recipes" / "bucket1-4.yaml")
+    on_cpu = ["--bf16", "false", "--use_cpu", "true"]
+    with pytest.raises(RecipeError) as err:
+        parse_recipe([recipe, *on_cpu])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{recipe}: bnb_4bit_quant_storage:")
+    assert "--bnb_4bit_quant_storage bfloat16" in message and "uint8" in message
+    assert parse_recipe([recipe, "--bnb_4bit_quant_storage", "bfloat16", *on_cpu])[2].bnb_4bit_quant_storage == "bfloat16"
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert parse_recipe([recipe, *on_cpu])[2].bnb_4bit_quant_storage is None  # a plain launch keeps the default
