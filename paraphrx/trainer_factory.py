@@ -52,8 +52,9 @@ class ParaphrxSFTTrainer(SFTTrainer):
         metrics["mean_token_accuracy"].append(
             torch.where(num_valid > 0, gather(outputs.is_top1.sum()).sum() / valid, zero)
         )
-        # padding-free: every position is a real token; gathered because ranks' batches differ in length
-        local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+        # padding-free: every position is a real token; gathered because ranks' batches differ in length.
+        # torch.full fills on the device; torch.tensor(n, device=...) would be a blocking host-to-device copy.
+        local = torch.full((), inputs["position_ids"].size(1), device=inputs["position_ids"].device)
         self._total_train_tokens = self._total_train_tokens + gather(local).sum() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         return loss
