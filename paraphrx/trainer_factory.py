@@ -44,14 +44,11 @@ class ParaphrxSFTTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         gather = self.accelerator.gather_for_metrics
-        num_valid = gather(outputs.label_mask.sum()).sum()
-        valid = num_valid.clamp(min=1)
-        zero = torch.zeros((), device=valid.device)
+        # Both sums are zero on ignored positions, so a batch with no trained token gives 0 / 1 = 0, as TRL logs it.
+        valid = gather(outputs.label_mask.sum()).sum().clamp(min=1)
         metrics = self._metrics["train"]
-        metrics["entropy"].append(torch.where(num_valid > 0, gather(outputs.entropy.detach().sum()).sum() / valid, zero))
-        metrics["mean_token_accuracy"].append(
-            torch.where(num_valid > 0, gather(outputs.is_top1.sum()).sum() / valid, zero)
-        )
+        metrics["entropy"].append(gather(outputs.entropy.detach().sum()).sum() / valid)
+        metrics["mean_token_accuracy"].append(gather(outputs.is_top1.sum()).sum() / valid)
         # padding-free: every position is a real token; gathered because ranks' batches differ in length.
         # torch.full fills on the device; torch.tensor(n, device=...) would be a blocking host-to-device copy.
         local = torch.full((), inputs["position_ids"].size(1), device=inputs["position_ids"].device)
