@@ -49,9 +49,9 @@ class ParaphrxSFTTrainer(SFTTrainer):
         metrics = self._metrics["train"]
         metrics["entropy"].append(gather(outputs.entropy.detach().sum()).sum() / valid)
         metrics["mean_token_accuracy"].append(gather(outputs.is_top1.sum()).sum() / valid)
-        # padding-free: every position is a real token; gathered because ranks' batches differ in length.
-        # torch.full fills on the device; torch.tensor(n, device=...) would be a blocking host-to-device copy.
-        local = torch.full((), inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+        # padding-free: every position but the pad_to_multiple_of tail is a real token; gathered because ranks'
+        # batches differ in length. Counted on the device: a host number would be a blocking copy.
+        local = (inputs["input_ids"] != self.data_collator.pad_token_id).sum()
         self._total_train_tokens = self._total_train_tokens + gather(local).sum() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         return loss

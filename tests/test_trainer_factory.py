@@ -27,7 +27,7 @@ class _MetricTypes(TrainerCallback):
         self.seen.append({key: type(values[-1]) for key, values in held.items() if values})
 
 
-def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool):
+def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool, pad_to_multiple_of: int | None = None):
     script_args, training_args, model_args = parse_recipe([
         TINY, "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "3",
         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
@@ -35,6 +35,7 @@ def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool):
     ])
     # the fast path's batch shape, on the CPU: one padding-free batch, no length cap in TRL
     training_args.padding_free, training_args.max_length, training_args.gradient_checkpointing = True, None, False
+    training_args.pad_to_multiple_of = pad_to_multiple_of
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     rows = load_prepared(str(prepared_dataset_dir), "bucket1").select(range(12))
     trainer = build_trainer(model, tokenizer, training_args, model_args, rows)
@@ -42,20 +43,29 @@ def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool):
     types = _MetricTypes()
     types.trainer = trainer
     trainer.add_callback(types)
+    collate, types.widths = trainer.data_collator.torch_call, []
+
+    def recording_collate(examples):
+        batch = collate(examples)
+        types.widths.append((batch["input_ids"].shape[1], sum(len(e["input_ids"]) for e in examples)))
+        return batch
+
+    trainer.data_collator.torch_call = recording_collate
     trainer.train()
     logs = [{k: entry[k] for k in LOGGED} for entry in trainer.state.log_history if "loss" in entry]
-    return logs, types.seen
+    return logs, types
 
 
 @pytest.fixture(scope="module")
-def both_runs(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
+def runs(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("metrics")
     return (_train(tiny_model_dir, prepared_dataset_dir, out / "trl", on_device=False),
-            _train(tiny_model_dir, prepared_dataset_dir, out / "device", on_device=True))
+            _train(tiny_model_dir, prepared_dataset_dir, out / "device", on_device=True),
+            _train(tiny_model_dir, prepared_dataset_dir, out / "padded", on_device=True, pad_to_multiple_of=64))
 
 
-def test_device_side_metrics_log_the_same_values_as_trl(both_runs):
-    (trl_logs, _), (device_logs, _) = both_runs
+def test_device_side_metrics_log_the_same_values_as_trl(runs):
+    (trl_logs, _), (device_logs, _), _ = runs
     assert len(trl_logs) == len(device_logs) == 3
     for trl, ours in zip(trl_logs, device_logs):
         assert ours["num_tokens"] == trl["num_tokens"] > 0
@@ -65,10 +75,25 @@ def test_device_side_metrics_log_the_same_values_as_trl(both_runs):
     assert device_logs[0]["loss"] > 1.0 and device_logs[0]["entropy"] > 0.0  # real figures, not zeros
 
 
-def test_metrics_stay_tensors_until_the_log_step(both_runs):
-    (_, trl_types), (_, device_types) = both_runs
+def test_metrics_stay_tensors_until_the_log_step(runs):
+    (_, trl_types), (_, device_types), _ = runs
+    trl_types, device_types = trl_types.seen, device_types.seen
     assert trl_types and all(t["entropy"] is float for t in trl_types)  # TRL read them on the host every step
     assert device_types and all(
         t["entropy"] is torch.Tensor and t["mean_token_accuracy"] is torch.Tensor and t["num_tokens"] is torch.Tensor
         for t in device_types
     )
+
+
+def test_pad_to_multiple_of_tail_changes_no_logged_value(runs):
+    """TRL's pad_to_multiple_of adds a tail of pad positions to the packed batch (here to a multiple of 64, as users
+    set it for fixed shapes). The tail lies outside every sample and has no loss, so loss, metrics and gradients
+    stay those of the unpadded batch, and num_tokens counts only real tokens (TRL's own count includes the tail)."""
+    (trl_logs, trl_seen), _, (padded_logs, padded_seen) = runs
+    assert all(width % 64 == 0 for width, _ in padded_seen.widths)
+    assert any(width > real for width, real in padded_seen.widths)  # a tail was really added
+    assert all(width == real for width, real in trl_seen.widths)
+    for trl, padded in zip(trl_logs, padded_logs, strict=True):
+        assert padded["num_tokens"] == trl["num_tokens"]
+        for key in ("loss", "entropy", "mean_token_accuracy", "grad_norm"):
+            assert padded[key] == pytest.approx(trl[key], rel=1e-5, abs=1e-6), key
