@@ -19,6 +19,9 @@ timed optimizer steps, wall clock from the end of the last warm-up step to the e
 `PARAPHRX_PROFILE=ours` (or seed/trl) also prints a torch.profiler kernel table for two timed steps of that config
 and the GPU's idle gaps with what the host did in each (`PARAPHRX_PROFILE_TRACE=trace.json.gz` keeps the trace);
 `PARAPHRX_SYNC_DEBUG=ours` lists every host-device synchronization of the last warm-up step with its Python stack.
+`--variant NAME='recipe args'` adds a variant of ours (e.g. one lever switched off) to compare in the same run.
+Each result also lists the GPU time of every timed step (`step_ms`), so a recompile or a new CUDA graph recording
+inside the timed window shows as an outlier.
 """
 
 from __future__ import annotations
@@ -181,8 +184,9 @@ def build_trl_trainer(model_dir, rows, out, steps, on_gpu):
                       processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
 
 
-def build_ours_trainer(model_dir, rows, out, steps, on_gpu):
-    """This project's path, through the functions `train_sft.py` calls, on the recipe users run (bucket1-4)."""
+def build_ours_trainer(model_dir, rows, out, steps, on_gpu, recipe_args=()):
+    """This project's path, through the functions `train_sft.py` calls, on the recipe users run (bucket1-4);
+    `recipe_args` are extra recipe overrides (a `--variant`)."""
     from datasets import Dataset
 
     from paraphrx.modeling import load_model_and_tokenizer
@@ -195,6 +199,7 @@ def build_ours_trainer(model_dir, rows, out, steps, on_gpu):
         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
         "--early_stopping_patience", "None", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
         "--fast_path", "on" if on_gpu else "off", "--bf16", str(on_gpu).lower(), "--use_cpu", str(not on_gpu).lower(),
+        *recipe_args,
     ])
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     return build_trainer(model, tokenizer, training_args, model_args, Dataset.from_list(rows))
@@ -203,15 +208,21 @@ def build_ours_trainer(model_dir, rows, out, steps, on_gpu):
 BUILDERS = {"seed": build_seed_trainer, "trl": build_trl_trainer, "ours": build_ours_trainer}
 
 
-def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bool, result_path: Path) -> None:
+def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bool, result_path: Path,
+               recipe_args: str | None = None) -> None:
     """Train one configuration and write its throughput figures as JSON."""
+    import shlex
+
     import torch
     from transformers import TrainerCallback
 
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rows = synthetic_examples(EXAMPLES_PER_STEP * (steps + warmup), vocab)
     with tempfile.TemporaryDirectory() as out:
-        trainer = BUILDERS[config](model_dir, rows, out, steps + warmup, on_gpu)
+        if recipe_args is not None:  # a variant of ours
+            trainer = build_ours_trainer(model_dir, rows, out, steps + warmup, on_gpu, shlex.split(recipe_args))
+        else:
+            trainer = BUILDERS[config](model_dir, rows, out, steps + warmup, on_gpu)
 
         # Real tokens (ids are drawn >= 10, padding is 0), summed on the device: reading them every micro-step would
         # synchronize and stop the CPU from queueing ahead, which is not what training does.
@@ -225,8 +236,13 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
         trainer.training_step = counting_step
         marks: dict = {}
 
+        step_events = []
+
         class Clock(TrainerCallback):  # synchronizes only at the two marks
             def on_step_end(self, args, state, control, **kw):
+                if on_gpu and state.global_step >= warmup:  # per-step GPU time, read after training
+                    step_events.append(torch.cuda.Event(enable_timing=True))
+                    step_events[-1].record()
                 if state.global_step in (warmup, warmup + steps):
                     if on_gpu:
                         torch.cuda.synchronize()
@@ -251,6 +267,8 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan"),
             "train_loss": output.training_loss,
             "params": sum(p.numel() for p in trainer.model.parameters()),
+            # from one step end to the next on the GPU's clock: a slow outlier is a recompile or a new recording
+            "step_ms": [round(a.elapsed_time(b), 1) for a, b in zip(step_events, step_events[1:])],
         }
     result_path.write_text(json.dumps(result))
 
@@ -358,21 +376,33 @@ def _sync_debug_callback(warmup: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma list of: " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma list of: " + ", ".join(CONFIGS) + ", and --variant names")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="a variant of ours with extra recipe args, e.g. ours_lr='--learning_rate 1e-4'; "
+                             "list NAME in --configs (repeatable)")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (compile, allocator)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny Gemma-2 instead of gemma-2-2b's shapes")
     parser.add_argument("--model_dir", type=Path, default=None, help="reuse a saved random model folder")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per configuration before it is stopped")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_result", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_recipe_args", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     on_gpu = args.device == "cuda"
+    if any("=" not in v for v in args.variant):
+        parser.error(f"--variant takes NAME='recipe args', got {[v for v in args.variant if '=' not in v]}")
+    variants = dict(v.split("=", 1) for v in args.variant)
 
     if args._worker:
-        run_worker(args._worker, args.model_dir, args.steps, args.warmup, on_gpu, args._result)
+        run_worker(args._worker, args.model_dir, args.steps, args.warmup, on_gpu, args._result, args._recipe_args)
         return
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS and c not in variants]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS) + list(variants)}")
 
     import torch
 
@@ -387,8 +417,14 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
             cmd = [sys.executable, __file__, "--_worker", config, "--_result", tmp.name, "--model_dir", str(model_dir),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            if config in variants:
+                cmd += ["--_recipe_args", variants[config]]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            try:
+                proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"[{config}] FAILED: stopped after {args.timeout:.0f} s", flush=True)
+                continue
             if proc.returncode != 0:
                 print(f"[{config}] FAILED with exit code {proc.returncode}", flush=True)
                 continue
@@ -396,16 +432,19 @@ def main() -> None:
             r["wall_s"] = time.perf_counter() - t0
             results.append(r)
             print(f"[{config}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
-                  f"loss {r['train_loss']:.4f}, process {r['wall_s']:.0f} s", flush=True)
+                  f"loss {r['train_loss']:.4f}, process {r['wall_s']:.0f} s; step ms {r['step_ms']}", flush=True)
 
     n_base = _param_count(model_dir)
     by_name = {r["config"]: r for r in results}
-    print(f"\n{'config':<6} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}   (N = {n_base / 1e9:.2f}B, 16 examples/step)")
+    width = max([6] + [len(r["config"]) for r in results])
+    print(f"\n{'config':<{width}} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}   (N = {n_base / 1e9:.2f}B, "
+          f"16 examples/step)")
     for r in results:
         mfu = 6 * n_base * r["tokens_per_s"] / (matmul_tflops * 1e12)
         r["mfu"] = mfu
-        print(f"{r['config']:<6} {r['tokens_per_s']:>10.0f} {r['peak_gib']:>9.1f} {mfu:>6.1%}")
-    for num, den in (("ours", "seed"), ("ours", "trl"), ("trl", "seed")):
+        print(f"{r['config']:<{width}} {r['tokens_per_s']:>10.0f} {r['peak_gib']:>9.1f} {mfu:>6.1%}")
+    pairs = [("ours", "seed"), ("ours", "trl"), ("trl", "seed")] + [(v, d) for v in variants for d in ("ours", "trl")]
+    for num, den in pairs:
         if num in by_name and den in by_name:
             print(f"ratio {num}/{den}: {by_name[num]['tokens_per_s'] / by_name[den]['tokens_per_s']:.2f}x")
     if args.json:

@@ -30,3 +30,33 @@ def test_gpu_gaps_merge_overlapping_kernels_and_name_the_host_work(capsys):
     assert out[0] == "GPU busy 2.0 ms/step of 4.2 ms/step profiled; 1 gaps >= 0.3 ms sum to 2.0 ms/step"
     assert len(out) == 2 and "gap   2.00 ms at +    1.5 ms" in out[1]
     assert "cudaStreamSynchronize 0.30ms" in out[1] and "aten::item" in out[1] and "aten::mm" not in out[1]
+
+
+def test_unknown_config_is_a_one_line_usage_error(monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setattr("sys.argv", ["bench_train.py", "--configs", "ours,nope", "--variant", "ours_x=--seed 1"])
+    with pytest.raises(SystemExit) as exit_info:
+        _bench().main()
+    assert exit_info.value.code == 2
+    assert "--configs: unknown ['nope']; choose from ['seed', 'trl', 'ours', 'ours_x']" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["bench_train.py", "--configs", "ours", "--variant", "ours_x"])
+    with pytest.raises(SystemExit):
+        _bench().main()
+    assert "--variant takes NAME='recipe args', got ['ours_x']" in capsys.readouterr().err
+
+
+def test_a_variant_trains_ours_with_its_recipe_overrides(tiny_model_dir, tmp_path):
+    """`--variant NAME='recipe args'` runs this project's path with the overrides (here a 64-token cut, so each of
+    the 16 examples of the one timed step counts at most 64 real tokens; uncut they are ~270 on average)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--steps", "1", "--warmup", "1",
+                    "--model_dir", str(tiny_model_dir), "--configs", "ours_cut", "--variant",
+                    "ours_cut=--max_length 64", "--json", str(out)], check=True, timeout=300)
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["config"] == "ours_cut" and result["timed_steps"] == 1
+    assert 16 <= result["timed_tokens"] <= 16 * 64
