@@ -19,7 +19,9 @@ timed optimizer steps, wall clock from the end of the last warm-up step to the e
 `PARAPHRX_PROFILE=ours` (or seed/trl) also prints a torch.profiler kernel table for two timed steps of that config
 and the GPU's idle gaps with what the host did in each (`PARAPHRX_PROFILE_TRACE=trace.json.gz` keeps the trace);
 `PARAPHRX_SYNC_DEBUG=ours` lists every host-device synchronization of the last warm-up step with its Python stack.
-`--variant NAME='recipe args'` adds a variant of ours (e.g. one lever switched off) to compare in the same run.
+`--variant NAME='recipe args'` adds a variant of ours (e.g. one lever switched off) to compare in the same run; words
+of the form UPPER_CASE=value go to that process's environment (inductor's TORCHINDUCTOR_* settings, allocator
+settings) and are listed in its result.
 Each result also lists the GPU time of every timed step (`step_ms`), so a recompile or a new CUDA graph recording
 inside the timed window shows as an outlier.
 """
@@ -29,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -209,10 +213,8 @@ BUILDERS = {"seed": build_seed_trainer, "trl": build_trl_trainer, "ours": build_
 
 
 def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bool, result_path: Path,
-               recipe_args: str | None = None) -> None:
+               recipe_args: str | None = None, env_names: tuple[str, ...] = ()) -> None:
     """Train one configuration and write its throughput figures as JSON."""
-    import shlex
-
     import torch
     from transformers import TrainerCallback
 
@@ -269,6 +271,7 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
             "params": sum(p.numel() for p in trainer.model.parameters()),
             # from one step end to the next on the GPU's clock: a slow outlier is a recompile or a new recording
             "step_ms": [round(a.elapsed_time(b), 1) for a, b in zip(step_events, step_events[1:])],
+            "env": {name: os.environ.get(name) for name in env_names},  # a variant's settings, as this process saw them
         }
     result_path.write_text(json.dumps(result))
 
@@ -379,7 +382,8 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="comma list of: " + ", ".join(CONFIGS) + ", and --variant names")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                        help="a variant of ours with extra recipe args, e.g. ours_lr='--learning_rate 1e-4'; "
+                        help="a variant of ours: extra recipe args and/or environment settings (UPPER_CASE=value, "
+                             "e.g. inductor's), e.g. ours_cpp='TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4'; "
                              "list NAME in --configs (repeatable)")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (compile, allocator)")
@@ -391,6 +395,7 @@ def main() -> None:
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_result", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_recipe_args", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_env_names", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     on_gpu = args.device == "cuda"
     if any("=" not in v for v in args.variant):
@@ -398,7 +403,8 @@ def main() -> None:
     variants = dict(v.split("=", 1) for v in args.variant)
 
     if args._worker:
-        run_worker(args._worker, args.model_dir, args.steps, args.warmup, on_gpu, args._result, args._recipe_args)
+        run_worker(args._worker, args.model_dir, args.steps, args.warmup, on_gpu, args._result, args._recipe_args,
+                   tuple(filter(None, args._env_names.split(","))))
         return
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS and c not in variants]
     if unknown:
@@ -417,11 +423,14 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
             cmd = [sys.executable, __file__, "--_worker", config, "--_result", tmp.name, "--model_dir", str(model_dir),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if config in variants:
-                cmd += ["--_recipe_args", variants[config]]
+                variant_env, recipe_args = split_variant(variants[config])
+                cmd += ["--_recipe_args", shlex.join(recipe_args), "--_env_names", ",".join(variant_env)]
+                env.update(variant_env)
             t0 = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=args.timeout)
+                proc = subprocess.run(cmd, env=env, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"[{config}] FAILED: stopped after {args.timeout:.0f} s", flush=True)
                 continue
@@ -449,6 +458,18 @@ def main() -> None:
             print(f"ratio {num}/{den}: {by_name[num]['tokens_per_s'] / by_name[den]['tokens_per_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"device": gpu, "matmul_tflops": matmul_tflops, "results": results}, indent=2))
+
+
+def split_variant(spec: str) -> tuple[dict[str, str], list[str]]:
+    """A --variant's words: UPPER_CASE=value ones are settings for its process's environment, the rest recipe args."""
+    env, recipe_args = {}, []
+    for word in shlex.split(spec):
+        name, eq, value = word.partition("=")
+        if eq and re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            env[name] = value
+        else:
+            recipe_args.append(word)
+    return env, recipe_args
 
 
 def _param_count(model_dir: Path) -> int:

@@ -46,9 +46,17 @@ def test_unknown_config_is_a_one_line_usage_error(monkeypatch, capsys):
     assert "--variant takes NAME='recipe args', got ['ours_x']" in capsys.readouterr().err
 
 
+def test_variant_words_split_into_environment_settings_and_recipe_args():
+    env, recipe_args = _bench().split_variant("TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4 --run_name 'a b' "
+                                              "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True --x=Y")
+    assert env == {"TORCHINDUCTOR_CPP_WRAPPER": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert recipe_args == ["--learning_rate", "1e-4", "--run_name", "a b", "--x=Y"]
+
+
 def test_a_variant_trains_ours_with_its_recipe_overrides(tiny_model_dir, tmp_path):
-    """`--variant NAME='recipe args'` runs this project's path with the overrides (here a 64-token cut, so each of
-    the 16 examples of the one timed step counts at most 64 real tokens; uncut they are ~270 on average)."""
+    """`--variant NAME='...'` runs this project's path with the overrides (here a 64-token cut, so each of the 16
+    examples of the one timed step counts at most 64 real tokens; uncut they are ~270 on average) in a process
+    that has the variant's environment settings."""
     import json
     import subprocess
     import sys
@@ -56,7 +64,8 @@ def test_a_variant_trains_ours_with_its_recipe_overrides(tiny_model_dir, tmp_pat
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--steps", "1", "--warmup", "1",
                     "--model_dir", str(tiny_model_dir), "--configs", "ours_cut", "--variant",
-                    "ours_cut=--max_length 64", "--json", str(out)], check=True, timeout=300)
+                    "ours_cut=PARAPHRX_BENCH_PROBE=seen --max_length 64", "--json", str(out)], check=True, timeout=300)
     (result,) = json.loads(out.read_text())["results"]
     assert result["config"] == "ours_cut" and result["timed_steps"] == 1
+    assert result["env"] == {"PARAPHRX_BENCH_PROBE": "seen"}
     assert 16 <= result["timed_tokens"] <= 16 * 64
