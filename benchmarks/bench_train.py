@@ -21,7 +21,8 @@ and the GPU's idle gaps with what the host did in each (`PARAPHRX_PROFILE_TRACE=
 `PARAPHRX_SYNC_DEBUG=ours` lists every host-device synchronization of the last warm-up step with its Python stack.
 `--variant NAME='recipe args'` adds a variant of ours (e.g. one lever switched off) to compare in the same run; words
 of the form UPPER_CASE=value go to that process's environment (inductor's TORCHINDUCTOR_* settings, allocator
-settings) and are listed in its result.
+settings) and are listed in its result. `PARAPHRX_BENCH_WITHOUT=positions,lm_head,walks,workers` in a variant switches
+those levers of ours off in its process (see `switch_off_levers`), to measure each one's gain in the same run.
 Each result also lists the GPU time of every timed step (`step_ms`), so a recompile or a new CUDA graph recording
 inside the timed window shows as an outlier.
 """
@@ -218,6 +219,7 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
     import torch
     from transformers import TrainerCallback
 
+    switch_off_levers(list(filter(None, os.environ.get("PARAPHRX_BENCH_WITHOUT", "").split(","))))
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rows = synthetic_examples(EXAMPLES_PER_STEP * (steps + warmup), vocab)
     with tempfile.TemporaryDirectory() as out:
@@ -276,6 +278,45 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
     result_path.write_text(json.dumps(result))
 
 
+# Levers of ours that `PARAPHRX_BENCH_WITHOUT=name,...` (a variant's environment word) switches off in its process,
+# so each one's gain is measured side by side; the library itself has no such switches.
+LEVERS = ("positions", "lm_head", "walks", "workers")
+
+
+def switch_off_levers(names: list[str]) -> None:
+    """positions: TRL's boolean-index LM head (host waits); lm_head: TRL's kernel with its backward recomputation;
+    walks: Trainer's per-step module walks; workers: collation in the main process."""
+    import paraphrx.lm_head
+    import paraphrx.trainer_factory as factory
+    from paraphrx.trainer_factory import ParaphrxSFTTrainer
+
+    unknown = sorted(set(names) - set(LEVERS))
+    if unknown:
+        raise SystemExit(f"PARAPHRX_BENCH_WITHOUT: unknown {unknown}; choose from {list(LEVERS)}")
+    if "positions" in names:
+        factory.add_position_lm_head = lambda model: False
+    if "lm_head" in names:
+
+        class TrlHead:
+            @staticmethod
+            def apply(hidden, weight, targets, softcap):
+                return paraphrx.lm_head.trl_log_probs(hidden, weight, None, targets, softcap)
+
+        paraphrx.lm_head.LogProbsWithGradient = TrlHead
+    if "walks" in names:
+        factory.cache_module_walks = lambda model: None
+        ParaphrxSFTTrainer.floating_point_ops = ParaphrxSFTTrainer.__mro__[1].floating_point_ops
+    if "workers" in names:
+        adapt = factory.adapt_training_args
+
+        def adapt_without_workers(training_args):
+            max_length = adapt(training_args)
+            training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
+            return max_length
+
+        factory.adapt_training_args = adapt_without_workers
+
+
 def _profile_callback(warmup: int, marks: dict):
     """torch.profiler over two timed steps: the kernel table, then where the GPU sat idle (the CPU gaps)."""
     import torch
@@ -295,7 +336,9 @@ def _profile_callback(warmup: int, marks: dict):
                 print(marks["prof"].key_averages().table(sort_by="cuda_time_total", row_limit=30), flush=True)
                 with tempfile.NamedTemporaryFile(suffix=".json") as trace:
                     marks["prof"].export_chrome_trace(trace.name)
-                    print_gpu_gaps(json.loads(Path(trace.name).read_text()), steps=2)
+                    events = json.loads(Path(trace.name).read_text())
+                    print_gpu_gaps(events, steps=2)
+                    print_host_time(events, steps=2)
                     if os.environ.get("PARAPHRX_PROFILE_TRACE"):  # the chrome trace, gzipped, for a closer look
                         import gzip
                         Path(os.environ["PARAPHRX_PROFILE_TRACE"]).write_bytes(
@@ -338,6 +381,39 @@ def print_gpu_gaps(trace: dict, steps: int, min_gap_us: float = 300.0, show: int
                 names.append(h[3])
         print(f"  gap {length / 1e3:6.2f} ms at +{(g0 - gpu[0][0]) / 1e3:7.1f} ms | syncs: "
               f"{[f'{h[3]} {h[1] / 1e3:.2f}ms' for h in syncs][:3]} | host: {names[:8]}", flush=True)
+
+
+def print_host_time(trace: dict, steps: int, show: int = 25) -> None:
+    """Where the host's time goes: the outermost profiled calls of every thread (the main loop, autograd's backward
+    thread) summed by name, the time between them (plain Python: the Trainer, hooks, wrappers), kernel launches."""
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    host = sorted(((e["ts"], e["dur"], e.get("tid"), e["name"]) for e in events
+                   if e.get("cat") in ("cpu_op", "user_annotation")), key=lambda h: (h[0], -h[1]))
+    if not host:
+        print("no host events in the trace", flush=True)
+        return
+    outermost, open_until = [], {}
+    for ts, dur, tid, name in host:
+        if ts >= open_until.get(tid, float("-inf")):
+            outermost.append((ts, dur, name))
+            open_until[tid] = ts + dur
+    totals: dict = {}
+    for _, dur, name in outermost:
+        total, calls = totals.get(name, (0.0, 0))
+        totals[name] = (total + dur, calls + 1)
+    covered, (start, end) = 0.0, (outermost[0][0], outermost[0][0])
+    for ts, dur, _ in sorted(outermost):
+        if ts > end:
+            covered, start = covered + end - start, ts
+        end = max(end, ts + dur)
+    covered += end - start
+    wall = max(ts + dur for ts, dur, *_ in host) - host[0][0]
+    launches = [e["dur"] for e in events if e.get("cat") == "cuda_runtime" and "Launch" in e["name"]]
+    print(f"host: {wall / steps / 1e3:.1f} ms/step profiled, {(wall - covered) / steps / 1e3:.1f} ms/step outside "
+          f"any profiled call; {len(launches) / steps:.0f} kernel launches/step taking "
+          f"{sum(launches) / steps / 1e3:.1f} ms/step", flush=True)
+    for name, (total, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:show]:
+        print(f"  {total / steps / 1e3:7.2f} ms/step {calls / steps:6.0f} calls/step  {name[:110]}", flush=True)
 
 
 def _sync_debug_callback(warmup: int):

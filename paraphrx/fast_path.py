@@ -13,10 +13,14 @@ What the reference (QLoRA, NF4, eager, padded micro-batches) spends its time on,
    fuses RMSNorm, GeGLU, RoPE, soft-capping, residual adds and LoRA dropout/scaling, lets inductor recompute cheap
    elementwise results instead of storing them, and removes most kernel launches; identical layers share one
    graph, and after the second packed length one symbolic-length graph serves every step.
-4. **No full logits**: TRL's SFTTrainer already projects only the completion positions through the 256k-vocab LM
-   head, in tiles, with Gemma-2's final soft-capping (30); Liger's kernels add nothing once the layers are compiled.
+4. **No full logits, none computed twice**: only the completion positions go through the 256k-vocab LM head, in
+   tiles, with Gemma-2's final soft-capping (30), and each tile's gradient is formed while its logits are in memory
+   (`lm_head.py`, on TRL's kernels); Liger's kernels add nothing once the layers are compiled.
 5. **No host waits inside a step**, so Python queues the next kernels while the GPU works (`adapt_training_args`,
-   `keep_packed_masks_on_device`, and `ParaphrxSFTTrainer.compute_loss` keeping TRL's metrics on the device).
+   `keep_packed_masks_on_device`, `ParaphrxSFTTrainer.compute_loss` keeping TRL's metrics on the device, and the
+   LM head scoring positions the collator found: `completion_positions.py`).
+6. **Little host work between steps**, when the GPU has nothing queued: batches are read and collated in a
+   dataloader worker, and the Trainer's per-step walks over all modules are done once (`module_walks.py`).
 
 Everything here is switched by the recipe key `fast_path` (`auto` = on when CUDA is available and the launch is not
 FSDP/DeepSpeed, which shard the 4-bit base). The CPU path is the plain one: eager attention, bitsandbytes NF4, no
@@ -82,6 +86,8 @@ def adapt_training_args(training_args) -> int | None:
         training_args.optim = "adamw_torch_fused"  # the same AdamW update, one kernel for all LoRA tensors
     training_args.logging_nan_inf_filter = False  # it reads the loss on the host after every step
     training_args.dataloader_pin_memory = True  # pinned batches copy to the GPU without a host wait
+    if training_args.dataloader_num_workers == 0:  # read and collate the next batch in a worker, beside the step
+        training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 1, True
     training_args.accelerator_config.non_blocking = True
     logger.info("fast path: one padding-free batch of {} examples per optimizer step, flex attention, no "
                 "activation checkpointing, sequences cut at {} tokens", examples, max_length)

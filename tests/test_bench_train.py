@@ -32,6 +32,27 @@ def test_gpu_gaps_merge_overlapping_kernels_and_name_the_host_work(capsys):
     assert "cudaStreamSynchronize 0.30ms" in out[1] and "aten::item" in out[1] and "aten::mm" not in out[1]
 
 
+def test_host_time_sums_outermost_calls_per_thread(capsys):
+    events = [
+        {"ph": "X", "cat": "cpu_op", "name": "CompiledFunction", "ts": 0, "dur": 400, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 100, "dur": 50, "tid": 1},  # inside: not counted again
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 110, "dur": 10, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "CompiledFunction", "ts": 600, "dur": 400, "tid": 1},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cuLaunchKernelEx", "ts": 650, "dur": 190, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "backward", "ts": 700, "dur": 500, "tid": 2},  # another thread
+        {"ph": "X", "cat": "user_annotation", "name": "Optimizer.step", "ts": 1800, "dur": 200, "tid": 1},
+        {"ph": "X", "cat": "kernel", "name": "k", "ts": 0, "dur": 5000, "tid": 7},  # GPU: not host time
+    ]
+    _bench().print_host_time({"traceEvents": events}, steps=2)
+    out = capsys.readouterr().out.splitlines()
+    # wall 0..2000 us; covered 0..400, 600..1200, 1800..2000 = 1200 us; so 800 us between calls; 2 launches, 200 us
+    assert out[0] == ("host: 1.0 ms/step profiled, 0.4 ms/step outside any profiled call; "
+                      "1 kernel launches/step taking 0.1 ms/step")
+    assert [line.split()[0] for line in out[1:]] == ["0.40", "0.25", "0.10"]
+    assert out[1].endswith("CompiledFunction") and "     1 calls/step" in out[1]
+    assert out[2].endswith("backward") and out[3].endswith("Optimizer.step")
+
+
 def test_unknown_config_is_a_one_line_usage_error(monkeypatch, capsys):
     import pytest
 
@@ -51,6 +72,37 @@ def test_variant_words_split_into_environment_settings_and_recipe_args():
                                               "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True --x=Y")
     assert env == {"TORCHINDUCTOR_CPP_WRAPPER": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert recipe_args == ["--learning_rate", "1e-4", "--run_name", "a b", "--x=Y"]
+
+
+def test_levers_switched_off_fall_back_to_trl_and_transformers(monkeypatch):
+    import pytest
+    import torch
+    from transformers import Trainer
+    from trl.kernels import ChunkedLogProbFunction
+
+    import paraphrx.lm_head
+    import paraphrx.trainer_factory as factory
+    from paraphrx.config import ParaphrxSFTConfig
+    from paraphrx.trainer_factory import ParaphrxSFTTrainer
+
+    for module, name in [(factory, "add_position_lm_head"), (factory, "cache_module_walks"),
+                         (factory, "adapt_training_args"), (paraphrx.lm_head, "LogProbsWithGradient"),
+                         (ParaphrxSFTTrainer, "floating_point_ops")]:
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    bench = _bench()
+    with pytest.raises(SystemExit, match="unknown \\['nope'\\]"):
+        bench.switch_off_levers(["walks", "nope"])
+    bench.switch_off_levers(list(bench.LEVERS))
+    assert factory.add_position_lm_head(None) is False and factory.cache_module_walks(None) is None
+    assert ParaphrxSFTTrainer.floating_point_ops is Trainer.floating_point_ops  # recounts every step again
+    args = ParaphrxSFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False)
+    factory.adapt_training_args(args)
+    assert args.dataloader_num_workers == 0 and args.padding_free  # the rest of the fast path's settings stay
+    h, w, targets = torch.randn(5, 8, requires_grad=True), torch.randn(40, 8), torch.randint(0, 40, (5,))
+    log_probs, entropy, is_top1 = paraphrx.lm_head.LogProbsWithGradient.apply(h, w, targets, 30.0)
+    trl = ChunkedLogProbFunction.apply(h, w, None, targets, 1.0, 16, 30.0, 1.0, ("log_probs", "entropy", "is_top1"))
+    torch.testing.assert_close(log_probs, trl[0])
+    assert log_probs.grad_fn.name().startswith("ChunkedLogProbFunction")
 
 
 def test_a_variant_trains_ours_with_its_recipe_overrides(tiny_model_dir, tmp_path):

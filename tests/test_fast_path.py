@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Gemma2Config, Gemma2ForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from paraphrx.completion_positions import LabelPositionsCollator, add_position_lm_head
 from paraphrx.fast_path import (
     compile_decoder_layers,
     dequantize_frozen_base,
@@ -170,7 +171,8 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, monk
     reference = _with_lora(AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **load))
     base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="flex_attention", **load)
     assert dequantize_frozen_base(base, dtype=dtype) == 28
-    add_fused_lm_head(base, outputs=("log_probs",))  # what SFTTrainer does: only trained positions hit the LM head
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # what SFTTrainer does
+    assert add_position_lm_head(base)  # and ParaphrxSFTTrainer: the trained positions come from the collator
     fast = _with_lora(base)
     lora = {n: p for n, p in reference.named_parameters() if "lora_" in n}
     with torch.no_grad():  # identical adapters on both sides
@@ -184,18 +186,18 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, monk
     keep_packed_masks_on_device()  # as build_trainer does on the fast path
 
     rows = _examples([37, 120, 64, 201, 90], [12, 40, 30, 45, 89], 4096)
-    batch = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)(rows)
-    batch = {k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "labels")}
-    trained = batch["labels"][:, 1:] != -100  # the fused head returns already-shifted per-token values
+    batch = LabelPositionsCollator(DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True))(rows)
+    batch = {k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "label_positions",
+                                                             "label_targets")}
     reference.train(), fast.train()
     expected = _unpacked_token_losses(reference, rows)
-    got = -fast(**batch, use_cache=False, fused_lm_head=True).log_probs[trained].float()
+    got = -fast(**batch, use_cache=False, fused_lm_head=True).log_probs.float()  # one per trained token, in order
     expected.mean().backward()
     got.mean().backward()
     with torch.no_grad():
         # Controls: what a leaky pack, or a reference without attention soft-capping, would look like.
         leaky = {**batch, "position_ids": torch.arange(batch["input_ids"].shape[1], device="cuda")[None]}
-        leaked = -fast(**leaky, use_cache=False, fused_lm_head=True).log_probs[trained].float()
+        leaked = -fast(**leaky, use_cache=False, fused_lm_head=True).log_probs.float()
         _set_attention_softcap(reference, None)
         uncapped = _unpacked_token_losses(reference, rows)
 
@@ -232,6 +234,10 @@ def test_adapt_training_args_keeps_the_examples_per_step():
     # nothing left that makes the host wait for the GPU each step
     assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter
     assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
+    assert args.dataloader_num_workers == 1 and args.dataloader_persistent_workers  # collation beside the step
+    args.dataloader_num_workers = 4
+    adapt_training_args(args)
+    assert args.dataloader_num_workers == 4  # a recipe's own setting stays
 
 
 def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_model_dir, monkeypatch):
