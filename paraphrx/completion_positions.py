@@ -25,7 +25,9 @@ class LabelPositionsCollator:
         self.collator = collator
 
     def __getattr__(self, name):  # pad_token_id, padding_free, ... as the wrapped collator has them
-        return getattr(self.__dict__["collator"], name)
+        if name == "collator":  # not set yet (unpickling in a spawned dataloader worker)
+            raise AttributeError(name)
+        return getattr(self.collator, name)
 
     def __call__(self, examples):
         batch = self.collator(examples)

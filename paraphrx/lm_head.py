@@ -24,7 +24,7 @@ from trl.kernels.chunked_logprob import (
     _use_triton,
 )
 
-# Tokens per tile: [1024, 256000] bf16 logits are 0.5 GB, about what TRL's [4096, 32768] tile takes.
+# Tokens per tile: [1024, 256000] bf16 logits are 0.5 GB, twice TRL's [4096, 32768] tile (peak +0.2 GiB measured).
 TOKEN_BLOCK = 1024
 OUTPUTS = ("log_probs", "entropy", "is_top1")
 

@@ -1,6 +1,7 @@
 """The collator's host-side trained positions, and the LM head that scores them, against TRL's boolean-index head."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -45,6 +46,10 @@ def test_wrapper_passes_the_collators_attributes_and_batches_without_labels():
     assert wrapped.pad_token_id == 0 and wrapped.padding_free
     plain = LabelPositionsCollator(lambda examples: {"input_ids": torch.tensor([[5, 6]])})
     assert set(plain([{}])) == {"input_ids"}
+    # a spawned dataloader worker gets the collator pickled
+    copied = pickle.loads(pickle.dumps(wrapped))
+    assert copied.pad_token_id == 0
+    assert copied(copy.deepcopy(EXAMPLES))["label_positions"].tolist() == [3, 4, 5, 8, 9, 10, 11]
 
 
 @pytest.fixture(scope="module")
