@@ -2,8 +2,9 @@
 
 A PEFT-wrapped gemma-2-2b has 2,219 modules and 652 parameter tensors, of which 364 (the LoRA A/B) train. Every
 optimizer step, transformers' Trainer walks them in Python four times: `model.train()`, `floating_point_ops`
-(counting the parameters again), gradient clipping over `model.parameters()`, and `model.zero_grad()`: about 14 ms
-on a 2-core CPU, between the backward and the next forward, while the GPU has nothing queued. The module tree and
+(counting the parameters again), gradient clipping over `model.parameters()`, and `model.zero_grad()`, between the
+backward and the next forward, while the GPU has nothing queued (≈10 ms of plain Python per step in the H200
+profile of `benchmarks/bench_train.py`; 1.23x tokens/s once gone, benchmarks/RESULTS.md). The module tree and
 the set of trainable tensors do not change while training, so `cache_module_walks` lists them once and gives the
 model a `train` and a `zero_grad` that go through those lists, with the same effect; `ParaphrxSFTTrainer` clips
 over the trainable list and caches the parameter count.
