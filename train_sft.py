@@ -12,6 +12,7 @@ import sys
 from accelerate import PartialState
 from loguru import logger
 
+from paraphrx.callbacks import evaluate_full_validation
 from paraphrx.logs import setup_logging
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe_or_exit
@@ -29,11 +30,14 @@ def main(script_args, training_args, model_args):
 
     checkpoint = resolve_checkpoint_or_refuse(training_args)
     with_eval = training_args.eval_strategy != "no"
-    train_dataset, eval_dataset, dataset_record = load_training_splits(script_args, training_args.seed, with_eval)
+    train_dataset, eval_dataset, full_eval_dataset, dataset_record = load_training_splits(
+        script_args, training_args.seed, with_eval
+    )
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
 
     trainer.train(resume_from_checkpoint=checkpoint)
+    evaluate_full_validation(trainer, full_eval_dataset)  # the kept adapter on the whole validation split
     finalize_run(trainer, recipe, dataset_record, keep_checkpoints=training_args.keep_checkpoints)
     end_run(trainer)
     return trainer

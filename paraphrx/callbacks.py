@@ -1,4 +1,5 @@
-"""What a run reports besides the loss: perplexity, peak memory, loguru lines, and early stopping that says so."""
+"""What a run reports besides the loss: perplexity, peak memory, loguru lines, early stopping that says so, and the
+loss on the whole validation split at the end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 import torch
 from loguru import logger
 from transformers import EarlyStoppingCallback, TrainerCallback
+
+# Metric prefix of the end-of-run evaluation on the whole validation split: eval_full_loss, eval_full_perplexity.
+FULL_EVAL_PREFIX = "eval_full"
 
 
 def peak_memory_metrics() -> dict[str, float]:
@@ -22,7 +26,8 @@ def peak_memory_metrics() -> dict[str, float]:
 
 def add_run_metrics(logs: dict[str, float]) -> dict[str, float]:
     """Add perplexity = exp(loss) next to every (eval) loss and the peak memory, in place, before logs are reported."""
-    for loss_key, ppl_key in (("loss", "perplexity"), ("eval_loss", "eval_perplexity")):
+    for loss_key, ppl_key in (("loss", "perplexity"), ("eval_loss", "eval_perplexity"),
+                              (f"{FULL_EVAL_PREFIX}_loss", f"{FULL_EVAL_PREFIX}_perplexity")):
         if loss_key in logs:
             logs[ppl_key] = math.exp(min(logs[loss_key], 700.0))  # exp overflows float past ~709
     logs.update(peak_memory_metrics())
@@ -53,6 +58,8 @@ class LoggingEarlyStoppingCallback(EarlyStoppingCallback):
     """transformers' EarlyStoppingCallback, plus a log line when it stops the run."""
 
     def on_evaluate(self, args, state, control, metrics, **kwargs):
+        if f"{FULL_EVAL_PREFIX}_loss" in metrics:
+            return  # the end-of-run evaluation on the whole split: not part of the schedule
         super().on_evaluate(args, state, control, metrics, **kwargs)
         stopped = self.early_stopping_patience_counter >= self.early_stopping_patience
         if stopped and state.is_world_process_zero:
@@ -75,3 +82,15 @@ def build_callbacks(training_args) -> list[TrainerCallback]:
             )
         )
     return callbacks
+
+
+def evaluate_full_validation(trainer, validation) -> dict | None:
+    """Score the adapter the run keeps (the best by `eval_loss` with `load_best_model_at_end`) on the whole validation
+    split of its buckets, once, after training: `eval_full_loss` and `eval_full_perplexity` in the Trainer's log
+    history and the log file. Call on every process; None when the run does not evaluate."""
+    if validation is None:
+        return None
+    metrics = trainer.evaluate(eval_dataset=validation, metric_key_prefix=FULL_EVAL_PREFIX)
+    logger.info("loss on the whole validation split ({} rows): {:.4f}, perplexity {:.4g}", len(validation),
+                metrics[f"{FULL_EVAL_PREFIX}_loss"], metrics[f"{FULL_EVAL_PREFIX}_perplexity"])
+    return metrics

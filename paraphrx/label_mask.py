@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     setup_logging(f"{training_args.run_name}-label-mask", training_args.log_dir)
     try:
-        train, _, record = load_training_splits(script_args, training_args.seed, with_eval=False)
+        train, _, _, record = load_training_splits(script_args, training_args.seed, with_eval=False)
     except TrainingDataError as err:
         logger.error("{}", err)
         raise SystemExit(1) from None

@@ -23,6 +23,8 @@ from loguru import logger
 from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
+from paraphrx.callbacks import FULL_EVAL_PREFIX
+
 COMPLETE_MARKER = "run_complete.json"
 RECIPE_FILE = "recipe.yaml"
 DATASET_FILE = "dataset.json"
@@ -171,6 +173,7 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
             "global_step": trainer.state.global_step,
             "best_metric": trainer.state.best_metric,
             "best_global_step": trainer.state.best_global_step,  # whose adapter was kept (load_best_model_at_end)
+            "full_validation": full_validation_result(trainer.state, trainer.args.load_best_model_at_end),
             "base_model": recipe.get("model_name_or_path"),
             "dataset": dataset_record,
         },
@@ -182,9 +185,21 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
     return out
 
 
+def full_validation_result(state, load_best_model_at_end: bool = False) -> dict | None:
+    """The end-of-run loss on the whole validation split (`paraphrx.callbacks.evaluate_full_validation`), if any, and
+    the step whose adapter it scored: the kept one."""
+    logged = next((h for h in reversed(state.log_history) if f"{FULL_EVAL_PREFIX}_loss" in h), None)
+    if logged is None:
+        return None
+    best = state.best_global_step if load_best_model_at_end else None
+    return {"loss": logged[f"{FULL_EVAL_PREFIX}_loss"], "perplexity": logged.get(f"{FULL_EVAL_PREFIX}_perplexity"),
+            "adapter_step": best or state.global_step}
+
+
 def run_card_section(recipe: dict, dataset_record: dict, state) -> str:
     """The paraphrx part of the model card: what data and recipe made this adapter, and where it ended."""
     last_eval = next((h for h in reversed(state.log_history) if "eval_loss" in h), {})
+    full = full_validation_result(state, recipe.get("load_best_model_at_end", False))
     lines = [
         "",
         "## paraphrx run",
@@ -198,6 +213,11 @@ def run_card_section(recipe: dict, dataset_record: dict, state) -> str:
     ]
     if last_eval:
         loss, ppl = last_eval.get("eval_loss"), last_eval.get("eval_perplexity")
-        lines.append(f"- last eval: loss {loss:.4f}, perplexity {ppl:.4g}")
+        lines.append(f"- last eval ({dataset_record.get('eval_rows')} of {dataset_record.get('full_eval_rows')} "
+                     f"validation rows): loss {loss:.4f}, perplexity {ppl:.4g}")
+    if full:
+        lines.append(f"- this adapter (step {full['adapter_step']}) on the whole validation split "
+                     f"({dataset_record.get('full_eval_rows')} rows): loss {full['loss']:.4f}, "
+                     f"perplexity {full['perplexity']:.4g}")
     lines += ["", f"The full resolved recipe is `{RECIPE_FILE}`; the data record is `{DATASET_FILE}`.", ""]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The rows a training run sees: the recipe's bucket-range split for training, and the `validation` split
-restricted to the same buckets for eval loss, both through `paraphrx.dataset_io.load_prepared`."""
+restricted to the same buckets for eval loss (a fixed subset of it every `eval_steps`, the whole of it once at the
+end: `paraphrx.eval_subset`), both through `paraphrx.dataset_io.load_prepared`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datasets import Dataset
 from loguru import logger
 
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.eval_subset import EvalSubsetError, select_eval_subset
 from prep.buckets import BucketSpecError, buckets_of_split
 
 
@@ -21,8 +23,11 @@ def _load(dataset: str, split: str, revision: str | None, buckets=None) -> Datas
         raise TrainingDataError(f"{dataset} (split {split!r}): {str(err).splitlines()[0]}") from None
 
 
-def load_training_splits(script_args, seed: int = 42, with_eval: bool = True) -> tuple[Dataset, Dataset | None, dict]:
-    """(train, eval or None, record of what was loaded for `dataset.json`)."""
+def load_training_splits(
+    script_args, seed: int = 42, with_eval: bool = True
+) -> tuple[Dataset, Dataset | None, Dataset | None, dict]:
+    """(train, the evaluation subset, the whole validation split of the run's buckets, record for `dataset.json`);
+    both evaluation sets are None without evaluation."""
     name, revision = script_args.dataset_name, script_args.dataset_revision
     if not name:
         raise TrainingDataError("dataset_name: no dataset given (a prepared folder or a Hub id)")
@@ -34,12 +39,15 @@ def load_training_splits(script_args, seed: int = 42, with_eval: bool = True) ->
     if script_args.max_train_samples is not None:
         # a seeded sample across prompts, not the first prompt's rows
         train = train.shuffle(seed=seed).select(range(min(script_args.max_train_samples, len(train))))
-    evaluation = None
+    validation = evaluation = subset_record = None
     if with_eval:
-        evaluation = _load(name, script_args.dataset_test_split, revision, buckets=buckets)
-        if script_args.max_eval_samples is not None:
-            evaluation = evaluation.shuffle(seed=seed).select(range(min(script_args.max_eval_samples, len(evaluation))))
-    for split, ds in (("train", train), ("eval", evaluation)):
+        validation = _load(name, script_args.dataset_test_split, revision, buckets=buckets)
+        if len(validation):
+            try:
+                evaluation, subset_record = select_eval_subset(validation, script_args.eval_subset_rows, seed)
+            except EvalSubsetError as err:
+                raise TrainingDataError(f"{name} (split {script_args.dataset_test_split!r}): {err}") from None
+    for split, ds in (("train", train), ("eval", validation)):
         if ds is not None and len(ds) == 0:
             raise TrainingDataError(f"{name}: the {split} split for buckets {list(buckets)} has no rows")
     record = {
@@ -51,10 +59,15 @@ def load_training_splits(script_args, seed: int = 42, with_eval: bool = True) ->
         "eval_buckets": list(buckets),
         "eval_rows": len(evaluation) if evaluation is not None else 0,
         "eval_fingerprint": evaluation._fingerprint if evaluation is not None else None,
+        "full_eval_rows": len(validation) if validation is not None else 0,
+        "full_eval_fingerprint": validation._fingerprint if validation is not None else None,
+        "eval_subset": subset_record,
     }
     logger.info("data: {} train rows from {}:{}", record["train_rows"], name, record["train_split"])
     if evaluation is not None:
         logger.info(
-            "data: {} eval rows from {}:{} buckets {}", record["eval_rows"], name, record["eval_split"], list(buckets)
+            "data: {} of {} validation rows ({} of {} prompts) from {}:{} buckets {} evaluated every eval_steps, all "
+            "of them once at the end", record["eval_rows"], record["full_eval_rows"], subset_record["prompts"],
+            subset_record["of_prompts"], name, record["eval_split"], list(buckets),
         )
-    return train, evaluation, record
+    return train, evaluation, validation, record

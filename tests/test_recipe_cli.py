@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from paraphrx.config import ParaphrxSFTConfig
+from paraphrx.config import EVAL_SUBSET_ROWS, ParaphrxSFTConfig
 from paraphrx.recipe_cli import RecipeError, normalize_argv, parse_recipe
 from paraphrx.run_outputs import resolved_recipe
 from prep.buckets import parse_bucket_spec, split_name
@@ -100,6 +100,16 @@ def test_early_stopping_needs_best_model_tracking():
         parse_recipe([TINY, "--load_best_model_at_end", "false"])
 
 
+def test_eval_subset_rows_and_its_old_name():
+    assert parse_recipe([TINY])[0].eval_subset_rows == 16
+    assert parse_recipe([TINY, "--eval_subset_rows", "null"])[0].eval_subset_rows is None
+    with pytest.warns(FutureWarning, match="max_eval_samples is deprecated"):
+        script = parse_recipe([TINY, "--max_eval_samples", "8"])[0]
+    assert (script.eval_subset_rows, script.max_eval_samples) == (8, None)  # so recipe.yaml reruns the same
+    with pytest.raises(RecipeError, match="eval_subset_rows: expected a number of rows >= 1 or null, got 0"):
+        parse_recipe([TINY, "--eval_subset_rows", "0"])
+
+
 def test_bad_recipe_exits_2_with_one_line_and_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train_sft.py"), _write(tmp_path, "lora_rank: 8\n")],
@@ -132,6 +142,7 @@ def test_five_gemma_recipes_carry_the_seed_defaults():
         assert math.isclose(train.warmup_steps, 0.05) and train.num_train_epochs == 3
         assert (train.per_device_train_batch_size, train.gradient_accumulation_steps) == (4, 4)
         assert train.eval_strategy.value == "steps" and train.eval_steps == 20
+        assert script.eval_subset_rows == EVAL_SUBSET_ROWS == 64
         assert train.early_stopping_patience >= 1 and train.metric_for_best_model == "eval_loss"
         assert train.bf16 is True and train.fp16 is False and train.gradient_checkpointing is True
         assert train.trust_remote_code is False

@@ -1,6 +1,7 @@
 """End to end on the CPU: a tiny QLoRA run through train_sft.main, its run folder, reload, refusal, early stopping,
 and a real kill-and-rerun resume in subprocesses."""
 
+import contextlib
 import json
 import math
 import os
@@ -29,13 +30,41 @@ def tiny_argv(model_dir, data_dir, out, *overrides):
             "--log_dir", str(Path(out).parent / "logs"), *overrides]
 
 
+# What each Trainer.evaluate call of tiny_run scored: (metric_key_prefix, the input_ids of every batch, the LoRA weights)
+EVALUATIONS: list[tuple[str, list[torch.Tensor], dict[str, torch.Tensor]]] = []
+
+
+@contextlib.contextmanager
+def recording_evaluations(evaluations: list):
+    """Append (metric_key_prefix, the input_ids of every batch, the LoRA weights) for each Trainer.evaluate call."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    evaluate, prediction_step = Trainer.evaluate, SFTTrainer.prediction_step
+
+    def recording_evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        lora = {n: p.detach().clone() for n, p in self.model.named_parameters() if "lora_" in n}
+        evaluations.append((metric_key_prefix, [], lora))
+        return evaluate(self, eval_dataset, ignore_keys, metric_key_prefix)
+
+    def recording_prediction_step(self, model, inputs, *args, **kwargs):
+        evaluations[-1][1].append(inputs["input_ids"].clone())
+        return prediction_step(self, model, inputs, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "evaluate", recording_evaluate)
+        patch.setattr(SFTTrainer, "prediction_step", recording_prediction_step)
+        yield evaluations
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
     """16 training rows, 4 per step, 12 steps: three passes over the same rows, so the loss must fall."""
     out = tmp_path_factory.mktemp("train") / "tiny-run"
     argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "16", "--max_steps", "12",
                      "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "1")
-    trainer = train_sft.main(*parse_recipe(argv))
+    with recording_evaluations(EVALUATIONS):
+        trainer = train_sft.main(*parse_recipe(argv))
     return trainer, out, argv
 
 
@@ -103,6 +132,41 @@ def test_logs_carry_loss_eval_perplexity_lr_and_memory(tiny_run):
     assert first[:4].isdigit() and first[23] == "Z" and "| INFO" in first  # UTC timestamp, level
 
 
+def test_every_evaluation_scores_the_same_subset_and_the_end_the_whole_split(tiny_run):
+    trainer, out, _ = tiny_run
+    scheduled = [batches for prefix, batches, _ in EVALUATIONS if prefix == "eval"]
+    (final,) = [batches for prefix, batches, _ in EVALUATIONS if prefix == "eval_full"]
+    assert [prefix for prefix, *_ in EVALUATIONS] == ["eval", "eval", "eval", "eval_full"]
+    for batches in scheduled[1:]:
+        assert len(batches) == len(scheduled[0]) and all(torch.equal(a, b) for a, b in zip(batches, scheduled[0]))
+    record = json.loads((out / "dataset.json").read_text())
+    subset_rows, full_rows = sum(len(b) for b in scheduled[0]), sum(len(b) for b in final)
+    # TRL drops a row whose prompt alone fills max_length (128 in the tiny recipes): at most a few
+    assert subset_rows == len(trainer.eval_dataset) and record["eval_rows"] - 2 <= subset_rows <= record["eval_rows"]
+    assert record["eval_rows"] == 16 and record["full_eval_rows"] - 10 <= full_rows <= record["full_eval_rows"]
+    assert record["full_eval_rows"] == 161 and record["eval_subset"]["of_rows"] == 161  # buckets 1-2 of validation
+    assert len(record["eval_subset"]["selected"]) == 16 and len(record["eval_subset"]["strata"]) == 4
+
+
+def test_the_kept_adapter_is_scored_on_the_whole_validation_split_at_the_end(tiny_run):
+    trainer, out, _ = tiny_run
+    history = trainer.state.log_history
+    (full,) = [h for h in history if "eval_full_loss" in h]
+    assert history.index(full) > max(i for i, h in enumerate(history) if "eval_loss" in h or "loss" in h)
+    assert math.isclose(full["eval_full_perplexity"], math.exp(full["eval_full_loss"]), rel_tol=1e-9)
+    complete = json.loads((out / COMPLETE_MARKER).read_text())
+    assert complete["full_validation"] == {"loss": full["eval_full_loss"], "perplexity": full["eval_full_perplexity"],
+                                           "adapter_step": complete["best_global_step"]}
+    assert f"loss {full['eval_full_loss']:.4f}" in (out / "README.md").read_text()
+    text = (out.parent / "logs" / "tiny-bucket1-2_latest.log").read_text()
+    assert "eval_full_loss=" in text and "loss on the whole validation split (161 rows)" in text
+    # the adapter scored is the one the best step's evaluation saw (test_early_stopping_stops: not the last one)
+    weights = [lora for *_, lora in EVALUATIONS]
+    best = [h["step"] for h in history if "eval_loss" in h].index(complete["best_global_step"])
+    assert weights[-1].keys() == weights[best].keys() and len(weights[-1]) == 2 * 7 * 2
+    assert all(torch.equal(weights[-1][n], weights[best][n]) for n in weights[best])
+
+
 def test_saved_adapter_reloads_with_the_same_logits(tiny_run):
     from peft import PeftModel
 
@@ -138,14 +202,28 @@ def test_finished_run_is_not_overwritten(tiny_run):
     assert (out / "adapter_model.safetensors").read_bytes() == before
 
 
-def test_early_stopping_stops(tiny_model_dir, prepared_dataset_dir, tmp_path):
+def test_early_stopping_stops(tiny_run, tiny_model_dir, prepared_dataset_dir, tmp_path):
     # A threshold no eval can beat: the first eval sets the best, the next one exhausts patience 1.
     argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "es", "--max_steps", "20", "--eval_steps", "1",
                      "--save_steps", "1", "--early_stopping_patience", "1", "--early_stopping_threshold", "100")
-    trainer = train_sft.main(*parse_recipe(argv))
+    with recording_evaluations([]) as evaluations:
+        trainer = train_sft.main(*parse_recipe(argv))
     assert trainer.state.global_step == 2
     assert (tmp_path / "es" / COMPLETE_MARKER).exists()
-    assert "early stopping at step 2" in (tmp_path / "logs" / "tiny-bucket1-2_latest.log").read_text()
+    text = (tmp_path / "logs" / "tiny-bucket1-2_latest.log").read_text()
+    assert text.count("early stopping at step") == 1 and "early stopping at step 2" in text  # not again at the end
+    # the whole split is scored with the kept adapter, step 1's, not the last step's
+    assert [prefix for prefix, *_ in evaluations] == ["eval", "eval", "eval_full"]
+    (step_1, step_2, scored) = [lora for *_, lora in evaluations]
+    assert all(torch.equal(scored[n], step_1[n]) for n in step_1)
+    assert not all(torch.equal(scored[n], step_2[n]) for n in step_2)
+    complete = json.loads((tmp_path / "es" / COMPLETE_MARKER).read_text())
+    assert complete["best_global_step"] == 1 and complete["full_validation"]["adapter_step"] == 1
+    # another run of the same recipe evaluates on the very same rows
+    _, first_run, _ = tiny_run
+    subset, first_subset = (json.loads((run / "dataset.json").read_text()) for run in (tmp_path / "es", first_run))
+    assert subset["eval_subset"] == first_subset["eval_subset"] and subset["eval_fingerprint"]
+    assert subset["eval_fingerprint"] == first_subset["eval_fingerprint"]
 
 
 def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):

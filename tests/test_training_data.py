@@ -1,4 +1,5 @@
-"""Which rows a run trains and evaluates on: the bucket-range split, and validation restricted to its buckets."""
+"""Which rows a run trains and evaluates on: the bucket-range split, and validation restricted to its buckets (a fixed
+subset of it for the evaluations during training, the whole of it at the end)."""
 
 from types import SimpleNamespace
 
@@ -9,13 +10,13 @@ from paraphrx.training_data import TrainingDataError, load_training_splits
 
 def _args(dataset, split="bucket1_2", **extra):
     return SimpleNamespace(dataset_name=str(dataset), dataset_revision=None, dataset_train_split=split,
-                           dataset_test_split="validation", max_train_samples=None, max_eval_samples=None, **extra)
+                           dataset_test_split="validation", max_train_samples=None, eval_subset_rows=None, **extra)
 
 
 def test_eval_rows_come_from_the_training_buckets_only(prepared_dataset_dir):
-    train, evaluation, record = load_training_splits(_args(prepared_dataset_dir))
+    train, evaluation, validation, record = load_training_splits(_args(prepared_dataset_dir))
     assert set(train["bucket"]) == {1, 2}
-    assert set(evaluation["bucket"]) == {1, 2}
+    assert set(evaluation["bucket"]) == {1, 2} and len(evaluation) == len(validation)  # null: the whole split
     train_prompts = set(zip(train["source"], train["prompt_count"]))
     assert train_prompts.isdisjoint(zip(evaluation["source"], evaluation["prompt_count"]))
     assert record["eval_buckets"] == [1, 2] and record["train_rows"] == len(train)
@@ -24,16 +25,34 @@ def test_eval_rows_come_from_the_training_buckets_only(prepared_dataset_dir):
 
 def test_sample_caps_are_seeded_and_mix_prompts(prepared_dataset_dir):
     args = _args(prepared_dataset_dir, "bucket1_5")
-    args.max_train_samples, args.max_eval_samples = 32, 8
-    a, ev, _ = load_training_splits(args, seed=1)
-    b, _, _ = load_training_splits(args, seed=1)
-    assert len(a) == 32 and len(ev) == 8 and a["prompt"] == b["prompt"]
+    args.max_train_samples, args.eval_subset_rows = 32, 12
+    a, ev, validation, record = load_training_splits(args, seed=1)
+    b, ev_again, _, record_again = load_training_splits(args, seed=1)
+    assert len(a) == 32 and a["prompt"] == b["prompt"]
     assert len(set(a["prompt_count"])) > 1
+    assert len(ev) == 12 and len(validation) > 12 and ev["prompt"] == ev_again["prompt"]
+    assert record == record_again and record["eval_rows"] == 12 and record["full_eval_rows"] == len(validation)
+    assert record["eval_fingerprint"] != record["full_eval_fingerprint"]
+    subset = record["eval_subset"]
+    assert subset["rows"] == 12 and subset["of_rows"] == len(validation) and subset["seed"] == 1
+    assert [(r["source"], r["prompt_count"], r["instruct_type"], r["bucket"]) for r in subset["selected"]] == list(
+        zip(ev["source"], ev["prompt_count"], ev["instruct_type"], ev["bucket"]))
+    # the shipped sample's validation holds one prompt per source, with rows in 4 buckets each: all 8 strata appear
+    assert {(s["source"], s["bucket"]) for s in subset["strata"]} == set(zip(ev["source"], ev["bucket"]))
+    assert len(subset["strata"]) == 8 and sum(s["rows"] for s in subset["strata"]) == 12
+
+
+def test_a_subset_too_small_for_the_strata_is_a_one_line_error(prepared_dataset_dir):
+    args = _args(prepared_dataset_dir, "bucket1_5")
+    args.eval_subset_rows = 7
+    with pytest.raises(TrainingDataError, match="eval_subset_rows: 7 rows cannot represent the 8") as err:
+        load_training_splits(args)
+    assert "\n" not in str(err.value)
 
 
 def test_without_eval_no_validation_is_loaded(prepared_dataset_dir):
-    _, evaluation, record = load_training_splits(_args(prepared_dataset_dir), with_eval=False)
-    assert evaluation is None and record["eval_rows"] == 0
+    _, evaluation, validation, record = load_training_splits(_args(prepared_dataset_dir), with_eval=False)
+    assert evaluation is None and validation is None and record["eval_rows"] == 0 and record["eval_subset"] is None
 
 
 @pytest.mark.parametrize(
