@@ -53,9 +53,16 @@ def assign_buckets(scores: list[int]) -> list[int]:
     return buckets
 
 
+# Judge scores as the upstream data has them: most paraphrases tie at the top, so bucket 1 is large (ties are never
+# split) and bucket 5 is usually empty (the shipped Alpaca sample: 174/58/36/0/0 of 268 for its first prompt).
+UPSTREAM_SCORES = np.array([1, 1, 1, 1, 1, 1, 2, 4, 15, 24, 49], dtype=float) / 100
+
+
 def synth_rows(
-    n_prompts: int, n_paraphrases: int, seed: int, para_chars=(50, 250), answer_chars=(80, 500), output_chars=(300, 700)
+    n_prompts: int, n_paraphrases: int, seed: int, para_chars=(50, 250), answer_chars=(80, 500), output_chars=(300, 700),
+    score_p=None,
 ):
+    """Seed-schema rows; scores 0-10 uniform, or drawn with probabilities `score_p` (e.g. UPSTREAM_SCORES)."""
     rng = np.random.default_rng(seed)
     pool = _pool(rng)
 
@@ -66,7 +73,8 @@ def synth_rows(
 
     styles = ["instruction_original"] + [f"instruct_style_{i:03d}" for i in range(n_paraphrases - 1)]
     for count in range(1, n_prompts + 1):
-        scores = rng.integers(0, 11, size=n_paraphrases).tolist()
+        scores = (rng.choice(11, size=n_paraphrases, p=score_p) if score_p is not None
+                  else rng.integers(0, 11, size=n_paraphrases)).tolist()
         buckets = assign_buckets(scores)
         ranks = {s: r for r, s in enumerate(sorted(set(scores), reverse=True), start=1)}
         original = text(*para_chars)
@@ -89,6 +97,31 @@ def synth_rows(
             "count_in_buckets": [buckets.count(b) for b in range(1, 6)],
             "paraphrases": paraphrases,
         }
+
+
+def calibrated_lengths(tokenizer, prompt_tokens: float = 45, completion_tokens: float = 180, seed: int = 0,
+                       min_paraphrase_tokens: float = 5) -> dict:
+    """Character ranges for `synth_rows` whose prepared rows have these median token lengths with `tokenizer`
+    (prompt: the Alpaca template with the paraphrase; completion: the reference output), measured on a sample and
+    corrected three times. The defaults are DESIGN.md's Alpaca-like lengths with gemma's tokenizer. A tokenizer that spends
+    more on the template than gemma's (the offline one: 43 tokens) leaves the paraphrase `min_paraphrase_tokens`."""
+    from prep.templates import alpaca_prompt
+
+    def medians(lengths: dict) -> tuple[float, float]:
+        rows = list(synth_rows(400, 5, seed, **lengths))
+        prompts = [alpaca_prompt(p["paraphrase"], row["input"]) for row in rows for p in row["paraphrases"]]
+        prompt_len = np.median([len(ids) for ids in tokenizer(prompts)["input_ids"]])
+        return prompt_len, np.median([len(ids) for ids in tokenizer([row["output"] for row in rows])["input_ids"]])
+
+    template = len(tokenizer(alpaca_prompt(""))["input_ids"])  # the part of a prompt the paraphrase does not change
+    lengths = {"para_chars": (50, 250), "output_chars": (300, 700)}
+    for _ in range(3):
+        prompt_len, completion_len = medians(lengths)
+        para_scale = max(prompt_tokens - template, min_paraphrase_tokens) / max(prompt_len - template, 1)
+        lengths = {"para_chars": tuple(max(1, round(c * para_scale)) for c in lengths["para_chars"]),
+                   "output_chars": tuple(max(1, round(c * completion_tokens / completion_len))
+                                         for c in lengths["output_chars"])}
+    return lengths
 
 
 def write_synth(path: Path, n_prompts: int, n_paraphrases: int, seed: int = 0, **lengths) -> Path:

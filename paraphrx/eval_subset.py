@@ -67,28 +67,25 @@ def allocate(sizes: dict[tuple[str, int], int], total: int) -> dict[tuple[str, i
     return shares
 
 
-def select_eval_subset(validation: Dataset, rows: int | None, seed: int) -> tuple[Dataset, dict]:
-    """The run's evaluation subset of `validation` (already restricted to its buckets) and its record for
-    `dataset.json`. `rows=None`, or at least as many rows as the split has, keeps the whole split."""
-    identity = validation.select_columns(list(IDENTITY_COLUMNS)).to_list()
+def subset_indices(identity: list[dict], rows: int | None, seed: int) -> tuple[list[int], dict]:
+    """Indices of the subset of `identity` (each row's IDENTITY_COLUMNS) in their order, and its record."""
     orders = stratum_orders(identity, seed)
     if rows is not None and rows < len(orders):
         raise EvalSubsetError(
             f"eval_subset_rows: {rows} rows cannot represent the {len(orders)} (source, bucket) strata of the "
             f"validation rows; use at least {len(orders)}, or null to evaluate on the whole split"
         )
-    whole = rows is None or rows >= len(validation)
-    shares = {s: len(order) for s, order in orders.items()} if whole else allocate(
-        {s: len(order) for s, order in orders.items()}, rows)
-    chosen = sorted(i for s, order in orders.items() for i in order[: shares[s]])
-    subset = validation if whole else validation.select(chosen)
+    whole = rows is None or rows >= len(identity)
+    sizes = {stratum: len(order) for stratum, order in orders.items()}
+    shares = sizes if whole else allocate(sizes, rows)
+    chosen = sorted(i for stratum, order in orders.items() for i in order[: shares[stratum]])
 
     def prompts(indices) -> int:
         return len({(identity[i]["source"], identity[i]["prompt_count"]) for i in indices})
 
     record = {
         "rows": len(chosen),
-        "of_rows": len(validation),
+        "of_rows": len(identity),
         "prompts": prompts(chosen),
         "of_prompts": prompts(range(len(identity))),
         "seed": seed,
@@ -100,4 +97,11 @@ def select_eval_subset(validation: Dataset, rows: int | None, seed: int) -> tupl
         # which rows; the whole split is named by the fingerprint in the record instead
         "selected": None if whole else [identity[i] for i in chosen],
     }
-    return subset, record
+    return chosen, record
+
+
+def select_eval_subset(validation: Dataset, rows: int | None, seed: int) -> tuple[Dataset, dict]:
+    """The run's evaluation subset of `validation` (already restricted to its buckets) and its record for
+    `dataset.json`. `rows=None`, or at least as many rows as the split has, keeps the whole split."""
+    chosen, record = subset_indices(validation.select_columns(list(IDENTITY_COLUMNS)).to_list(), rows, seed)
+    return (validation if record["selected"] is None else validation.select(chosen)), record
