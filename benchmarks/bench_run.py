@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -105,11 +107,9 @@ def command(config: str, tree: Path, recipe: str, args, work: Path, dataset: Pat
            "--", str(tree / "train_sft.py"), str(tree / recipe), "--max_steps", str(steps),
            "--dataset_name", str(dataset), "--model_name_or_path", str(model_dir), "--output_dir", str(out / "output"),
            "--run_name", f"bench-{config}", "--log_dir", str(out / "logs")]
-    if config == "trl":
-        from paraphrx.recipe_cli import parse_recipe
-
-        _, training_args, _ = parse_recipe([str(REPO / recipe), "--use_cpu", str(args.device == "cpu").lower()])
-        examples = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    if config == "trl":  # the same examples per optimizer step as the recipe's micro-batches x accumulation
+        values = yaml.safe_load((REPO / recipe).read_text())
+        examples = values["per_device_train_batch_size"] * values.get("gradient_accumulation_steps", 1)
         cmd += trl_overrides(args.device == "cuda", examples)
     return cmd
 
@@ -220,16 +220,12 @@ def _num(value, spec: str = ",.0f") -> str:
 
 
 def report(results: list[dict]) -> None:
-    names = [r["config"] for r in results]
-    width = max(12, *(len(n) for n in names))
-    print(f"\n{'phase':<12}" + "".join(f"{n:>{width + 10}}" for n in names))
-    for phase in (*PHASES, "wall"):
-        cells = []
-        for r in results:
-            s = r["wall_s"] if phase == "wall" else r["phases_s"][phase]
-            share = "" if phase == "wall" else f" ({r['shares'][phase]:5.1%})"
-            cells.append(f"{s:>{width}.1f} s{share:>9}" if share else f"{s:>{width}.1f} s{'':>9}")
-        print(f"{phase:<12}" + "".join(f"{c:>{width + 10}}" for c in cells))
+    print("\n| phase | " + " | ".join(r["config"] for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for phase in PHASES:
+        print(f"| {phase} | " + " | ".join(f"{r['phases_s'][phase]:.1f} s ({r['shares'][phase]:.1%})" for r in results)
+              + " |")
+    print("| wall | " + " | ".join(f"{r['wall_s']:.1f} s" for r in results) + " |")
     for r in results:
         evaluated = sorted({n for n in r["eval_rows"] if n is not None})
         ratio = (r["eval_tokens_per_s"] / r["train_tokens_per_s"]
