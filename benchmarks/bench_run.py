@@ -205,7 +205,8 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "evaluations": len(evals), "eval_rows": [i.get("rows") for i in evals],
         "eval_rows_per_s": rate("evaluation", "rows"), "eval_tokens_per_s": rate("evaluation", "tokens"),
         "eval_losses": [i.get("loss") for i in evals],
-        "final_eval_rows": final[0].get("rows") if final else None, "final_eval_loss": final[0].get("loss") if final else None,
+        "final_eval_rows": final[0].get("rows") if final else None,
+        "final_eval_loss": final[0].get("loss") if final else None,
         "final_eval_tokens_per_s": rate("final_eval", "tokens"),
         "train_tokens_per_s": steady_tokens / phases["training"] if phases["training"] > 0 else None,
         "saves": sum(i["kind"] == "save" for i in intervals),
@@ -231,7 +232,8 @@ def report(results: list[dict]) -> None:
         ratio = (r["eval_tokens_per_s"] / r["train_tokens_per_s"]
                  if r["eval_tokens_per_s"] and r["train_tokens_per_s"] else None)
         print(f"\n[{r['config']}] {r['steps']} steps, {r['evaluations']} evaluations of {evaluated} rows, "
-              f"{r['saves']} saves; final eval {_num(r['final_eval_rows'])} rows; peak {_num(r['peak_gpu_gib'], '.1f')} GiB")
+              f"{r['saves']} saves; final eval {_num(r['final_eval_rows'])} rows; "
+              f"peak {_num(r['peak_gpu_gib'], '.1f')} GiB")
         print(f"[{r['config']}] evaluation {_num(r['eval_rows_per_s'], ',.1f')} rows/s, "
               f"{_num(r['eval_tokens_per_s'])} tokens/s; final eval {_num(r['final_eval_tokens_per_s'])} tokens/s; "
               f"training {_num(r['train_tokens_per_s'])} tokens/s; evaluation/training tokens/s {_num(ratio, '.2f')}")

@@ -86,13 +86,14 @@ def pretrain(recipe_args: list[str], steps: int, out: Path) -> Path:
         return out
     trainer = build([*recipe_args, "--use_peft", "false", "--load_in_4bit", "false", "--completion_only_loss", "false",
                      "--dataset_train_split", "bucket1_5", "--learning_rate", "3e-3", "--max_steps", str(steps),
-                     "--max_train_samples", "null", "--output_dir", str(out.parent / "pretrain")], with_validation=False)
+                     "--max_train_samples", "null", "--output_dir", str(out.parent / "pretrain")],
+                    with_validation=False)
     trainer.train()
     trainer.save_model(str(out))
     return out
 
 
-def train_and_score(recipe_args: list[str], steps: int, eval_every: int) -> tuple[list[int], np.ndarray, np.ndarray, list]:
+def train_and_score(recipe_args: list[str], steps: int, eval_every: int) -> tuple[list, np.ndarray, np.ndarray, list]:
     """Train the recipe for `steps` on all its training rows, scoring the whole validation split every `eval_every`
     steps and at step 0."""
     from transformers import TrainerCallback

@@ -59,8 +59,8 @@ UPSTREAM_SCORES = np.array([1, 1, 1, 1, 1, 1, 2, 4, 15, 24, 49], dtype=float) / 
 
 
 def synth_rows(
-    n_prompts: int, n_paraphrases: int, seed: int, para_chars=(50, 250), answer_chars=(80, 500), output_chars=(300, 700),
-    score_p=None,
+    n_prompts: int, n_paraphrases: int, seed: int, para_chars=(50, 250), answer_chars=(80, 500),
+    output_chars=(300, 700), score_p=None,
 ):
     """Seed-schema rows; scores 0-10 uniform, or drawn with probabilities `score_p` (e.g. UPSTREAM_SCORES)."""
     rng = np.random.default_rng(seed)
@@ -103,8 +103,9 @@ def calibrated_lengths(tokenizer, prompt_tokens: float = 45, completion_tokens: 
                        min_paraphrase_tokens: float = 5) -> dict:
     """Character ranges for `synth_rows` whose prepared rows have these median token lengths with `tokenizer`
     (prompt: the Alpaca template with the paraphrase; completion: the reference output), measured on a sample and
-    corrected three times. The defaults are DESIGN.md's Alpaca-like lengths with gemma's tokenizer. A tokenizer that spends
-    more on the template than gemma's (the offline one: 43 tokens) leaves the paraphrase `min_paraphrase_tokens`."""
+    corrected three times. The defaults are DESIGN.md's Alpaca-like lengths with gemma's tokenizer. A tokenizer that
+    spends more on the template than gemma's (the offline one: 43 tokens) leaves the paraphrase
+    `min_paraphrase_tokens`."""
     from prep.templates import alpaca_prompt
 
     def medians(lengths: dict) -> tuple[float, float]:

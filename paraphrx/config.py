@@ -13,10 +13,9 @@ from trl import ModelConfig, ScriptArguments, SFTConfig
 
 from paraphrx.fast_path import fast_path_enabled
 
-
-# Validation rows scored every eval_steps (benchmarks/RESULTS.md, "run-level"): 20 steps train 320 rows, so scoring 64
-# rows stays under 10% of the time between two evaluations once a forward-only row costs less than half a training
-# row, whatever the size of the validation split.
+# Validation rows scored every eval_steps: 20 steps train 320 rows, so scoring 64 stays under 10% of the time between
+# two evaluations once scoring a row costs less than half of training one, whatever the size of the validation split;
+# its noise against the whole split: benchmarks/RESULTS.md, "the evaluation subset's noise".
 EVAL_SUBSET_ROWS = 64
 
 
@@ -34,9 +33,9 @@ class ParaphrxScriptArguments(ScriptArguments):
     eval_subset_rows: int | None = field(
         default=EVAL_SUBSET_ROWS,
         metadata={
-            "help": "Validation rows scored every eval_steps: a fixed, seeded subset, stratified by source and bucket and "
-            "spread over prompts, the same in every run (paraphrx/eval_subset.py); the whole split is scored once at "
-            "the end. null: the whole split every time."
+            "help": "Validation rows scored every eval_steps: a fixed, seeded subset, stratified by source and bucket "
+            "and spread over prompts, the same in every run (paraphrx/eval_subset.py); the whole split is scored once "
+            "at the end. null: the whole split every time."
         },
     )
     max_eval_samples: int | None = field(

@@ -94,7 +94,8 @@ def test_smoke_mode_times_every_configuration(tiny_model_dir, tmp_path, capsys):
     shutil.copy(REPO / "train_sft.py", before / "train_sft.py")
     results = _bench().main(["--tiny", "--device", "cpu", "--max_steps", "2", "--configs", "ours,trl,before",
                              "--before_tree", str(before), "--work_dir", str(tmp_path / "work"),
-                             "--model_dir", str(tiny_model_dir), "--json", str(tmp_path / "bench.json"), "--timeout", "600"])
+                             "--model_dir", str(tiny_model_dir), "--json", str(tmp_path / "bench.json"),
+                             "--timeout", "600"])
     assert [r["config"] for r in results] == ["ours", "trl", "before"]
     for r in results:
         phases = r["phases_s"]

@@ -17,7 +17,8 @@ def validation_rows(prompts_per_source=(("alpaca", 30), ("gsm8k", 6)), seed=0) -
         for prompt_count in range(1, prompts + 1):
             for style in range(rng.randint(8, 40) if source == "alpaca" else 11):
                 rows.append({"source": source, "prompt_count": prompt_count, "instruct_type": f"style_{style:03d}",
-                             "bucket": rng.choice([1, 1, 1, 2, 2, 3, 4, 5]), "prompt": f"{source} {prompt_count} {style}"})
+                             "bucket": rng.choice([1, 1, 1, 2, 2, 3, 4, 5]),
+                             "prompt": f"{source} {prompt_count} {style}"})
     return rows
 
 
@@ -74,9 +75,9 @@ def test_rows_go_round_robin_over_the_prompts_of_a_stratum():
     for size in (10, 40, 200):
         subset, record = select_eval_subset(in_buckets(rows, (1, 2)), size, seed=42)
         for stratum in record["strata"]:
-            per_prompt = Counter(p for s, p, _, b in identities(subset) if (s, b) == (stratum["source"], stratum["bucket"]))
-            available = Counter(r["prompt_count"] for r in rows
-                                if (r["source"], r["bucket"]) == (stratum["source"], stratum["bucket"]))
+            key = (stratum["source"], stratum["bucket"])
+            per_prompt = Counter(p for s, p, _, b in identities(subset) if (s, b) == key)
+            available = Counter(r["prompt_count"] for r in rows if (r["source"], r["bucket"]) == key)
             assert stratum["prompts"] == len(per_prompt) == min(stratum["rows"], len(available))
             # no prompt gets a second row while another with rows left has fewer
             for prompt, count in per_prompt.items():
@@ -90,7 +91,8 @@ def test_rows_are_shared_in_proportion_to_the_strata_sizes():
     assert shares[("alpaca", 1)] == pytest.approx(3 * shares[("alpaca", 2)], abs=2)
     assert shares[("alpaca", 2)] == pytest.approx(10 / 3 * shares[("alpaca", 3)], abs=2)
     # never more than a stratum has, and adding a stratum never gives another one more rows
-    assert allocate({("a", 1): 3, ("a", 2): 5}, 8) == allocate({("a", 1): 3, ("a", 2): 5}, 50) == {("a", 1): 3, ("a", 2): 5}
+    small = {("a", 1): 3, ("a", 2): 5}
+    assert allocate(small, 8) == allocate(small, 50) == small
     rng = random.Random(0)
     for _ in range(200):
         sizes = {("s", b): rng.randint(1, 400) for b in range(1, rng.randint(2, 6))}
@@ -101,9 +103,10 @@ def test_rows_are_shared_in_proportion_to_the_strata_sizes():
 
 def test_too_few_rows_for_the_strata_is_an_error_and_enough_rows_keep_the_whole_split():
     validation = in_buckets(validation_rows(), (1, 2, 3, 4, 5))
-    with pytest.raises(EvalSubsetError, match="eval_subset_rows: 9 rows cannot represent the 10 .source, bucket. strata"):
+    with pytest.raises(EvalSubsetError, match="eval_subset_rows: 9 rows cannot represent the 10 .source, bucket."):
         select_eval_subset(validation, 9, seed=42)
     for rows in (None, len(validation), len(validation) + 5):
         subset, record = select_eval_subset(validation, rows, seed=42)
         assert subset is validation and record["selected"] is None
-        assert record["rows"] == record["of_rows"] == len(validation) and record["prompts"] == record["of_prompts"] == 36
+        assert record["rows"] == record["of_rows"] == len(validation)
+        assert record["prompts"] == record["of_prompts"] == 36

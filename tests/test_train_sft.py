@@ -30,7 +30,7 @@ def tiny_argv(model_dir, data_dir, out, *overrides):
             "--log_dir", str(Path(out).parent / "logs"), *overrides]
 
 
-# What each Trainer.evaluate call of tiny_run scored: (metric_key_prefix, the input_ids of every batch, the LoRA weights)
+# What each Trainer.evaluate call of tiny_run scored: (metric_key_prefix, input_ids of every batch, the LoRA weights)
 EVALUATIONS: list[tuple[str, list[torch.Tensor], dict[str, torch.Tensor]]] = []
 
 
