@@ -296,13 +296,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(result)
             print(f"[{config}] {result['wall_s']:.1f} s: " + ", ".join(
                 f"{p} {result['phases_s'][p]:.1f}" for p in PHASES), flush=True)
+        if args.json:  # after every configuration: a run stopped later keeps what finished
+            args.json.write_text(json.dumps({"device": device, "torch": torch.__version__, "recipe": recipe,
+                                             "data": {"shapes": DATA_SHAPES[args.tiny], "token_medians": medians},
+                                             "argv": sys.argv[1:] if argv is None else argv, "results": results},
+                                            indent=2))
     if results:
         report(results)
-    if args.json:
-        args.json.write_text(json.dumps({"device": device, "torch": torch.__version__, "recipe": recipe,
-                                         "data": {"shapes": DATA_SHAPES[args.tiny], "token_medians": medians},
-                                         "argv": sys.argv[1:] if argv is None else argv, "results": results},
-                                        indent=2))
     return results
 
 
