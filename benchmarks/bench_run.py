@@ -56,9 +56,20 @@ LENGTHS = {False: (45, 180), True: (45, 40)}  # median prompt and completion tok
 
 def trl_overrides(on_gpu: bool, examples_per_step: int) -> list[str]:
     """bench_train.py's `trl` configuration as recipe overrides: TRL's knobs, not paraphrx's fast path."""
-    args = ["--fast_path", "off", "--per_device_train_batch_size", str(examples_per_step),
-            "--gradient_accumulation_steps", "1", "--padding_free", "true", "--gradient_checkpointing", "false",
-            "--max_length", "None"]  # TRL refuses max_length with padding-free batches
+    args = [
+        "--fast_path",
+        "off",
+        "--per_device_train_batch_size",
+        str(examples_per_step),
+        "--gradient_accumulation_steps",
+        "1",
+        "--padding_free",
+        "true",
+        "--gradient_checkpointing",
+        "false",
+        "--max_length",
+        "None",
+    ]  # TRL refuses max_length with padding-free batches
     if on_gpu:  # flex attention has no backward on the CPU, and Liger needs triton
         args += ["--attn_implementation", "flex_attention", "--use_liger_kernel", "true"]
     return args
@@ -76,10 +87,32 @@ def prepare_data(work: Path, tokenizer, tiny: bool) -> Path:
         return out
     paths = []
     for seed, (source, (prompts, paraphrases)) in enumerate(DATA_SHAPES[tiny].items()):
-        paths.append(write_synth(work / "data" / f"{source}_synth.json", prompts, paraphrases, seed=seed,
-                                 score_p=UPSTREAM_SCORES, **lengths))
-    prep = subprocess.run([sys.executable, "-m", "prep", "--data_paths", *map(str, paths), "--output_dir", str(out),
-                           "--log_dir", str(work / "logs")], cwd=REPO, capture_output=True, text=True)
+        paths.append(
+            write_synth(
+                work / "data" / f"{source}_synth.json",
+                prompts,
+                paraphrases,
+                seed=seed,
+                score_p=UPSTREAM_SCORES,
+                **lengths,
+            )
+        )
+    prep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prep",
+            "--data_paths",
+            *map(str, paths),
+            "--output_dir",
+            str(out),
+            "--log_dir",
+            str(work / "logs"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if prep.returncode != 0:
         raise SystemExit(f"python -m prep failed:\n{prep.stderr[-3000:]}")
     stamp.write_text(json.dumps(spec))
@@ -103,10 +136,27 @@ def token_medians(dataset: Path, tokenizer, split: str = "bucket1_4", sample: in
 def command(config: str, tree: Path, recipe: str, args, work: Path, dataset: Path, model_dir: Path) -> list[str]:
     out = work / "runs" / config
     steps = args.before_max_steps if config == "before" and args.before_max_steps else args.max_steps
-    cmd = [sys.executable, str(REPO / "benchmarks" / "phase_timer.py"), "--timeline", str(out / "timeline.json"),
-           "--", str(tree / "train_sft.py"), str(tree / recipe), "--max_steps", str(steps),
-           "--dataset_name", str(dataset), "--model_name_or_path", str(model_dir), "--output_dir", str(out / "output"),
-           "--run_name", f"bench-{config}", "--log_dir", str(out / "logs")]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "phase_timer.py"),
+        "--timeline",
+        str(out / "timeline.json"),
+        "--",
+        str(tree / "train_sft.py"),
+        str(tree / recipe),
+        "--max_steps",
+        str(steps),
+        "--dataset_name",
+        str(dataset),
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(out / "output"),
+        "--run_name",
+        f"bench-{config}",
+        "--log_dir",
+        str(out / "logs"),
+    ]
     if config == "trl":  # the same examples per optimizer step as the recipe's micro-batches x accumulation
         values = yaml.safe_load((REPO / recipe).read_text())
         examples = values["per_device_train_batch_size"] * values.get("gradient_accumulation_steps", 1)
@@ -123,17 +173,24 @@ def run_config(config: str, cmd: list[str], work: Path, args) -> dict | None:
     if not args.warm_compile_cache:
         shutil.rmtree(cache, ignore_errors=True)
     # Its own datasets cache too: a configuration run after another would find the rows already tokenized.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(out / "datasets-cache"),
-           "TORCHINDUCTOR_CACHE_DIR": str(cache), "TRITON_CACHE_DIR": str(cache / "triton")}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(out / "datasets-cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     print(f"[{config}] {' '.join(cmd[4:])}", flush=True)
     with open(out / "process.log", "w") as log:
         launched = time.time()
         try:
-            code = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=args.timeout).returncode
+            code = subprocess.run(
+                cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout
+            ).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
         ended = time.time()
@@ -200,18 +257,27 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
     final = [i for i in intervals if phase_of(i) == "final_eval"]
     steady_tokens = timeline["train_tokens"] - timeline["first_step_tokens"]
     return {
-        "config": config, "wall_s": wall, "phases_s": phases, "shares": {p: phases[p] / wall for p in PHASES},
-        "steps": timeline["steps"], "max_steps": timeline["max_steps"],
-        "evaluations": len(evals), "eval_rows": [i.get("rows") for i in evals],
-        "eval_rows_per_s": rate("evaluation", "rows"), "eval_tokens_per_s": rate("evaluation", "tokens"),
+        "config": config,
+        "wall_s": wall,
+        "phases_s": phases,
+        "shares": {p: phases[p] / wall for p in PHASES},
+        "steps": timeline["steps"],
+        "max_steps": timeline["max_steps"],
+        "evaluations": len(evals),
+        "eval_rows": [i.get("rows") for i in evals],
+        "eval_rows_per_s": rate("evaluation", "rows"),
+        "eval_tokens_per_s": rate("evaluation", "tokens"),
         "eval_losses": [i.get("loss") for i in evals],
         "final_eval_rows": final[0].get("rows") if final else None,
         "final_eval_loss": final[0].get("loss") if final else None,
         "final_eval_tokens_per_s": rate("final_eval", "tokens"),
         "train_tokens_per_s": steady_tokens / phases["training"] if phases["training"] > 0 else None,
         "saves": sum(i["kind"] == "save" for i in intervals),
-        "compiled_frames": compiles, "recompiles": recompiles, "recompile_reasons": timeline["recompiles"][:20],
-        "peak_gpu_gib": timeline["peak_gpu_gib"], "tree": timeline["tree"],
+        "compiled_frames": compiles,
+        "recompiles": recompiles,
+        "recompile_reasons": timeline["recompiles"][:20],
+        "peak_gpu_gib": timeline["peak_gpu_gib"],
+        "tree": timeline["tree"],
         "paraphrx_imported_from": timeline["paraphrx_imported_from"],
     }
 
@@ -224,34 +290,56 @@ def report(results: list[dict]) -> None:
     print("\n| phase | " + " | ".join(r["config"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for phase in PHASES:
-        print(f"| {phase} | " + " | ".join(f"{r['phases_s'][phase]:.1f} s ({r['shares'][phase]:.1%})" for r in results)
-              + " |")
+        print(
+            f"| {phase} | "
+            + " | ".join(f"{r['phases_s'][phase]:.1f} s ({r['shares'][phase]:.1%})" for r in results)
+            + " |"
+        )
     print("| wall | " + " | ".join(f"{r['wall_s']:.1f} s" for r in results) + " |")
     for r in results:
         evaluated = sorted({n for n in r["eval_rows"] if n is not None})
-        ratio = (r["eval_tokens_per_s"] / r["train_tokens_per_s"]
-                 if r["eval_tokens_per_s"] and r["train_tokens_per_s"] else None)
-        print(f"\n[{r['config']}] {r['steps']} steps, {r['evaluations']} evaluations of {evaluated} rows, "
-              f"{r['saves']} saves; final eval {_num(r['final_eval_rows'])} rows; "
-              f"peak {_num(r['peak_gpu_gib'], '.1f')} GiB")
-        print(f"[{r['config']}] evaluation {_num(r['eval_rows_per_s'], ',.1f')} rows/s, "
-              f"{_num(r['eval_tokens_per_s'])} tokens/s; final eval {_num(r['final_eval_tokens_per_s'])} tokens/s; "
-              f"training {_num(r['train_tokens_per_s'])} tokens/s; evaluation/training tokens/s {_num(ratio, '.2f')}")
+        ratio = (
+            r["eval_tokens_per_s"] / r["train_tokens_per_s"]
+            if r["eval_tokens_per_s"] and r["train_tokens_per_s"]
+            else None
+        )
+        print(
+            f"\n[{r['config']}] {r['steps']} steps, {r['evaluations']} evaluations of {evaluated} rows, "
+            f"{r['saves']} saves; final eval {_num(r['final_eval_rows'])} rows; "
+            f"peak {_num(r['peak_gpu_gib'], '.1f')} GiB"
+        )
+        print(
+            f"[{r['config']}] evaluation {_num(r['eval_rows_per_s'], ',.1f')} rows/s, "
+            f"{_num(r['eval_tokens_per_s'])} tokens/s; final eval {_num(r['final_eval_tokens_per_s'])} tokens/s; "
+            f"training {_num(r['train_tokens_per_s'])} tokens/s; evaluation/training tokens/s {_num(ratio, '.2f')}"
+        )
         print(f"[{r['config']}] compiled frames by phase {r['compiled_frames']}; recompilations {r['recompiles']}")
-        print(f"[{r['config']}] eval losses {[round(x, 4) for x in r['eval_losses'] if x is not None]}, "
-              f"final eval loss {_num(r['final_eval_loss'], '.4f')}; code from {r['paraphrx_imported_from']}")
-    steady = {r["config"]: (r["phases_s"]["training"] + r["phases_s"]["evaluation"] + r["phases_s"]["saving"])
-              / max(r["steps"] - 1, 1) * 20 for r in results}
-    print("\nsteady state, seconds per 20 steps (training + evaluation + saving): "
-          + ", ".join(f"{name} {s:.1f}" for name, s in steady.items()))
+        print(
+            f"[{r['config']}] eval losses {[round(x, 4) for x in r['eval_losses'] if x is not None]}, "
+            f"final eval loss {_num(r['final_eval_loss'], '.4f')}; code from {r['paraphrx_imported_from']}"
+        )
+    steady = {
+        r["config"]: (r["phases_s"]["training"] + r["phases_s"]["evaluation"] + r["phases_s"]["saving"])
+        / max(r["steps"] - 1, 1)
+        * 20
+        for r in results
+    }
+    print(
+        "\nsteady state, seconds per 20 steps (training + evaluation + saving): "
+        + ", ".join(f"{name} {s:.1f}" for name, s in steady.items())
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="ours,trl,before", help="comma list of: " + ", ".join(CONFIGS))
-    parser.add_argument("--before_tree", type=Path, default=None,
-                        help="another checkout of this repository (needed for `before`): e.g. "
-                             "mkdir /tmp/before && git archive b1f584e | tar -x -C /tmp/before")
+    parser.add_argument(
+        "--before_tree",
+        type=Path,
+        default=None,
+        help="another checkout of this repository (needed for `before`): e.g. "
+        "mkdir /tmp/before && git archive b1f584e | tar -x -C /tmp/before",
+    )
     parser.add_argument("--max_steps", type=int, default=80)
     parser.add_argument("--before_max_steps", type=int, default=None, help="steps for `before` (default --max_steps)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -259,8 +347,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--work_dir", type=Path, default=None, help="model, data, runs (default: under /tmp)")
     parser.add_argument("--model_dir", type=Path, default=None, help="reuse a saved random model folder")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per configuration before it is stopped")
-    parser.add_argument("--warm_compile_cache", action="store_true",
-                        help="keep each configuration's torch.compile cache from an earlier invocation")
+    parser.add_argument(
+        "--warm_compile_cache",
+        action="store_true",
+        help="keep each configuration's torch.compile cache from an earlier invocation",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -285,8 +376,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"device: {device}; torch {torch.__version__}; {platform.node()}", flush=True)
-    print(f"data: {dataset} ({DATA_SHAPES[args.tiny]}); median prompt {medians['prompt']:.0f} and completion "
-          f"{medians['completion']:.0f} tokens with this model's tokenizer (target {LENGTHS[args.tiny]})", flush=True)
+    print(
+        f"data: {dataset} ({DATA_SHAPES[args.tiny]}); median prompt {medians['prompt']:.0f} and completion "
+        f"{medians['completion']:.0f} tokens with this model's tokenizer (target {LENGTHS[args.tiny]})",
+        flush=True,
+    )
 
     results = []
     for config in configs:
@@ -294,13 +388,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result = run_config(config, command(config, tree, recipe, args, work, dataset, model_dir), work, args)
         if result is not None:
             results.append(result)
-            print(f"[{config}] {result['wall_s']:.1f} s: " + ", ".join(
-                f"{p} {result['phases_s'][p]:.1f}" for p in PHASES), flush=True)
+            print(
+                f"[{config}] {result['wall_s']:.1f} s: "
+                + ", ".join(f"{p} {result['phases_s'][p]:.1f}" for p in PHASES),
+                flush=True,
+            )
         if args.json:  # after every configuration: a run stopped later keeps what finished
-            args.json.write_text(json.dumps({"device": device, "torch": torch.__version__, "recipe": recipe,
-                                             "data": {"shapes": DATA_SHAPES[args.tiny], "token_medians": medians},
-                                             "argv": sys.argv[1:] if argv is None else argv, "results": results},
-                                            indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "device": device,
+                        "torch": torch.__version__,
+                        "recipe": recipe,
+                        "data": {"shapes": DATA_SHAPES[args.tiny], "token_medians": medians},
+                        "argv": sys.argv[1:] if argv is None else argv,
+                        "results": results,
+                    },
+                    indent=2,
+                )
+            )
     if results:
         report(results)
     return results

@@ -70,10 +70,29 @@ def build(recipe_args: list[str], with_validation: bool = True):
     from paraphrx.trainer_factory import build_trainer
     from paraphrx.training_data import load_training_splits
 
-    script_args, training_args, model_args = parse_recipe([
-        *recipe_args, "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-        "--early_stopping_patience", "null", "--eval_subset_rows", "null", "--report_to", "none",
-        "--logging_steps", "1000000", "--disable_tqdm", "true", "--fast_path", "off"])
+    script_args, training_args, model_args = parse_recipe(
+        [
+            *recipe_args,
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--early_stopping_patience",
+            "null",
+            "--eval_subset_rows",
+            "null",
+            "--report_to",
+            "none",
+            "--logging_steps",
+            "1000000",
+            "--disable_tqdm",
+            "true",
+            "--fast_path",
+            "off",
+        ]
+    )
     train, _, validation, _ = load_training_splits(script_args, training_args.seed, with_eval=with_validation)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     return build_trainer(model, tokenizer, training_args, model_args, train, validation)
@@ -84,10 +103,28 @@ def pretrain(recipe_args: list[str], steps: int, out: Path) -> Path:
     completion), so that its per-row losses differ as a language model's do, not all ~log(vocabulary)."""
     if (out / "config.json").exists():
         return out
-    trainer = build([*recipe_args, "--use_peft", "false", "--load_in_4bit", "false", "--completion_only_loss", "false",
-                     "--dataset_train_split", "bucket1_5", "--learning_rate", "3e-3", "--max_steps", str(steps),
-                     "--max_train_samples", "null", "--output_dir", str(out.parent / "pretrain")],
-                    with_validation=False)
+    trainer = build(
+        [
+            *recipe_args,
+            "--use_peft",
+            "false",
+            "--load_in_4bit",
+            "false",
+            "--completion_only_loss",
+            "false",
+            "--dataset_train_split",
+            "bucket1_5",
+            "--learning_rate",
+            "3e-3",
+            "--max_steps",
+            str(steps),
+            "--max_train_samples",
+            "null",
+            "--output_dir",
+            str(out.parent / "pretrain"),
+        ],
+        with_validation=False,
+    )
     trainer.train()
     trainer.save_model(str(out))
     return out
@@ -130,11 +167,13 @@ def compare(losses: np.ndarray, counts: np.ndarray, subsets: list[list[int]]) ->
     change_error = np.diff(sub, axis=1) - np.diff(full)
     picked = sub.argmin(1)
     return {
-        "offset_mean_abs": float(np.abs(offset).mean()), "offset_p95_abs": float(np.quantile(np.abs(offset), 0.95)),
+        "offset_mean_abs": float(np.abs(offset).mean()),
+        "offset_p95_abs": float(np.quantile(np.abs(offset), 0.95)),
         "change_error_mean_abs": float(np.abs(change_error).mean()),
         "change_error_p95_abs": float(np.quantile(np.abs(change_error), 0.95)),
         "same_sign": float((np.sign(np.diff(sub, axis=1)) == np.sign(np.diff(full))).mean()),
-        "same_best": float((picked == full.argmin()).mean()), "regret_mean": float((full[picked] - full.min()).mean()),
+        "same_best": float((picked == full.argmin()).mean()),
+        "regret_mean": float((full[picked] - full.min()).mean()),
     }
 
 
@@ -146,22 +185,46 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="16,32,64,128,256", help="subset sizes to compare")
     parser.add_argument("--resamples", type=int, default=200, help="other seeds' subsets per size")
     parser.add_argument("--split", default="40/60/0", help="prep --split of the shipped samples (no --dataset_name)")
-    parser.add_argument("--pretrain_steps", type=int, default=300,
-                        help="full training of the tiny model before the run (no --model_name_or_path)")
+    parser.add_argument(
+        "--pretrain_steps",
+        type=int,
+        default=300,
+        help="full training of the tiny model before the run (no --model_name_or_path)",
+    )
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/paraphrx-eval-subset-noise"))
     parser.add_argument("--json", type=Path, default=None)
     args, recipe_overrides = parser.parse_known_args(argv)
     from paraphrx.eval_subset import subset_indices
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    overrides = ["--output_dir", str(args.work_dir / "run"), "--log_dir", str(args.work_dir / "logs"),
-                 *recipe_overrides]
+    overrides = [
+        "--output_dir",
+        str(args.work_dir / "run"),
+        "--log_dir",
+        str(args.work_dir / "logs"),
+        *recipe_overrides,
+    ]
     if "--dataset_name" not in recipe_overrides:
         data = args.work_dir / "data"
-        subprocess.run([sys.executable, "-m", "prep", "--data_paths", str(REPO / "data" / "alpaca_gemma-2-2b-it.json"),
-                        str(REPO / "data" / "gsm8k_gemma-2-2b-it.json"), "--output_dir", str(data), "--split",
-                        args.split, "--log_dir", str(args.work_dir / "logs")], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prep",
+                "--data_paths",
+                str(REPO / "data" / "alpaca_gemma-2-2b-it.json"),
+                str(REPO / "data" / "gsm8k_gemma-2-2b-it.json"),
+                "--output_dir",
+                str(data),
+                "--split",
+                args.split,
+                "--log_dir",
+                str(args.work_dir / "logs"),
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         overrides += ["--dataset_name", str(data)]
     if "--model_name_or_path" not in recipe_overrides:
         from paraphrx.tiny_gemma import save_tiny_gemma
@@ -169,21 +232,35 @@ def main(argv: list[str] | None = None) -> dict:
         model = args.work_dir / "tiny-gemma2"
         if not (model / "config.json").exists():
             save_tiny_gemma(model)
-        model = pretrain([args.recipe, *overrides, "--model_name_or_path", str(model)], args.pretrain_steps,
-                         args.work_dir / f"tiny-gemma2-pretrained-{args.pretrain_steps}")
+        model = pretrain(
+            [args.recipe, *overrides, "--model_name_or_path", str(model)],
+            args.pretrain_steps,
+            args.work_dir / f"tiny-gemma2-pretrained-{args.pretrain_steps}",
+        )
         overrides += ["--model_name_or_path", str(model)]
     points, losses, counts, identity = train_and_score([args.recipe, *overrides], args.steps, args.eval_every)
 
     rng = np.random.default_rng(0)
     full = losses.sum(1) / counts.sum()
-    result = {"recipe": args.recipe, "overrides": recipe_overrides, "points": points, "full_loss": full.tolist(),
-              "rows": len(counts), "prompts": len({(r["source"], r["prompt_count"]) for r in identity}),
-              "row_loss_std": float((losses / np.maximum(counts, 1)).std(1).mean()),
-              "mean_abs_full_change": float(np.abs(np.diff(full)).mean()), "sizes": {}}
-    print(f"\nwhole split: {result['rows']} rows of {result['prompts']} prompts; loss by step "
-          + ", ".join(f"{p}: {v:.3f}" for p, v in zip(points, full)))
-    print(f"mean |change| of the whole split's loss between evaluations: {result['mean_abs_full_change']:.4f}; "
-          f"per-row loss std {result['row_loss_std']:.3f}")
+    result = {
+        "recipe": args.recipe,
+        "overrides": recipe_overrides,
+        "points": points,
+        "full_loss": full.tolist(),
+        "rows": len(counts),
+        "prompts": len({(r["source"], r["prompt_count"]) for r in identity}),
+        "row_loss_std": float((losses / np.maximum(counts, 1)).std(1).mean()),
+        "mean_abs_full_change": float(np.abs(np.diff(full)).mean()),
+        "sizes": {},
+    }
+    print(
+        f"\nwhole split: {result['rows']} rows of {result['prompts']} prompts; loss by step "
+        + ", ".join(f"{p}: {v:.3f}" for p, v in zip(points, full))
+    )
+    print(
+        f"mean |change| of the whole split's loss between evaluations: {result['mean_abs_full_change']:.4f}; "
+        f"per-row loss std {result['row_loss_std']:.3f}"
+    )
     print("\n| rows | subsets | offset mean / p95 | change error mean / p95 | same sign | same best | regret |")
     print("|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
@@ -192,14 +269,20 @@ def main(argv: list[str] | None = None) -> dict:
         recipe_subset = subset_indices(identity, size, 42)[0]
         stratified = [recipe_subset] + [subset_indices(identity, size, seed)[0] for seed in range(1, args.resamples)]
         random = [rng.choice(len(counts), size, replace=False) for _ in range(args.resamples)]
-        figures = {"recipe_seed": compare(losses, counts, [recipe_subset]),
-                   "stratified": compare(losses, counts, stratified), "random": compare(losses, counts, random)}
+        figures = {
+            "recipe_seed": compare(losses, counts, [recipe_subset]),
+            "stratified": compare(losses, counts, stratified),
+            "random": compare(losses, counts, random),
+        }
         result["sizes"][size] = figures
         for kind in ("recipe_seed", "stratified", "random"):
             f = figures[kind]
-            print(f"| {size} | {kind} | {f['offset_mean_abs']:.4f} / {f['offset_p95_abs']:.4f} | "
-                  f"{f['change_error_mean_abs']:.4f} / {f['change_error_p95_abs']:.4f} | {f['same_sign']:.0%} | "
-                  f"{f['same_best']:.0%} | {f['regret_mean']:.4f} |", flush=True)
+            print(
+                f"| {size} | {kind} | {f['offset_mean_abs']:.4f} / {f['offset_p95_abs']:.4f} | "
+                f"{f['change_error_mean_abs']:.4f} / {f['change_error_p95_abs']:.4f} | {f['same_sign']:.0%} | "
+                f"{f['same_best']:.0%} | {f['regret_mean']:.4f} |",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -43,10 +43,16 @@ class Timeline:
     def to_json(self, **extra) -> dict:
         trained = int(self.tokens) if self.tokens is not None else 0
         return {
-            "intervals": self.intervals, "first_step_end": self.first_step_end, "last_step_end": self.last_step_end,
-            "steps": self.steps, "max_steps": self.max_steps, "train_tokens": trained,
-            "first_step_tokens": self.first_step_tokens, "compiles_at": self.compiles_at,
-            "recompiles": self.recompiles, **extra,
+            "intervals": self.intervals,
+            "first_step_end": self.first_step_end,
+            "last_step_end": self.last_step_end,
+            "steps": self.steps,
+            "max_steps": self.max_steps,
+            "train_tokens": trained,
+            "first_step_tokens": self.first_step_tokens,
+            "compiles_at": self.compiles_at,
+            "recompiles": self.recompiles,
+            **extra,
         }
 
 
@@ -135,8 +141,13 @@ def step_marks_callback():
 
         def on_step_end(self, args, state, control, **kwargs):
             first = TIMELINE.first_step_end is None
-            if first or control.should_evaluate or control.should_save or control.should_training_stop \
-                    or state.global_step >= state.max_steps:
+            if (
+                first
+                or control.should_evaluate
+                or control.should_save
+                or control.should_training_stop
+                or state.global_step >= state.max_steps
+            ):
                 synchronize()
             now = time.time()
             if first:
@@ -229,8 +240,11 @@ def main() -> None:
     finally:
         library = sys.modules.get("paraphrx")
         timeline = TIMELINE.to_json(
-            exit_code=code, end=time.time(), peak_gpu_gib=peak_gpu_gib(),
-            compiles_at_exit=compiled_frames(), tree=str(tree),
+            exit_code=code,
+            end=time.time(),
+            peak_gpu_gib=peak_gpu_gib(),
+            compiles_at_exit=compiled_frames(),
+            tree=str(tree),
             paraphrx_imported_from=str(Path(library.__file__).parent) if library and library.__file__ else None,
         )
         tmp = args.timeline.with_name(args.timeline.name + ".tmp")

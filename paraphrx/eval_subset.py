@@ -90,8 +90,14 @@ def subset_indices(identity: list[dict], rows: int | None, seed: int) -> tuple[l
         "of_prompts": prompts(range(len(identity))),
         "seed": seed,
         "strata": [
-            {"source": source, "bucket": bucket, "rows": shares[(source, bucket)], "of_rows": len(order),
-             "prompts": prompts(order[: shares[(source, bucket)]]), "of_prompts": prompts(order)}
+            {
+                "source": source,
+                "bucket": bucket,
+                "rows": shares[(source, bucket)],
+                "of_rows": len(order),
+                "prompts": prompts(order[: shares[(source, bucket)]]),
+                "of_prompts": prompts(order),
+            }
             for (source, bucket), order in orders.items()
         ],
         # which rows; the whole split is named by the fingerprint in the record instead

@@ -21,33 +21,79 @@ def test_phases_split_the_wall_time_by_what_ran_when():
     """Launch at 0, first step ends at 30, last at 70; evaluations at 40-45 and 70-73 (scheduled), 75-85 (whole
     split); saves 45-47 and 73-74 with a nested save_model call recorded once; exit at 90."""
     timeline = {
-        "first_step_end": 30.0, "last_step_end": 70.0, "steps": 40, "max_steps": 40,
-        "train_tokens": 41_000, "first_step_tokens": 1_000,
+        "first_step_end": 30.0,
+        "last_step_end": 70.0,
+        "steps": 40,
+        "max_steps": 40,
+        "train_tokens": 41_000,
+        "first_step_tokens": 1_000,
         "intervals": [
-            {"kind": "evaluate", "prefix": "eval", "start": 40.0, "end": 45.0, "rows": 64, "tokens": 12_800,
-             "loss": 2.5, "compiles_before": 3, "compiles_after": 5},
+            {
+                "kind": "evaluate",
+                "prefix": "eval",
+                "start": 40.0,
+                "end": 45.0,
+                "rows": 64,
+                "tokens": 12_800,
+                "loss": 2.5,
+                "compiles_before": 3,
+                "compiles_after": 5,
+            },
             {"kind": "save", "start": 45.0, "end": 47.0, "compiles_before": 5, "compiles_after": 5},
-            {"kind": "evaluate", "prefix": "eval", "start": 70.0, "end": 73.0, "rows": 64, "tokens": 12_800,
-             "loss": 2.0, "compiles_before": 6, "compiles_after": 6},
+            {
+                "kind": "evaluate",
+                "prefix": "eval",
+                "start": 70.0,
+                "end": 73.0,
+                "rows": 64,
+                "tokens": 12_800,
+                "loss": 2.0,
+                "compiles_before": 6,
+                "compiles_after": 6,
+            },
             {"kind": "save", "start": 73.0, "end": 74.0, "compiles_before": 6, "compiles_after": 6},
-            {"kind": "evaluate", "prefix": "eval_full", "start": 75.0, "end": 85.0, "rows": 2_000, "tokens": 400_000,
-             "loss": 2.1, "compiles_before": 6, "compiles_after": 8},
+            {
+                "kind": "evaluate",
+                "prefix": "eval_full",
+                "start": 75.0,
+                "end": 85.0,
+                "rows": 2_000,
+                "tokens": 400_000,
+                "loss": 2.1,
+                "compiles_before": 6,
+                "compiles_after": 8,
+            },
         ],
-        "compiles_at": {"first_step_end": 3, "last_step_end": 6}, "compiles_at_exit": 8,
+        "compiles_at": {"first_step_end": 3, "last_step_end": 6},
+        "compiles_at_exit": 8,
         "recompiles": [{"time": 20.0, "reason": "a"}, {"time": 50.0, "reason": "b"}, {"time": 80.0, "reason": "c"}],
-        "peak_gpu_gib": None, "tree": "/x", "paraphrx_imported_from": "/x/paraphrx",
+        "peak_gpu_gib": None,
+        "tree": "/x",
+        "paraphrx_imported_from": "/x/paraphrx",
     }
     r = _bench().summarize("ours", timeline, launched=0.0, ended=90.0)
-    assert r["phases_s"] == {"startup": 30.0, "training": 33.0, "evaluation": 8.0, "final_eval": 10.0, "saving": 3.0,
-                             "other": 6.0}
+    assert r["phases_s"] == {
+        "startup": 30.0,
+        "training": 33.0,
+        "evaluation": 8.0,
+        "final_eval": 10.0,
+        "saving": 3.0,
+        "other": 6.0,
+    }
     assert sum(r["phases_s"].values()) == r["wall_s"] == 90.0 and sum(r["shares"].values()) == pytest.approx(1.0)
     assert r["evaluations"] == 2 and r["eval_rows"] == [64, 64] and r["saves"] == 2 and r["final_eval_rows"] == 2_000
     assert r["eval_rows_per_s"] == pytest.approx(128 / 8) and r["eval_tokens_per_s"] == pytest.approx(25_600 / 8)
     assert r["final_eval_tokens_per_s"] == pytest.approx(40_000)
     assert r["train_tokens_per_s"] == pytest.approx(40_000 / 33)  # the first step's tokens belong to start-up
     # 3 frames compiled before the first step ended, 2 in the first evaluation, 1 during training, 2 at the end
-    assert r["compiled_frames"] == {"startup": 3, "training": 1, "evaluation": 2, "final_eval": 2, "saving": 0,
-                                    "other": 0}
+    assert r["compiled_frames"] == {
+        "startup": 3,
+        "training": 1,
+        "evaluation": 2,
+        "final_eval": 2,
+        "saving": 0,
+        "other": 0,
+    }
     assert r["recompiles"] == {"startup": 1, "training": 1, "evaluation": 0, "final_eval": 1, "saving": 0, "other": 0}
 
 
@@ -92,10 +138,27 @@ def test_smoke_mode_times_every_configuration(tiny_model_dir, tmp_path, capsys):
     for name in ("paraphrx", "prep", "recipes"):
         shutil.copytree(REPO / name, before / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "train_sft.py", before / "train_sft.py")
-    results = _bench().main(["--tiny", "--device", "cpu", "--max_steps", "2", "--configs", "ours,trl,before",
-                             "--before_tree", str(before), "--work_dir", str(tmp_path / "work"),
-                             "--model_dir", str(tiny_model_dir), "--json", str(tmp_path / "bench.json"),
-                             "--timeout", "600"])
+    results = _bench().main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--max_steps",
+            "2",
+            "--configs",
+            "ours,trl,before",
+            "--before_tree",
+            str(before),
+            "--work_dir",
+            str(tmp_path / "work"),
+            "--model_dir",
+            str(tiny_model_dir),
+            "--json",
+            str(tmp_path / "bench.json"),
+            "--timeout",
+            "600",
+        ]
+    )
     assert [r["config"] for r in results] == ["ours", "trl", "before"]
     for r in results:
         phases = r["phases_s"]

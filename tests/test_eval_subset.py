@@ -16,9 +16,15 @@ def validation_rows(prompts_per_source=(("alpaca", 30), ("gsm8k", 6)), seed=0) -
     for source, prompts in prompts_per_source:
         for prompt_count in range(1, prompts + 1):
             for style in range(rng.randint(8, 40) if source == "alpaca" else 11):
-                rows.append({"source": source, "prompt_count": prompt_count, "instruct_type": f"style_{style:03d}",
-                             "bucket": rng.choice([1, 1, 1, 2, 2, 3, 4, 5]),
-                             "prompt": f"{source} {prompt_count} {style}"})
+                rows.append(
+                    {
+                        "source": source,
+                        "prompt_count": prompt_count,
+                        "instruct_type": f"style_{style:03d}",
+                        "bucket": rng.choice([1, 1, 1, 2, 2, 3, 4, 5]),
+                        "prompt": f"{source} {prompt_count} {style}",
+                    }
+                )
     return rows
 
 
@@ -80,7 +86,7 @@ def test_rows_go_round_robin_over_the_prompts_of_a_stratum():
             available = Counter(r["prompt_count"] for r in rows if (r["source"], r["bucket"]) == key)
             assert stratum["prompts"] == len(per_prompt) == min(stratum["rows"], len(available))
             # no prompt gets a second row while another with rows left has fewer
-            for prompt, count in per_prompt.items():
+            for count in per_prompt.values():
                 assert all(per_prompt.get(other, 0) >= min(count - 1, left) for other, left in available.items())
 
 
