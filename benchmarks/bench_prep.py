@@ -33,7 +33,7 @@ def baseline(data_path: str, output_dir: str, seed: int = 42) -> None:
 
     from datasets import Dataset
 
-    from prep.buckets import parse_bucket_spec, split_name
+    from paraphrx.buckets import parse_bucket_spec, split_name
     from prep.templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
     with open(data_path, encoding="utf-8") as f:

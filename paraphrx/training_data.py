@@ -6,8 +6,8 @@ from __future__ import annotations
 from datasets import Dataset
 from loguru import logger
 
+from paraphrx.buckets import BucketSpecError, buckets_of_split
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
-from prep.buckets import BucketSpecError, buckets_of_split
 
 
 class TrainingDataError(ValueError):

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from prep.buckets import DEFAULT_SPECS, BucketSpecError, parse_bucket_spec, split_name
+from paraphrx.buckets import DEFAULT_SPECS, BucketSpecError, parse_bucket_spec, split_name
 
 
 class ConfigError(ValueError):

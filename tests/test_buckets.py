@@ -1,6 +1,6 @@
 import pytest
 
-from prep.buckets import BucketSpecError, buckets_of_split, parse_bucket_spec, split_name
+from paraphrx.buckets import BucketSpecError, buckets_of_split, parse_bucket_spec, split_name
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from paraphrx.config import ParaphrxSFTConfig
 from paraphrx.recipe_cli import RecipeError, normalize_argv, parse_recipe
 from paraphrx.run_outputs import resolved_recipe
-from prep.buckets import parse_bucket_spec, split_name
+from paraphrx.buckets import parse_bucket_spec, split_name
 
 REPO = Path(__file__).resolve().parent.parent
 GEMMA_RECIPES = sorted((REPO / "recipes").glob("bucket*.yaml"), key=lambda p: (len(p.stem), p.stem))

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from paraphrx.atomic_folder import atomic_folder
+from paraphrx.buckets import BUCKETS
 from paraphrx.eval.metrics import corpus_bleu_by_group, metrics_for, primary_metric
 from paraphrx.eval.robustness import consistency, robustness_report
-from prep.buckets import BUCKETS
 
 GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 
-from prep.buckets import BUCKETS
+from paraphrx.buckets import BUCKETS
 
 ORIGINAL = "instruction_original"  # the `instruct_type` of a prompt's own wording (the pipeline's too)
 

@@ -1,4 +1,5 @@
-"""Bucket-range specs and the split names they map to.
+"""Bucket-range specs and the split names they map to: shared by prep (which names the splits), training (which
+reads a split's buckets back) and evaluation (which reports per bucket).
 
 A spec selects buckets 1..5: `1`, `1-3`, `1,3,5` or `all`. Its split name uses only letters, digits and `_`
 (what `datasets` accepts): a contiguous selection is `bucket<first>` or `bucket<first>_<last>` (`1-4` -> `bucket1_4`,
