@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
 CONFIGS = ("seed", "trl", "ours")
 EXAMPLES_PER_STEP = 16

@@ -24,7 +24,7 @@ def sft_prepare(dataset: Dataset, tokenizer, training_args) -> Dataset:
     """Run SFTTrainer's dataset preparation without building a model.
 
     `_prepare_dataset` only reads the tokenizer, the completion-only switch and the training chat template from the
-    trainer; tests/test_label_mask.py checks that its output equals a real trainer's `train_dataset`.
+    trainer; tests/paraphrx/test_label_mask.py checks that its output equals a real trainer's `train_dataset`.
     """
     trainer = SFTTrainer.__new__(SFTTrainer)
     trainer._tokenizer = tokenizer

@@ -1,7 +1,7 @@
 """Trainer construction, in one place: TRL's SFTTrainer with the LoRA config, our callbacks and extra metrics.
 
 Loss masking is SFTTrainer's own: prompt/completion rows get `completion_only_loss`, so `<bos>` and every prompt
-token are -100 and the completion plus the `<eos>` TRL appends train (tests/test_label_mask.py checks it per token).
+token are -100 and the completion plus the `<eos>` TRL appends train (tests/paraphrx/test_label_mask.py checks it per token).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def count_parameters(model) -> tuple[int, int]:
 def end_run(trainer) -> None:
     """Tear down in an order that cannot hang: every rank drops its DDP wrapper (whose reducer holds the gloo/NCCL
     group) while all ranks are still alive, then the group is destroyed. Freed the other way round, a rank whose peer
-    had already exited hung in gloo's destructor (seen in tests/test_multi_process.py)."""
+    had already exited hung in gloo's destructor (seen in tests/scripts/test_train_sft_multi_process.py)."""
     import gc
 
     trainer.accelerator.wait_for_everyone()

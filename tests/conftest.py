@@ -1,4 +1,9 @@
-"""Shared fixtures: the shipped data files and one tiny offline Gemma-2 per test session."""
+"""Shared fixtures and helpers: the repository's paths, the shipped data files, one tiny offline Gemma-2 and one
+prepared dataset per test session, and LoRA adapters for the evaluation tests.
+
+Test modules import the plain helpers (`from tests.conftest import REPO, tiny_recipe, make_adapter`); fixtures come
+by name as usual.
+"""
 
 from pathlib import Path
 
@@ -7,6 +12,29 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ALPACA = REPO / "data" / "alpaca_gemma-2-2b-it.json"
 GSM8K = REPO / "data" / "gsm8k_gemma-2-2b-it.json"
+
+
+def tiny_recipe(name: str = "bucket1") -> str:
+    """The path of a shipped tiny recipe, e.g. `tiny_recipe("bucket1-2")` -> recipes/tiny/bucket1-2.yaml."""
+    return str(REPO / "recipes" / "tiny" / f"{name}.yaml")
+
+
+def make_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
+    """A LoRA adapter on the tiny model whose B weights are random, so it visibly changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +65,10 @@ def prepared_dataset_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "paraphrx-sample"
     config = PrepConfig(data_paths=[str(ALPACA), str(GSM8K)], output_dir=str(out))
     return run(config, command=f"python -m prep --data_paths {ALPACA} {GSM8K} --output_dir {out}")
+
+
+@pytest.fixture(scope="session")
+def eval_adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
+    """Two adapter folders as training names them (tiny-bucket1, tiny-bucket1-2), each with other random weights."""
+    root = tmp_path_factory.mktemp("outputs")
+    return [make_adapter(tiny_model_dir, root / "tiny-bucket1", 1), make_adapter(tiny_model_dir, root / "tiny-bucket1-2", 2)]

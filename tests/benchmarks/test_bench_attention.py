@@ -1,14 +1,9 @@
 """benchmarks/bench_attention.py's packed batch: the training batch's documents, and a pad tail that joins none."""
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_attention import packed_document_ids  # noqa: E402
-from benchmarks.bench_train import EXAMPLES_PER_STEP, synthetic_examples  # noqa: E402
+from benchmarks.bench_attention import packed_document_ids
+from benchmarks.bench_train import EXAMPLES_PER_STEP, synthetic_examples
 
 
 def test_packed_document_ids_follow_the_synthetic_lengths_and_pads_stand_alone():

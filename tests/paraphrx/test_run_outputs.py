@@ -14,8 +14,9 @@ from paraphrx.run_outputs import (
     resolved_recipe,
     write_text_atomic,
 )
+from tests.conftest import tiny_recipe
 
-TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "bucket1.yaml")
+TINY = tiny_recipe()
 
 
 def _args(out, *extra):

@@ -7,8 +7,9 @@ import torch
 
 from paraphrx.modeling import kbit_device_map, load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
+from tests.conftest import tiny_recipe
 
-TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "bucket1.yaml")
+TINY = tiny_recipe()
 
 
 def test_recipe_builds_an_nf4_double_quant_base_with_bf16_compute(tiny_model_dir, tmp_path):

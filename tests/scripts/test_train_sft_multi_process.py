@@ -22,8 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "recipes" / "tiny" / "bucket1-4.yaml"
+from tests.conftest import REPO, tiny_recipe
+
+TINY = tiny_recipe("bucket1-4")
 GLOBAL_BATCH, STEPS = 4, 4
 
 # Runs train_sft.py as __main__ after wrapping safetensors' writer, so the test sees which rank wrote which file.

@@ -11,9 +11,9 @@ from paraphrx.dataset_io import load_prepared
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import build_trainer
+from tests.conftest import tiny_recipe
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "recipes" / "tiny" / "bucket1.yaml")
+TINY = tiny_recipe()
 LOGGED = ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm")
 
 

@@ -11,9 +11,9 @@ from paraphrx.label_mask import IGNORE_INDEX, main, mask_runs, render_label_mask
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import build_trainer
+from tests.conftest import tiny_recipe
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "recipes" / "tiny" / "bucket1.yaml")
+TINY = tiny_recipe()
 
 
 def _gemma_prompt(tokenizer, row) -> str:

@@ -14,14 +14,13 @@ import pytest
 import torch
 import yaml
 
+import train_sft
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.run_outputs import COMPLETE_MARKER, RunFolderError, resolved_recipe
+from tests.conftest import REPO, tiny_recipe
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "recipes" / "tiny" / "bucket1-2.yaml")
-sys.path.insert(0, str(REPO))
-import train_sft  # noqa: E402
+TINY = tiny_recipe("bucket1-2")
 
 
 def tiny_argv(model_dir, data_dir, out, *overrides):

@@ -10,6 +10,7 @@ from paraphrx.eval.generation import (
     BASE, active_model, attach_adapters, cut_at_input_length, generate_batched, generate_per_example, greedy_config,
     load_base_model, load_tokenizer, merge_adapter,
 )
+from tests.conftest import make_adapter
 
 PROMPTS = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -21,23 +22,6 @@ PROMPTS = [
     "2+2=",
     "Write a haiku about the sea, the sky, the wind, and everything in between them all.",
 ]
-
-
-def make_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
-    """A LoRA adapter on the tiny model whose B weights are random, so it visibly changes the answers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, weight in peft_model.named_parameters():
-            if "lora_B" in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
-    peft_model.save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.fixture(scope="module")

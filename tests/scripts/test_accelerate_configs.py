@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
-CONFIGS = Path(__file__).resolve().parent.parent / "accelerate_configs"
+from tests.conftest import REPO
+
+CONFIGS = REPO / "accelerate_configs"
 
 
 @pytest.mark.parametrize(
@@ -56,7 +58,7 @@ def test_fsdp_launch_sets_the_qlora_plugin_fields():
     assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
     assert env["FSDP_USE_ORIG_PARAMS"] == "false" and env["FSDP_OFFLOAD_PARAMS"] == "false"
     assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
-    # checkpoints stay sharded; ParaphrxSFTTrainer.save_model gathers the final adapter (tests/test_multi_process.py)
+    # checkpoints stay sharded; ParaphrxSFTTrainer.save_model gathers the final adapter (tests/scripts/test_train_sft_multi_process.py)
     assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
 
 

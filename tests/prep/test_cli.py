@@ -12,9 +12,8 @@ import pytest
 from loguru import logger
 
 from prep.cli import main
-from test_prep_schema import with_field  # pytest puts tests/ on sys.path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+from tests.prep.conftest import with_field
 
 
 @pytest.fixture
@@ -160,7 +159,7 @@ def test_log_dir_flag(in_tmp, gsm8k_path):
 
 def _run_module(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "prep", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**(env or os.environ), "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+                          env={**(env or os.environ), "PYTHONPATH": str(REPO)})  # fmt: skip
 
 
 def test_process_os_error_is_one_line(tmp_path, gsm8k_path):

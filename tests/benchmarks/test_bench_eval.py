@@ -1,16 +1,10 @@
 """Smoke test of benchmarks/bench_eval.py on the CPU: it runs both paths and they agree (no timing asserted)."""
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_eval.py"
+from benchmarks import bench_eval
 
 
 def test_bench_eval_tiny_runs_both_paths_with_identical_text(capsys):
-    spec = importlib.util.spec_from_file_location("bench_eval", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--tiny", "--device", "cpu", "--num_prompts", "6", "--baseline_prompts", "3", "--batch_size", "4",
+    bench_eval.main(["--tiny", "--device", "cpu", "--num_prompts", "6", "--baseline_prompts", "3", "--batch_size", "4",
                 "--max_new_tokens", "4"])
     out = capsys.readouterr().out
     assert "per-example 3 prompts" in out and "batched     6 prompts, batch 4" in out

@@ -7,24 +7,12 @@ import pytest
 
 from prep.reader import iter_rows, source_name
 from prep.schema import ValidationError, validate_row
+from tests.prep.conftest import with_field
 
 
 @pytest.fixture(scope="module")
 def good_row(gsm8k_path):
     return json.loads(gsm8k_path.read_text(encoding="utf-8"))[0]
-
-
-def with_field(row, path, value):
-    """A copy of `row` with the field at `path` (e.g. ("paraphrases", 2, "bucket")) set, or deleted if value is KeyError."""
-    row = copy.deepcopy(row)
-    target = row
-    for key in path[:-1]:
-        target = target[key]
-    if value is KeyError:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return row
 
 
 def test_shipped_rows_are_valid(alpaca_path, gsm8k_path):

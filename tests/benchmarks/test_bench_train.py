@@ -1,16 +1,9 @@
 """benchmarks/bench_train.py's profile reading: GPU busy time and idle gaps from a chrome trace."""
 
-import importlib.util
-from pathlib import Path
+from benchmarks import bench_train
+from tests.conftest import REPO
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+BENCH = REPO / "benchmarks" / "bench_train.py"
 
 
 def test_gpu_gaps_merge_overlapping_kernels_and_name_the_host_work(capsys):
@@ -24,7 +17,7 @@ def test_gpu_gaps_merge_overlapping_kernels_and_name_the_host_work(capsys):
         {"ph": "X", "cat": "kernel", "name": "d", "ts": 4100, "dur": 100},   # gap 0.1 ms: below the threshold
         {"ph": "i", "cat": "kernel", "name": "instant", "ts": 5000},          # not a duration event
     ]
-    _bench().print_gpu_gaps({"traceEvents": events}, steps=1)
+    bench_train.print_gpu_gaps({"traceEvents": events}, steps=1)
     out = capsys.readouterr().out.splitlines()
     # busy = 1.5 + 0.4 + 0.1 ms; wall from the first host call (0) to the last kernel's end (4.2 ms)
     assert out[0] == "GPU busy 2.0 ms/step of 4.2 ms/step profiled; 1 gaps >= 0.3 ms sum to 2.0 ms/step"
@@ -43,7 +36,7 @@ def test_host_time_sums_outermost_calls_per_thread(capsys):
         {"ph": "X", "cat": "user_annotation", "name": "Optimizer.step", "ts": 1800, "dur": 200, "tid": 1},
         {"ph": "X", "cat": "kernel", "name": "k", "ts": 0, "dur": 5000, "tid": 7},  # GPU: not host time
     ]
-    _bench().print_host_time({"traceEvents": events}, steps=2)
+    bench_train.print_host_time({"traceEvents": events}, steps=2)
     out = capsys.readouterr().out.splitlines()
     # wall 0..2000 us; covered 0..400, 600..1200, 1800..2000 = 1200 us; so 800 us between calls; 2 launches, 200 us
     assert out[0] == ("host: 1.0 ms/step profiled, 0.4 ms/step outside any profiled call; "
@@ -58,17 +51,17 @@ def test_unknown_config_is_a_one_line_usage_error(monkeypatch, capsys):
 
     monkeypatch.setattr("sys.argv", ["bench_train.py", "--configs", "ours,nope", "--variant", "ours_x=--seed 1"])
     with pytest.raises(SystemExit) as exit_info:
-        _bench().main()
+        bench_train.main()
     assert exit_info.value.code == 2
     assert "--configs: unknown ['nope']; choose from ['seed', 'trl', 'ours', 'ours_x']" in capsys.readouterr().err
     monkeypatch.setattr("sys.argv", ["bench_train.py", "--configs", "ours", "--variant", "ours_x"])
     with pytest.raises(SystemExit):
-        _bench().main()
+        bench_train.main()
     assert "--variant takes NAME='recipe args', got ['ours_x']" in capsys.readouterr().err
 
 
 def test_variant_words_split_into_environment_settings_and_recipe_args():
-    env, recipe_args = _bench().split_variant("TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4 --run_name 'a b' "
+    env, recipe_args = bench_train.split_variant("TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4 --run_name 'a b' "
                                               "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True --x=Y")
     assert env == {"TORCHINDUCTOR_CPP_WRAPPER": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert recipe_args == ["--learning_rate", "1e-4", "--run_name", "a b", "--x=Y"]
@@ -89,10 +82,9 @@ def test_levers_switched_off_fall_back_to_trl_and_transformers(monkeypatch):
                          (factory, "adapt_training_args"), (paraphrx.lm_head, "LogProbsWithGradient"),
                          (ParaphrxSFTTrainer, "floating_point_ops")]:
         monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
-    bench = _bench()
     with pytest.raises(SystemExit, match="unknown \\['nope'\\]"):
-        bench.switch_off_levers(["walks", "nope"])
-    bench.switch_off_levers(list(bench.LEVERS))
+        bench_train.switch_off_levers(["walks", "nope"])
+    bench_train.switch_off_levers(list(bench_train.LEVERS))
     assert factory.add_position_lm_head(None) is False and factory.cache_module_walks(None) is None
     assert ParaphrxSFTTrainer.floating_point_ops is Trainer.floating_point_ops  # recounts every step again
     args = ParaphrxSFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False)

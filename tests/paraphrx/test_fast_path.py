@@ -1,7 +1,7 @@
 """The fast path computes the reference's function: same weights, same per-token loss, no attention across samples.
 
 CPU tests run in CI; the CUDA test (flex attention + compiled layers + dequantized NF4, packed) runs on a GPU box:
-`python -m pytest tests/test_fast_path.py`.
+`python -m pytest tests/paraphrx/test_fast_path.py`.
 """
 
 import pytest

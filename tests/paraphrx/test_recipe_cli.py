@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from paraphrx.buckets import parse_bucket_spec, split_name
 from paraphrx.config import ParaphrxSFTConfig
 from paraphrx.recipe_cli import RecipeError, normalize_argv, parse_recipe
 from paraphrx.run_outputs import resolved_recipe
-from paraphrx.buckets import parse_bucket_spec, split_name
+from tests.conftest import REPO, tiny_recipe
 
-REPO = Path(__file__).resolve().parent.parent
 GEMMA_RECIPES = sorted((REPO / "recipes").glob("bucket*.yaml"), key=lambda p: (len(p.stem), p.stem))
 TINY_RECIPES = sorted((REPO / "recipes" / "tiny").glob("bucket*.yaml"), key=lambda p: (len(p.stem), p.stem))
-TINY = str(REPO / "recipes" / "tiny" / "bucket1.yaml")
+TINY = tiny_recipe()
 
 
 def test_positional_and_config_forms_parse_the_same():
