@@ -1,13 +1,15 @@
-"""Command line → recipe dataclasses, with one-line errors.
+"""Command line → dataclasses, with one-line errors: the one argument parser of every entry point (training,
+evaluation, prep and the small tools), TRL's `TrlParser`.
 
-Accepts the three launch forms the README shows, each with `--any_key value` overrides on top:
+Accepts the three launch forms docs/training.md shows, each with `--any_key value` overrides on top:
 
     accelerate launch train_sft.py recipes/bucket1-4.yaml --learning_rate 1e-4
     python train_sft.py recipes/bucket1-4.yaml
     python train_sft.py --config recipes/bucket1-4.yaml
 
 `TrlParser` only reads YAML from `--config`, so a leading positional `.yaml` is rewritten into that form. A bad
-recipe (missing file, broken YAML, unknown key, wrong type) becomes one line naming the file and key, exit code 2.
+recipe or flag (missing file, broken YAML, unknown key, wrong type, a check of the dataclasses' own) becomes one line
+naming the file and key, exit code 2. Importing this module is cheap (no torch): `python -m prep` starts quickly.
 """
 
 from __future__ import annotations
@@ -18,15 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from trl import ModelConfig, TrlParser
+from trl import TrlParser
 
-from paraphrx.config import RECIPE_DATACLASSES
-from paraphrx.fast_path import sharded_launch
-
-EXIT_BAD_RECIPE = 2
+from paraphrx.errors import EXIT_BAD_INPUT, UserError
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe or command line that cannot be parsed; the message is one line meant for the user."""
 
 
@@ -95,10 +94,13 @@ def collection_fields(dataclass_types) -> set[str]:
     return names
 
 
-def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
-    """Parse argv (default sys.argv[1:]) into `dataclass_types` instances; raises RecipeError on bad input."""
+def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=None, **parser_kwargs) -> tuple:
+    """Parse argv (default sys.argv[1:]) into `dataclass_types` instances (default: the training recipe's); raises
+    RecipeError on bad input. `parser_kwargs` go to argparse (`prog`, `description` for --help)."""
+    if dataclass_types is None:
+        from paraphrx.config import RECIPE_DATACLASSES as dataclass_types
     argv = normalize_argv(sys.argv[1:] if argv is None else argv)
-    parser = _RecipeParser(dataclass_types)
+    parser = _RecipeParser(dataclass_types, **parser_kwargs)
     known = {action.dest for action in parser._actions}
     path = recipe_path(argv)
     if path is not None:
@@ -111,33 +113,14 @@ def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATAC
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
         raise RecipeError(f"{path or 'command line'}: {message}") from None
     if remaining:
-        raise RecipeError(f"unknown option {remaining[0]!r} (not a field of the recipe dataclasses)")
-    for args in parsed:
-        if isinstance(args, ModelConfig):
-            check_sharded_4bit_storage(args, path)
+        raise RecipeError(f"unknown option {remaining[0]!r}")
     return tuple(parsed)
 
 
-def check_sharded_4bit_storage(model_args: ModelConfig, path: Path | None) -> None:
-    """FSDP and ZeRO-3 flatten each wrapped block's parameters into one tensor of one dtype, so 4-bit weights must be
-    stored in the model's dtype; with bitsandbytes' default (uint8) the run fails deep inside FSDP's wrapping, after
-    the model has loaded. Say so before anything loads."""
-    engine = sharded_launch()
-    if engine is None or not model_args.load_in_4bit:
-        return
-    wanted = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"
-    if model_args.bnb_4bit_quant_storage != wanted:
-        raise RecipeError(
-            f"{path or 'command line'}: bnb_4bit_quant_storage: a {engine} launch shards the 4-bit base, which needs "
-            f"it stored as the model's dtype: add --bnb_4bit_quant_storage {wanted} "
-            f"(got {model_args.bnb_4bit_quant_storage or 'the default uint8'})"
-        )
-
-
-def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
+def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=None, **parser_kwargs) -> tuple:
     """`parse_recipe` for entry points: a bad recipe prints one line to stderr and exits with code 2."""
     try:
-        return parse_recipe(argv, dataclass_types)
+        return parse_recipe(argv, dataclass_types, **parser_kwargs)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_RECIPE) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None

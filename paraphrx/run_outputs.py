@@ -23,13 +23,17 @@ from loguru import logger
 from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
+from paraphrx.errors import EXIT_FAILED, UserError
+
 COMPLETE_MARKER = "run_complete.json"
 RECIPE_FILE = "recipe.yaml"
 DATASET_FILE = "dataset.json"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError):
     """The output folder is in a state this run must not touch; the message is one line meant for the user."""
+
+    exit_code = EXIT_FAILED
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from paraphrx.errors import UserError
+
 ROW_FIELDS = {
     "prompt_count": int,
     "instruction_original": str,
@@ -30,7 +32,7 @@ _INDEX = re.compile(r"\[\d+\]")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
 
 
-class ValidationError(ValueError):
+class ValidationError(UserError):
     """Bad input, located: `file: row N: field: what is wrong` (row and field when known)."""
 
     def __init__(

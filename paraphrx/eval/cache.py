@@ -5,7 +5,7 @@ resolves its revision to after loading, so the first run and later ones agree; o
 weights), the adapter (sha256 of its weights and config), how the base was loaded
 (dtype, 4-bit, attention, merged or not) and the generation settings. Inside, answers are keyed by the prompt's
 sha256. So a re-run generates only what is new, and a changed adapter or setting never reuses stale text.
-Batch size is not part of the key: greedy text should not depend on it (in bf16 it rarely can; see README).
+Batch size is not part of the key: greedy text should not depend on it (in bf16 it rarely can; see docs/evaluation.md).
 Lines are appended after every batch, so an interrupted run keeps its progress; a torn last line is skipped.
 """
 

@@ -12,14 +12,16 @@ import yaml
 from loguru import logger
 
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.errors import UserError, loading, one_line
 from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.generation import (
-    BASE, active_model, attach_adapters, generate_batched, load_base_model, load_tokenizer, log_model, merge_adapter,
+    BASE, active_model, attach_adapters, for_generation, generate_batched, merge_adapter,
 )
 from paraphrx.eval.metrics import score_answer
 from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
 from paraphrx.eval.robustness import ORIGINAL
+from paraphrx.modeling import DEFAULT_ATTN_IMPLEMENTATION, load_base_model, load_tokenizer
 
 REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
 ROW_FIELDS = REQUIRED_COLUMNS + ("task_score",)
@@ -28,13 +30,8 @@ RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8b
                      "use_bnb_nested_quant", "bnb_4bit_quant_storage")
 
 
-class EvalError(Exception):
-    """Bad input: the message names the file, row and field; the entry point prints it on one line."""
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (transformers' and the Hub's errors span several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+class EvalError(UserError):
+    """Bad input: the message names the file, row and field (or the model or dataset that cannot be loaded)."""
 
 
 def check_base_model(name: str, origin: str) -> None:
@@ -113,10 +110,8 @@ def resolve_model_config(model_args: EvalModelConfig, adapters: dict[str, Path],
 def load_rows(eval_args: EvalArguments) -> list[dict]:
     """The split's rows as dicts, checked field by field, then cut down by --max_prompts / --max_paraphrases_..."""
     where = f"{eval_args.dataset} split {eval_args.split!r}"
-    try:
+    with loading(where, EvalError):  # a Hub dataset that cannot be reached too
         ds = load_prepared(eval_args.dataset, eval_args.split, revision=eval_args.dataset_revision)
-    except (FileNotFoundError, ValueError) as err:
-        raise EvalError(f"{where}: {str(err).splitlines()[0]}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise EvalError(f"{where}: missing column(s) {missing}; rebuild it with `make prep`")
@@ -164,7 +159,7 @@ def loading_settings(model_args: EvalModelConfig, eval_args: EvalArguments) -> d
     """Everything besides the weights that decides a greedy answer (part of the cache key and the summary)."""
     return {
         **{k: getattr(model_args, k) for k in RECIPE_MODEL_KEYS},
-        "attn_implementation": model_args.attn_implementation or "eager",
+        "attn_implementation": model_args.attn_implementation or DEFAULT_ATTN_IMPLEMENTATION,
         "merged": eval_args.merge_adapters,
         "max_new_tokens": eval_args.max_new_tokens,
         "decoding": "greedy",
@@ -191,8 +186,7 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     caches, todo = open_caches(base)
     unresolved = base.get("commit", "") is None
     if unresolved or any(todo.values()):
-        log_model(model_args)
-        tokenizer = _loading(load_tokenizer, model_args)
+        tokenizer = for_generation(_loading(load_tokenizer, model_args))
         model = _loading(load_base_model, model_args)
         loaded = loaded_base_identity(model_args.model_name_or_path, model_args.model_revision)
         if loaded != base:
@@ -222,11 +216,10 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
 
 
 def _loading(load, model_args: EvalModelConfig):
-    """`load(model_args)` (tokenizer or base model); a missing, unreachable or gated model becomes one EvalError."""
-    try:
-        return load(model_args)
-    except (OSError, ValueError) as err:  # OSError covers the Hub's HTTP, connection, offline and token errors
-        raise EvalError(f"base model {model_args.model_name_or_path}: {type(err).__name__}: {one_line(err)}") from None
+    """`load(model_args, trust_remote_code)`, the tokenizer or the base (modeling.py: the loader training uses); a
+    missing, unreachable or gated model becomes one EvalError."""
+    with loading(f"base model {model_args.model_name_or_path}", EvalError):
+        return load(model_args, model_args.trust_remote_code)
 
 
 def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:

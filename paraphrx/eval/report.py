@@ -152,7 +152,7 @@ def render_markdown(summary: dict) -> str:
                 rows.append(row + ([_fmt(r["consistency"])] if with_consistency else []))
         out += [_table(header, rows), ""]
     out += ["## Plots", "", f"![score by bucket]({BUCKET_PLOT})", "", f"![bucket gap]({GAP_PLOT})", "",
-            "Definitions: README.md, section Evaluation. Every answer with its scores: "
+            "Definitions: docs/evaluation.md in the paraphrx repository. Every answer with its scores: "
             f"`{GENERATIONS_FILE}`; all numbers (every metric's robustness too): `{SUMMARY_FILE}`.", ""]
     return "\n".join(out)
 

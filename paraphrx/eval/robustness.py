@@ -1,4 +1,4 @@
-"""Robustness of one model's scores across the paraphrases of each prompt (definitions: README "Evaluation").
+"""Robustness of one model's scores across the paraphrases of each prompt (definitions: docs/evaluation.md).
 
 Pure functions over a list of row dicts (one model, usually one source), each with `source`, `prompt_count`, `bucket`,
 `instruct_type` and a score in [0, 1] under the metric's name. A prompt is (source, prompt_count). Empty inputs give

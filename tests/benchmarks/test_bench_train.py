@@ -1,4 +1,7 @@
-"""benchmarks/bench_train.py's profile reading: GPU busy time and idle gaps from a chrome trace."""
+"""benchmarks/bench_train.py: its profile reading (GPU busy time and idle gaps from a chrome trace), its command line,
+its lever switches, and a variant run on the CPU."""
+
+from contextlib import ExitStack
 
 from benchmarks import bench_train
 from tests.conftest import REPO
@@ -70,26 +73,26 @@ def test_variant_words_split_into_environment_settings_and_recipe_args():
 def test_levers_switched_off_fall_back_to_trl_and_transformers(monkeypatch):
     import pytest
     import torch
-    from transformers import Trainer
     from trl.kernels import ChunkedLogProbFunction
 
+    import paraphrx.fast_path
     import paraphrx.lm_head
-    import paraphrx.trainer_factory as factory
     from paraphrx.config import ParaphrxSFTConfig
-    from paraphrx.trainer_factory import ParaphrxSFTTrainer
 
-    for module, name in [(factory, "add_position_lm_head"), (factory, "cache_module_walks"),
-                         (factory, "adapt_training_args"), (paraphrx.lm_head, "LogProbsWithGradient"),
-                         (ParaphrxSFTTrainer, "floating_point_ops")]:
-        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    monkeypatch.setattr(paraphrx.fast_path, "CHANGES", paraphrx.fast_path.CHANGES)  # restored after the test
+    monkeypatch.setattr(paraphrx.lm_head, "LogProbsWithGradient", paraphrx.lm_head.LogProbsWithGradient)
+    every_change = {change.name for change in paraphrx.fast_path.CHANGES}
+    assert {name for name in bench_train.LEVERS.values() if name} <= every_change  # each lever names a real change
     with pytest.raises(SystemExit, match="unknown \\['nope'\\]"):
         bench_train.switch_off_levers(["walks", "nope"])
     bench_train.switch_off_levers(list(bench_train.LEVERS))
-    assert factory.add_position_lm_head(None) is False and factory.cache_module_walks(None) is None
-    assert ParaphrxSFTTrainer.floating_point_ops is Trainer.floating_point_ops  # recounts every step again
+    left = {change.name for change in paraphrx.fast_path.CHANGES}
+    assert every_change - left == {"trained positions from the collator", "module walks listed once",
+                                   "collation in a dataloader worker"}
     args = ParaphrxSFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False)
-    factory.adapt_training_args(args)
-    assert args.dataloader_num_workers == 0 and args.padding_free  # the rest of the fast path's settings stay
+    with ExitStack() as undo:
+        paraphrx.fast_path.change_arguments(args, undo)
+        assert args.dataloader_num_workers == 0 and args.padding_free  # the rest of the fast path's settings stay
     h, w, targets = torch.randn(5, 8, requires_grad=True), torch.randn(40, 8), torch.randint(0, 40, (5,))
     log_probs, entropy, is_top1 = paraphrx.lm_head.LogProbsWithGradient.apply(h, w, targets, 30.0)
     trl = ChunkedLogProbFunction.apply(h, w, None, targets, 1.0, 16, 30.0, 1.0, ("log_probs", "entropy", "is_top1"))

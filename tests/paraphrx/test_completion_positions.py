@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+from contextlib import ExitStack
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import add_fused_lm_head
 
-from paraphrx.completion_positions import LabelPositionsCollator, add_position_lm_head
+from paraphrx.completion_positions import LabelPositionsCollator, position_lm_head
 
 # Two examples as SFTTrainer's prepared prompt/completion rows reach the collator: prompt labels are -100.
 EXAMPLES = [
@@ -77,7 +78,10 @@ def test_position_head_scores_what_trls_boolean_index_head_scores(lora_model):
     (-trl.log_probs.sum()).backward()
     trl_grads = _grads(lora_model)
 
-    assert add_position_lm_head(lora_model.get_base_model())
+    base = lora_model.get_base_model()
+    trl_forward = base.forward
+    undo = ExitStack()
+    assert undo.enter_context(position_lm_head(base))
     lora_model.zero_grad()
     ours = lora_model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], fused_lm_head=True,
                       label_positions=batch["label_positions"], label_targets=batch["label_targets"])
@@ -98,6 +102,8 @@ def test_position_head_scores_what_trls_boolean_index_head_scores(lora_model):
     assert lora_model(input_ids=inputs["input_ids"]).logits.shape[-1] == lora_model.config.vocab_size
     again = lora_model(**inputs, fused_lm_head=True)
     torch.testing.assert_close(again.log_probs, trl.log_probs)
+    undo.close()
+    assert base.forward is trl_forward  # undone: TRL's own forward again
 
 
 def test_a_trained_head_goes_through_trls_kernel_and_gets_its_gradient(tiny_model_dir):
@@ -106,9 +112,10 @@ def test_a_trained_head_goes_through_trls_kernel_and_gets_its_gradient(tiny_mode
     batch = LabelPositionsCollator(_collator())(copy.deepcopy(EXAMPLES))
     trl = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
                 fused_lm_head=True)
-    assert add_position_lm_head(model) and model.lm_head.weight.requires_grad  # e.g. modules_to_save=["lm_head"]
-    ours = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], fused_lm_head=True,
-                 label_positions=batch["label_positions"], label_targets=batch["label_targets"])
+    with position_lm_head(model) as added:
+        assert added and model.lm_head.weight.requires_grad  # e.g. modules_to_save=["lm_head"]
+        ours = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], fused_lm_head=True,
+                     label_positions=batch["label_positions"], label_targets=batch["label_targets"])
     torch.testing.assert_close(ours.log_probs, trl.log_probs[trl.label_mask], rtol=1e-5, atol=1e-6)
     ours.log_probs.sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
@@ -120,5 +127,6 @@ def test_models_whose_logits_trl_scales_keep_trls_head(tiny_model_dir):
     add_fused_lm_head(model)
     model.config.logit_scale = 0.5  # e.g. Cohere: TRL multiplies before the soft-cap; ours does not
     forward = model.forward
-    assert not add_position_lm_head(model)
-    assert model.forward == forward
+    with position_lm_head(model) as added:
+        assert not added
+        assert model.forward == forward

@@ -4,18 +4,16 @@ CPU tests run in CI; the CUDA test (flex attention + compiled layers + dequantiz
 `python -m pytest tests/paraphrx/test_fast_path.py`.
 """
 
+from contextlib import ExitStack
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Gemma2Config, Gemma2ForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from paraphrx.completion_positions import LabelPositionsCollator, add_position_lm_head
-from paraphrx.fast_path import (
-    compile_decoder_layers,
-    dequantize_frozen_base,
-    fast_path_enabled,
-    keep_packed_masks_on_device,
-)
+from paraphrx.completion_positions import LabelPositionsCollator, position_lm_head
+from paraphrx.fast_path import change_arguments, compiled_decoder_layers, decoder_layers, packed_masks_without_host_read
+from paraphrx.modeling import dequantize_frozen_base
 
 PAD = 0
 
@@ -65,45 +63,6 @@ def _packed_token_losses(model, rows, leak=False):
     losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, reduction="none",
                                                ignore_index=-100)
     return losses[shift_labels != -100]
-
-
-def test_fast_path_choice_resolution():
-    assert fast_path_enabled("off") is False
-    assert fast_path_enabled("auto") is torch.cuda.is_available()
-    with pytest.raises(ValueError, match="fast_path must be one of"):
-        fast_path_enabled("fast")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="needs a CUDA GPU"):
-            fast_path_enabled("on")
-
-
-def test_fast_path_stands_down_under_fsdp_and_deepspeed(monkeypatch):
-    """FSDP-QLoRA / ZeRO-3 shard the 4-bit base; dequantizing it would defeat them, so auto is off and on refuses."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert fast_path_enabled("auto") is True
-    for engine in ("FSDP", "DEEPSPEED"):
-        monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
-        assert fast_path_enabled("auto") is False
-        with pytest.raises(ValueError, match=f"a {engine} launch shards the 4-bit base"):
-            fast_path_enabled("on")
-        monkeypatch.delenv(f"ACCELERATE_USE_{engine}")
-
-
-def test_dequantized_base_computes_the_nf4_function(tiny_model_dir):
-    nf4 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
-    fast = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
-    replaced = dequantize_frozen_base(fast, dtype=torch.float32)
-    config = fast.config
-    assert replaced == 7 * config.num_hidden_layers
-    import bitsandbytes as bnb
-
-    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in fast.modules())
-    assert not any(p.requires_grad for n, p in fast.named_parameters() if "proj" in n)
-    ids = torch.tensor([[2, 15, 99, 300, 41, 7, 8, 1000]])
-    torch.testing.assert_close(fast(ids).logits, nf4(ids).logits, atol=1e-4, rtol=1e-4)
-    # The NF4 rounding is kept: the dequantized weights are not the original full-precision ones.
-    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    assert not torch.allclose(fast.model.layers[0].mlp.up_proj.weight, full.model.layers[0].mlp.up_proj.weight)
 
 
 def test_packed_batch_matches_unpacked_reference_on_cpu(tiny_model_dir):
@@ -161,7 +120,7 @@ def _set_attention_softcap(model, value):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention backward and torch.compile need CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, monkeypatch):
+def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, request):
     """float32: the fast path computes the reference's function (loss and LoRA gradients to ~1e-4); bfloat16: the
     per-token loss the trainer sees agrees within bf16 rounding."""
     from trl.trainer.utils import add_fused_lm_head
@@ -172,18 +131,17 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, monk
     base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="flex_attention", **load)
     assert dequantize_frozen_base(base, dtype=dtype) == 28
     add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # what SFTTrainer does
-    assert add_position_lm_head(base)  # and ParaphrxSFTTrainer: the trained positions come from the collator
+    undo = ExitStack()  # the fast path's changes, as build_trainer applies them; undone after the test
+    request.addfinalizer(undo.close)
+    assert undo.enter_context(position_lm_head(base))  # the trained positions come from the collator
     fast = _with_lora(base)
     lora = {n: p for n, p in reference.named_parameters() if "lora_" in n}
     with torch.no_grad():  # identical adapters on both sides
         for n, p in fast.named_parameters():
             if "lora_" in n:
                 p.copy_(lora[n])
-    compile_decoder_layers(fast)
-    from transformers import masking_utils
-
-    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", masking_utils.find_packed_sequence_indices)
-    keep_packed_masks_on_device()  # as build_trainer does on the fast path
+    undo.enter_context(compiled_decoder_layers(fast))
+    undo.enter_context(packed_masks_without_host_read())
 
     rows = _examples([37, 120, 64, 201, 90], [12, 40, 30, 45, 89], 4096)
     batch = LabelPositionsCollator(DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True))(rows)
@@ -221,30 +179,36 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, monk
         assert worst < 1e-2
 
 
-def test_adapt_training_args_keeps_the_examples_per_step():
+# ------------------------------------------------------------------------------------------------------ CPU: apply/undo
+
+
+def test_argument_changes_keep_the_examples_per_step_and_are_undone():
     from paraphrx.config import ParaphrxSFTConfig
-    from paraphrx.fast_path import adapt_training_args
 
     args = ParaphrxSFTConfig(output_dir="/tmp/unused", per_device_train_batch_size=4, gradient_accumulation_steps=4,
                              gradient_checkpointing=True, max_length=512, report_to="none", use_cpu=True, bf16=False)
-    assert adapt_training_args(args) == 512
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
-    assert args.padding_free and args.max_length is None and not args.use_liger_kernel
-    assert not getattr(args, "activation_checkpointing", False) and not args.gradient_checkpointing
-    # nothing left that makes the host wait for the GPU each step
-    assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter
-    assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
-    assert args.dataloader_num_workers == 1 and args.dataloader_persistent_workers  # collation beside the step
+    before = dict(vars(args)), dict(vars(args.accelerator_config))
+    with ExitStack() as undo:
+        recipe_args = change_arguments(args, undo)
+        assert recipe_args.max_length == 512  # what the rows are cut to after the trainer is built
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
+        assert args.padding_free and args.max_length is None and not args.use_liger_kernel
+        assert not getattr(args, "activation_checkpointing", False) and not args.gradient_checkpointing
+        # nothing left that makes the host wait for the GPU each step
+        assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter
+        assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
+        assert args.dataloader_num_workers == 1 and args.dataloader_persistent_workers  # collation beside the step
+    assert (dict(vars(args)), dict(vars(args.accelerator_config))) == before  # every argument as the recipe set it
     args.dataloader_num_workers = 4
-    adapt_training_args(args)
-    assert args.dataloader_num_workers == 4  # a recipe's own setting stays
+    with ExitStack() as undo:
+        change_arguments(args, undo)
+        assert args.dataloader_num_workers == 4  # a recipe's own setting stays
 
 
-def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_model_dir, monkeypatch):
+def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_model_dir):
     from transformers import masking_utils
 
     original = masking_utils.find_packed_sequence_indices
-    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", original)  # restored after the test
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
     packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     single = torch.arange(9)[None]
@@ -253,13 +217,14 @@ def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_mod
               for name, pos in (("packed", packed), ("single", single))}
     assert original(single) is None  # transformers' host check: one sequence, no per-sample mask
 
-    keep_packed_masks_on_device()
-    patched = masking_utils.find_packed_sequence_indices
-    assert patched is not original
-    assert torch.equal(patched(packed), original(packed)) and torch.equal(patched(single), torch.zeros_like(single))
-    for name, pos in (("packed", packed), ("single", single)):
-        after = model(input_ids=ids, position_ids=pos, use_cache=False).logits
-        torch.testing.assert_close(after, before[name], rtol=0, atol=1e-6)
+    with packed_masks_without_host_read():
+        patched = masking_utils.find_packed_sequence_indices
+        assert patched is not original
+        assert torch.equal(patched(packed), original(packed)) and torch.equal(patched(single), torch.zeros_like(single))
+        for name, pos in (("packed", packed), ("single", single)):
+            after = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+            torch.testing.assert_close(after, before[name], rtol=0, atol=1e-6)
+    assert masking_utils.find_packed_sequence_indices is original  # undone: process-wide, so it must be
     # control: the packed mask matters, so the comparison above could fail
     assert (before["packed"] - before["single"]).abs().max() > 1e-3
 
@@ -274,12 +239,72 @@ def test_truncate_tokenized_cuts_like_trl_keep_start():
     cut = truncate_tokenized(ds, 3)
     assert cut["input_ids"] == [[2, 5, 6], [2, 9]] and cut["completion_mask"] == [[0, 0, 1], [0, 1]]
     assert truncate_tokenized(ds, 5) is ds and truncate_tokenized(None, 3) is None
+    # SFTTrainer's prepared rows carry `labels`: cut with the ids, and a row left with no trained label is dropped
+    prepared = Dataset.from_list([{"input_ids": [2, 5, 6, 7, 8], "labels": [-100, -100, 6, 7, 8]},
+                                  {"input_ids": [2, 5, 6, 7], "labels": [-100, -100, -100, 7]}])
+    cut = truncate_tokenized(prepared, 3)
+    assert cut["input_ids"] == [[2, 5, 6]] and cut["labels"] == [[-100, -100, 6]]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
-def test_recipe_asking_for_the_fast_path_on_a_cpu_is_a_one_line_recipe_error():
-    from paraphrx.recipe_cli import RecipeError, parse_recipe
+def _fast_path_state_of_process() -> dict:
+    """The process-wide settings the fast path changes: transformers' packed-sequence check, dynamo's limit."""
+    import torch._dynamo
+    from transformers import masking_utils
 
-    with pytest.raises(RecipeError, match=r"recipes/tiny/bucket1.yaml: fast_path: on is not possible here: it needs a CUDA"):
-        parse_recipe(["recipes/tiny/bucket1.yaml", "--fast_path", "on"])
-    assert parse_recipe(["recipes/tiny/bucket1.yaml"])[1].fast_path == "auto"
+    return {"masking": masking_utils.find_packed_sequence_indices,
+            "recompile_limit": torch._dynamo.config.recompile_limit}
+
+
+def _fast_path_state(trainer) -> dict:
+    """What the fast path's changes touch on a trainer, its model and the process."""
+    base = trainer.model.get_base_model()
+    layers = decoder_layers(trainer.model)
+    return {
+        "args": dict(vars(trainer.args)),
+        "trainer": {name: name in vars(trainer) for name in ("compute_loss", "log", "_clip_grad_norm",
+                                                             "floating_point_ops")},
+        "collator": trainer.data_collator,
+        "datasets": (trainer.train_dataset, trainer.eval_dataset),
+        "model": {name: name in vars(trainer.model) for name in ("train", "zero_grad")},
+        "base_forward": base.forward,
+        "layers": [(vars(layer).get("forward"), vars(layer).get("_compiled_call_impl")) for layer in layers],
+        **_fast_path_state_of_process(),
+    }
+
+
+def test_build_trainer_applies_every_change_and_the_run_undoes_them(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    """The CPU has no fast path, so its changes are applied here by hand (nothing is compiled until a forward runs):
+    build_trainer applies each listed change, and closing the run's stack puts every one back."""
+    from paraphrx.completion_positions import LabelPositionsCollator
+    from paraphrx.dataset_io import load_prepared
+    from paraphrx.modeling import load_model_and_tokenizer
+    from paraphrx.recipe_cli import parse_recipe
+    from paraphrx.trainer_factory import build_trainer
+    from tests.conftest import tiny_recipe
+
+    script_args, training_args, model_args = parse_recipe([
+        tiny_recipe(), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out"),
+        "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "None",
+        "--max_length", "64"])
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    rows = load_prepared(str(prepared_dataset_dir), "bucket1").select(range(8))
+    recipe_args = dict(vars(training_args))
+    process_before = _fast_path_state_of_process()
+    training_args.use_fast_path = True  # as the recipe resolves on a GPU
+    with ExitStack() as run:
+        trainer = build_trainer(model, tokenizer, training_args, model_args, rows, undo=run)
+        applied = _fast_path_state(trainer)
+        assert applied["args"]["padding_free"] and applied["args"]["per_device_train_batch_size"] == 4
+        assert all(applied["trainer"].values()) and all(applied["model"].values())
+        assert isinstance(applied["collator"], LabelPositionsCollator)
+        assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= 64
+        assert all(forward is not None and compiled is not None for forward, compiled in applied["layers"])
+        assert applied["recompile_limit"] >= 64 and applied["masking"] is not process_before["masking"]
+        truncated = trainer.train_dataset
+    undone = _fast_path_state(trainer)
+    assert undone["args"] == {**recipe_args, "use_fast_path": True}
+    assert not any(undone["trainer"].values()) and not any(undone["model"].values())
+    assert not isinstance(undone["collator"], LabelPositionsCollator) and undone["datasets"][0] is not truncated
+    assert all(forward is None and compiled is None for forward, compiled in undone["layers"])
+    assert undone["base_forward"] is not applied["base_forward"]  # TRL's own forward again
+    assert _fast_path_state_of_process() == process_before

@@ -1,13 +1,13 @@
 """The exact completion-only mask, token by token, through SFTTrainer's own processing; and the debug view."""
 
 import copy
-from pathlib import Path
 
 import pytest
 from datasets import Dataset, concatenate_datasets
 
 from paraphrx.dataset_io import load_prepared
-from paraphrx.label_mask import IGNORE_INDEX, main, mask_runs, render_label_mask, sft_prepare
+from paraphrx.label_mask import IGNORE_INDEX, main, mask_runs, render_label_mask
+from paraphrx.library_internals import prepare_sft_dataset
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import build_trainer
@@ -83,7 +83,7 @@ def test_collator_keeps_the_mask_and_pads_with_ignore(mask_setup):
 
 def test_debug_view_prepares_rows_exactly_like_the_trainer(mask_setup):
     trainer, tokenizer, raw, training_args = mask_setup
-    prepared = sft_prepare(raw, tokenizer, training_args)
+    prepared = prepare_sft_dataset(raw, tokenizer, training_args)  # SFTTrainer's preparation, without a model
     assert prepared["input_ids"] == trainer.train_dataset["input_ids"]
     assert prepared["labels"] == trainer.train_dataset["labels"]
 

@@ -1,9 +1,13 @@
+"""A run's logging: UTC lines, a latest link, no secrets, tracebacks in the file only, and everything undone after."""
+
 import logging
 import re
 
+import pytest
 from loguru import logger
 
-from paraphrx.logs import setup_logging
+from paraphrx.errors import UserError
+from paraphrx.logs import LIBRARY_LOGGERS, run_logging
 
 TOKEN = "hf_" + "A1b2C3d4E5f6G7h8I9j0KLMNOP"
 
@@ -11,15 +15,14 @@ TOKEN = "hf_" + "A1b2C3d4E5f6G7h8I9j0KLMNOP"
 def test_log_file_has_utc_lines_a_latest_link_and_no_secrets(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-123456")
-    path = setup_logging("run", tmp_path)
-    logger.info("token {} and key {}", TOKEN, "wandb-secret-123456")
-    logging.getLogger("transformers").warning("library says Bearer %s", TOKEN)
-    try:
-        headers = {"authorization": f"Bearer {TOKEN}"}  # a local that loguru's diagnose mode would print
-        raise RuntimeError(f"request failed with {headers}")
-    except RuntimeError:
-        logger.exception("push failed")
-    logger.remove()  # flush and detach before reading
+    with run_logging("run", tmp_path) as path:
+        logger.info("token {} and key {}", TOKEN, "wandb-secret-123456")
+        logging.getLogger("transformers").warning("library says Bearer %s", TOKEN)
+        try:
+            headers = {"authorization": f"Bearer {TOKEN}"}  # a local that loguru's diagnose mode would print
+            raise RuntimeError(f"request failed with {headers}")
+        except RuntimeError:
+            logger.exception("push failed")
 
     text = path.read_text()
     assert TOKEN not in text and "wandb-secret-123456" not in text
@@ -30,3 +33,49 @@ def test_log_file_has_utc_lines_a_latest_link_and_no_secrets(tmp_path, monkeypat
     latest = tmp_path / "run_latest.log"
     assert latest.is_symlink() and latest.resolve() == path.resolve()
     assert re.fullmatch(r"run_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.log", path.name)
+
+
+def _logging_state():
+    root = logging.getLogger()
+    libraries = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+                 for name in LIBRARY_LOGGERS}
+    return list(root.handlers), root.level, libraries
+
+
+def test_a_crash_is_one_line_on_stderr_its_traceback_in_the_file_and_logging_is_undone(tmp_path, capfd):
+    library = logging.getLogger("transformers")
+    handler = logging.StreamHandler()
+    library.addHandler(handler)  # as transformers sets itself up: its own handler, no propagation
+    library.propagate = False
+    try:
+        before = _logging_state()
+        with pytest.raises(RuntimeError), run_logging("crash", tmp_path) as path:
+            assert _logging_state() != before  # routed into loguru while the run lasts
+            raise RuntimeError("CUDA error: an illegal memory access")
+        assert _logging_state() == before
+    finally:
+        library.removeHandler(handler)
+        library.propagate = True
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith(f"RuntimeError: CUDA error: an illegal memory access (traceback in {path})")
+    assert "Traceback" not in err
+    text = path.read_text()
+    assert errors[0].split("| ERROR")[1] in text and "Traceback (most recent call last)" in text
+
+
+def test_a_user_error_is_its_line_in_both_and_no_traceback(tmp_path, capfd):
+    with pytest.raises(UserError), run_logging("bad", tmp_path) as path:
+        raise UserError("recipes/x.yaml: unknown key 'lora_rank'")
+    errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith("recipes/x.yaml: unknown key 'lora_rank'")
+    assert "recipes/x.yaml: unknown key 'lora_rank'" in path.read_text() and "Traceback" not in path.read_text()
+
+
+def test_an_unusable_log_dir_is_one_line_and_nothing_changes(tmp_path, capfd):
+    (tmp_path / "afile").write_text("not a folder")
+    before = _logging_state()
+    with pytest.raises(UserError) as err, run_logging("run", tmp_path / "afile" / "logs"):
+        pass
+    assert err.value.exit_code == 2 and _logging_state() == before
+    assert capfd.readouterr().err.strip() == f"error: --log_dir: {tmp_path / 'afile' / 'logs'}: Not a directory"

@@ -1,6 +1,5 @@
 """The run folder policy: resume from the newest complete checkpoint, refuse a finished run, atomic writes."""
 
-from pathlib import Path
 
 import pytest
 import yaml

@@ -1,6 +1,5 @@
 """The shipped accelerate configs load with accelerate's own parser and name the fields the README promises."""
 
-from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -142,7 +143,8 @@ def test_hub_errors_are_one_line(tmp_path, prepared_dataset_dir, monkeypatch, ca
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(pipeline, "load_tokenizer", lambda model_args: "tokenizer")  # never the network
+    tokenizer = types.SimpleNamespace(padding_side="right", pad_token="<pad>")
+    monkeypatch.setattr(pipeline, "load_tokenizer", lambda *args: tokenizer)  # never the network
     monkeypatch.setattr(pipeline, target, fail)
     monkeypatch.chdir(tmp_path)  # no outputs/bucket*/ adapters here: the base alone
     argv = ["--dataset", str(prepared_dataset_dir), "--model_name_or_path", "org/tiny", "--output_dir", str(tmp_path / "eval"), "--cache_dir", str(tmp_path / "cache"),

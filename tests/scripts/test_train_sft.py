@@ -28,14 +28,48 @@ def tiny_argv(model_dir, data_dir, out, *overrides):
             "--log_dir", str(Path(out).parent / "logs"), *overrides]
 
 
+def library_state() -> dict:
+    """What a run may change in the process: Python logging (the root logger, the libraries' own loggers),
+    transformers' packed-sequence check and dynamo's recompile limit (the fast path's)."""
+    import logging
+
+    import torch._dynamo
+    from transformers import masking_utils
+
+    from paraphrx.logs import LIBRARY_LOGGERS
+
+    root = logging.getLogger()
+    return {
+        "root": (list(root.handlers), root.level),
+        "libraries": {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+                      for name in LIBRARY_LOGGERS},
+        "find_packed_sequence_indices": masking_utils.find_packed_sequence_indices,
+        "recompile_limit": torch._dynamo.config.recompile_limit,
+    }
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
+def library_states() -> dict:
+    """`library_state()` just before and just after train_sft.main in `tiny_run` (which fills it)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, prepared_dataset_dir, tmp_path_factory, library_states):
     """16 training rows, 4 per step, 12 steps: three passes over the same rows, so the loss must fall."""
     out = tmp_path_factory.mktemp("train") / "tiny-run"
     argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "16", "--max_steps", "12",
                      "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "1")
+    library_states["before"] = library_state()
     trainer = train_sft.main(*parse_recipe(argv))
+    library_states["after"] = library_state()
     return trainer, out, argv
+
+
+def test_main_leaves_the_libraries_as_it_found_them(tiny_run, library_states):
+    """Logging is routed into loguru while the run lasts (tests/paraphrx/test_logs.py shows it changes), and the
+    fast path's process-wide patches too on a GPU (tests/paraphrx/test_fast_path.py applies them here): all undone."""
+    assert library_states["after"] == library_states["before"]
 
 
 def test_training_loss_falls(tiny_run):

@@ -1,6 +1,7 @@
 """Generation cache: keys follow model identity and settings; a torn line costs only itself."""
 
 import json
+import types
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_first_and_second_run_of_a_hub_model_share_one_cache_key(tmp_path, hf_ca
     The answers must land under that commit's key, the one the second run computes before loading anything."""
     loads = []
 
-    def load_base_model(model_args):  # a "download": the HF cache now maps main -> COMMIT
+    def load_base_model(model_args, trust_remote_code=False):  # a "download": the HF cache now maps main -> COMMIT
         loads.append(model_args.model_name_or_path)
         fake_download(hf_cache, HUB_ID, COMMIT)
         return object()
@@ -84,7 +85,8 @@ def test_first_and_second_run_of_a_hub_model_share_one_cache_key(tmp_path, hf_ca
         on_batch(prompts, [p.upper() for p in prompts])
         return [p.upper() for p in prompts]
 
-    monkeypatch.setattr(pipeline, "load_tokenizer", lambda model_args: "tokenizer")
+    tokenizer = types.SimpleNamespace(padding_side="right", pad_token="<pad>")
+    monkeypatch.setattr(pipeline, "load_tokenizer", lambda *args: tokenizer)
     monkeypatch.setattr(pipeline, "load_base_model", load_base_model)
     monkeypatch.setattr(pipeline, "generate_batched", generate_batched)
     model_args = EvalModelConfig(model_name_or_path=HUB_ID, model_revision="main")

@@ -1,15 +1,14 @@
 """Batched greedy generation on the tiny Gemma-2 (float32, eager): same text as one prompt at a time."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from trl import ModelConfig
 
 from paraphrx.eval.generation import (
-    BASE, active_model, attach_adapters, cut_at_input_length, generate_batched, generate_per_example, greedy_config,
-    load_base_model, load_tokenizer, merge_adapter,
+    BASE, active_model, attach_adapters, cut_at_input_length, for_generation, generate_batched, generate_per_example,
+    greedy_config, merge_adapter,
 )
+from paraphrx.modeling import load_base_model, load_tokenizer
 from tests.conftest import make_adapter
 
 PROMPTS = [
@@ -31,7 +30,7 @@ def model_args(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def tokenizer(model_args):
-    return load_tokenizer(model_args)
+    return for_generation(load_tokenizer(model_args))
 
 
 @pytest.fixture(scope="module")

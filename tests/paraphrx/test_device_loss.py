@@ -1,14 +1,18 @@
-"""ParaphrxSFTTrainer's device-side metrics log exactly what TRL's own compute_loss logs, without per-step reads."""
+"""The fast path's trainer changes that a CPU can run (device-side loss metrics, module walks listed once, trained
+positions from the collator) log exactly what TRL's own compute_loss logs, without per-step reads."""
 
-from pathlib import Path
+from contextlib import ExitStack
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from paraphrx.completion_positions import LabelPositionsCollator
+from paraphrx.completion_positions import LabelPositionsCollator, score_collated_positions
 from paraphrx.dataset_io import load_prepared
+from paraphrx.device_loss import keep_loss_metrics_on_device
+from paraphrx.library_internals import step_metrics
 from paraphrx.modeling import load_model_and_tokenizer
+from paraphrx.module_walks import list_module_walks_once
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import build_trainer
 from tests.conftest import tiny_recipe
@@ -24,7 +28,7 @@ class _MetricTypes(TrainerCallback):
         self.trainer, self.seen = None, []
 
     def on_step_end(self, args, state, control, **kwargs):
-        held = self.trainer._metrics["train"]
+        held = step_metrics(self.trainer)["train"]
         self.seen.append({key: type(values[-1]) for key, values in held.items() if values})
 
 
@@ -51,18 +55,21 @@ def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool, pad_to_mu
         return batch
 
     trainer.data_collator.torch_call = recording_collate
-    if on_device:  # what build_trainer does on the GPU fast path
-        trainer.keep_steps_on_device()
-        assert trainer.position_lm_head
+    with ExitStack() as undo:
+        if on_device:  # what build_trainer does on the GPU fast path, where a CPU can follow
+            undo.enter_context(keep_loss_metrics_on_device(trainer))
+            undo.enter_context(list_module_walks_once(trainer))
+            assert undo.enter_context(score_collated_positions(trainer))
 
-        class RecordingPositions(LabelPositionsCollator):
-            def __call__(self, examples):
-                batch = super().__call__(examples)
-                types.positions.append(len(batch["label_positions"]))
-                return batch
+            class RecordingPositions(LabelPositionsCollator):
+                def __call__(self, examples):
+                    batch = super().__call__(examples)
+                    types.positions.append(len(batch["label_positions"]))
+                    return batch
 
-        trainer.data_collator = RecordingPositions(trainer.data_collator.collator)
-    trainer.train()
+            trainer.data_collator = RecordingPositions(trainer.data_collator.collator)
+        trainer.train()
+        types.walks_listed = "zero_grad" in vars(trainer.model)
     types.total_flos, types.model = trainer.state.total_flos, trainer.model
     logs = [{k: entry[k] for k in LOGGED} for entry in trainer.state.log_history if "loss" in entry]
     return logs, types
@@ -103,7 +110,8 @@ def test_device_run_walks_no_module_per_step_and_counts_the_same_flops(runs):
     same results as Trainer's per-step walks in the TRL run."""
     (_, trl_seen), (_, device_seen), _ = runs
     assert device_seen.total_flos == trl_seen.total_flos > 0
-    assert "zero_grad" in vars(device_seen.model) and "zero_grad" not in vars(trl_seen.model)
+    assert device_seen.walks_listed and not trl_seen.walks_listed
+    assert "zero_grad" not in vars(device_seen.model)  # undone when the run's stack closed
     assert all(p.grad is None for p in device_seen.model.parameters())  # the last step's zero_grad cleared them
 
 
