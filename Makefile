@@ -35,7 +35,7 @@ BENCH_PREP_ARGS ?=
 bench-prep: env
 	$(BIN)/python benchmarks/bench_prep.py $(BENCH_PREP_ARGS)
 
-# Stage 2: QLoRA SFT, one run per recipe -> outputs/<run_name>/ (README "Training").
+# Stage 2: QLoRA SFT, one run per recipe -> outputs/<run_name>/ (docs/training.md).
 # Offline runs use a tiny Gemma-2 built here from the shipped data (no download).
 TINY_MODEL        ?= models/tiny-gemma2
 BUCKET_RECIPES    := bucket1 bucket1-2 bucket1-3 bucket1-4 bucket1-5
