@@ -81,5 +81,11 @@ eval-tiny: env
 test: env
 	$(BIN)/python -m pytest -q
 
+# ruff, configured in pyproject.toml: lint rules and the formatter (`ruff format .` rewrites in place).
+.PHONY: lint
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 clean:
 	rm -rf outputs logs $(DATASET)

@@ -6,7 +6,7 @@ import pytest
 
 from paraphrx.eval import robustness as r
 
-O, P = "instruction_original", "all_caps"
+O, P = "instruction_original", "all_caps"  # noqa: E741 (Original, Paraphrase: one letter keeps the row table aligned)
 
 
 def row(prompt, instruct_type, bucket, score, answer=None, source="alpaca"):
