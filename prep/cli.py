@@ -28,6 +28,7 @@ from prep.rows import read_sources
 from prep.split import assign_sides, held_out_prompts, select_rows, split_stats
 from prep.writer import ensure_replaceable, write_splits
 
+
 class PushError(UserError):
     """The upload to the Hub failed (network, token, permissions); the local dataset is complete."""
 
