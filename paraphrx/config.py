@@ -36,18 +36,18 @@ def fast_path_enabled(choice: str) -> bool:
         raise ValueError(f"fast_path must be one of {FAST_PATH_CHOICES}, got {choice!r}")
     if choice == "off":
         return False
-    sharded = sharded_launch()
+    sharded, missing = sharded_launch(), library_internals.MISSING
     if not torch.cuda.is_available():
-        why = "it needs a CUDA GPU"
+        why, unexpected = "it needs a CUDA GPU", False
     elif sharded:
-        why = f"a {sharded} launch shards the 4-bit base"
-    elif library_internals.MISSING:
-        why = f"this TRL/transformers/torch lacks {', '.join(library_internals.MISSING)}"
+        why, unexpected = f"a {sharded} launch shards the 4-bit base", False
+    elif missing:  # a GPU run that could be faster: worth a warning
+        why, unexpected = f"this TRL/transformers/torch lacks {', '.join(missing)}", True
     else:
         return True
     if choice == "on":
         raise ValueError(f"fast_path: on is not possible here: {why}; use auto or off")
-    if library_internals.MISSING and not sharded:
+    if unexpected:
         logger.warning("fast_path: auto trains on the plain path: {}", why)
     return False
 

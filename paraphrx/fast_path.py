@@ -1,5 +1,5 @@
 """The GPU fast path for QLoRA SFT of Gemma-2: the reference recipe's model, loss and examples per optimizer step,
-computed faster. docs/speed.md says what each change buys and how it was measured.
+computed faster. docs/speed.md explains each change; benchmarks/RESULTS.md has what each one buys.
 
 The fast path is `CHANGES`: one list of named changes, applied in its order by `trainer_factory.build_trainer`
 when the recipe's `fast_path` resolves to on (config.fast_path_enabled decides that once). A change may set training

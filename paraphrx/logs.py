@@ -78,9 +78,6 @@ def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO"
     with ExitStack() as undo:
         undo.callback(_restore_loguru)
         logger.remove()
-        # diagnose=False: loguru would otherwise print every local variable of a traceback (a token among them).
-        stderr = logger.add(_RedactingSink(sys.stderr), level=level if main_process else "WARNING", format=_FORMAT,
-                            colorize=False, diagnose=False)
         _route_stdlib_logging(undo)
         path = None
         if main_process:
@@ -89,11 +86,12 @@ def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO"
             except OSError as err:
                 print(f"error: --log_dir: {describe(err)}", file=sys.stderr)
                 raise UserError(f"--log_dir: {describe(err)}") from None
-            # With a file, tracebacks go there only: stderr keeps one line per error. (A format given as a function
-            # gets no traceback appended; a format string always does.)
-            logger.remove(stderr)
-            logger.add(_RedactingSink(sys.stderr), level=level, format=lambda _: _FORMAT + "\n", colorize=False,
-                       diagnose=False)
+        # With a file, tracebacks go there only: stderr keeps one line per error. (A format given as a function gets
+        # no traceback appended; a format string always does.) diagnose=False: loguru would otherwise print every
+        # local variable of a traceback (a token among them).
+        logger.add(_RedactingSink(sys.stderr), level=level if main_process else "WARNING",
+                   format=(lambda _: _FORMAT + "\n") if path else _FORMAT, colorize=False, diagnose=False)
+        if path is not None:
             logger.add(_RedactingSink(path.open("a", encoding="utf-8"), owned=True), level="DEBUG", format=_FORMAT,
                        diagnose=False)
             logger.info("logging to {}", path)

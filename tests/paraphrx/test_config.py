@@ -51,6 +51,13 @@ def test_missing_library_internals_turn_auto_off_with_one_warning_and_on_into_a_
         parse_recipe([tiny_recipe(), "--fast_path", "on"])
     assert "\n" not in str(err.value) and missing in str(err.value)
     assert parse_recipe([tiny_recipe()])[1].use_fast_path is False  # the default, auto, falls back
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU would not take the fast path anyway
+    sink = logger.add(lines.append, level="DEBUG", format="{level} {message}")
+    try:
+        assert fast_path_enabled("auto") is False
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1  # no second warning
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
