@@ -27,9 +27,9 @@ def sharded_launch() -> str | None:
     return None
 
 
-def fast_path_enabled(choice: str) -> bool:
-    """Resolve a recipe's `fast_path` for this process. `auto` is on exactly when a CUDA device is present, the launch
-    is not sharded (FSDP-QLoRA and ZeRO-3 exist to shard the 4-bit base, which the fast path would dequantize) and
+def fast_path_enabled(choice: str, use_cpu: bool = False) -> bool:
+    """Resolve a recipe's `fast_path` for this process. `auto` is on exactly when a CUDA device is present and the
+    recipe trains on it (not `use_cpu`), the launch is not sharded (FSDP-QLoRA and ZeRO-3 exist to shard the 4-bit base, which the fast path would dequantize) and
     this TRL / transformers / torch has every private name the fast path uses (library_internals.py; if not, one
     warning line says which); `on` refuses where `auto` would be off; `off` is off."""
     if choice not in FAST_PATH_CHOICES:
@@ -39,6 +39,8 @@ def fast_path_enabled(choice: str) -> bool:
     sharded, missing = sharded_launch(), library_internals.MISSING
     if not torch.cuda.is_available():
         why, unexpected = "it needs a CUDA GPU", False
+    elif use_cpu:
+        why, unexpected = "the recipe trains on the CPU (use_cpu: true)", False
     elif sharded:
         why, unexpected = f"a {sharded} launch shards the 4-bit base", False
     elif missing:  # a GPU run that could be faster: worth a warning
@@ -105,7 +107,8 @@ class ParaphrxSFTConfig(SFTConfig):
         if self.hub_token:  # it would be pickled into training_args.bin in every checkpoint
             raise ValueError("hub_token: give the Hub token through the HF_TOKEN environment variable, not the recipe")
         super().__post_init__()
-        self.use_fast_path = fast_path_enabled(self.fast_path)  # `on` without CUDA: a one-line recipe error, now
+        # `on` without CUDA: a one-line recipe error, now
+        self.use_fast_path = fast_path_enabled(self.fast_path, use_cpu=self.use_cpu)
         # transformers' EarlyStoppingCallback would only assert this once training starts.
         if self.early_stopping_patience is not None and not (
             self.load_best_model_at_end and self.metric_for_best_model and self.eval_strategy != "no"

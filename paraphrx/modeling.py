@@ -33,11 +33,13 @@ class ModelLoadError(UserError):
     exit_code = EXIT_FAILED
 
 
-def device_map() -> dict | None:
+def device_map(use_cpu: bool = False) -> dict | None:
     """Under DDP (and alone) each process holds a whole model on its own GPU; FSDP and DeepSpeed place (and shard)
-    the weights themselves, and the CPU needs no map. (TRL 1.16 no longer ships `get_kbit_device_map`.)"""
+    the weights themselves, and the CPU (no GPU, or a recipe's `use_cpu`) needs no map. (TRL 1.16 no longer ships
+    `get_kbit_device_map`.)"""
     state = PartialState()
-    if not torch.cuda.is_available() or state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    sharded = state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if use_cpu or not torch.cuda.is_available() or sharded:
         return None
     return {"": state.local_process_index}
 
@@ -48,9 +50,11 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> 
     )
 
 
-def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False, fast_path: bool = False) -> PreTrainedModel:
+def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False, fast_path: bool = False,
+                    use_cpu: bool = False) -> PreTrainedModel:
     """The base model as `model_args` asks (e.g. NF4 4-bit with double quantisation and bf16 compute, eager
-    attention when it names none); on the fast path with flex attention and the NF4 weights dequantized once."""
+    attention when it names none), on this process's GPU unless `use_cpu`; on the fast path with flex attention and
+    the NF4 weights dequantized once."""
     quantization_config = get_quantization_config(model_args)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     attention = FAST_ATTN_IMPLEMENTATION if fast_path else model_args.attn_implementation or DEFAULT_ATTN_IMPLEMENTATION
@@ -61,7 +65,7 @@ def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False, fa
         attn_implementation=attention,
         dtype=dtype,
         quantization_config=quantization_config,
-        device_map=device_map(),
+        device_map=device_map(use_cpu),
     )
     if quantization_config is not None:
         logger.info(
@@ -84,7 +88,8 @@ def load_model_and_tokenizer(model_args: ModelConfig, training_args) -> tuple[Pr
     """What a training run loads: the base (on the fast path when the recipe resolved to it) and its tokenizer. A base
     that cannot be loaded is one line (ModelLoadError); an error after loading keeps its traceback."""
     with loading(f"base model {model_args.model_name_or_path}", ModelLoadError):
-        model = load_base_model(model_args, training_args.trust_remote_code, fast_path=training_args.use_fast_path)
+        model = load_base_model(model_args, training_args.trust_remote_code, training_args.use_fast_path,
+                                training_args.use_cpu)
         return model, load_tokenizer(model_args, training_args.trust_remote_code)
 
 
