@@ -30,3 +30,20 @@ def test_log_file_has_utc_lines_a_latest_link_and_no_secrets(tmp_path, monkeypat
     latest = tmp_path / "run_latest.log"
     assert latest.is_symlink() and latest.resolve() == path.resolve()
     assert re.fullmatch(r"run_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.log", path.name)
+
+
+def test_judge_keys_are_masked_from_the_environment_a_flag_and_by_shape(tmp_path, monkeypatch):
+    from paraphrx.logs import add_secret
+
+    monkeypatch.setenv("JUDGE_API_KEY", "judge-key-from-env-1")
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key-from-env-2")
+    path = setup_logging("judge", tmp_path)
+    add_secret("flag-given-key-3")
+    add_secret("abc")  # too short to mask safely: ignored
+    logger.info("keys {} {} {} {} abc", "judge-key-from-env-1", "openai-key-from-env-2", "flag-given-key-3",
+                "sk-proj-" + "a1B2c3D4e5F6g7H8i9J0kL")
+    logger.remove()
+    text = path.read_text()
+    assert "<JUDGE_API_KEY>" in text and "<OPENAI_API_KEY>" in text and text.count("<redacted>") == 2
+    assert not any(k in text for k in ("key-from-env", "flag-given", "sk-proj-a1B2"))
+    assert text.rstrip().endswith("abc")
