@@ -21,15 +21,6 @@ STYLE_PLOT = "style_drop.png"
 MISSING_COLOUR = "0.55"  # darker than the colour map's near-white 0
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _panels(summary: dict) -> list[tuple[str, str, dict]]:
     return [(source, metric, result) for source, analysis in summary["analysis"].items()
             for metric, result in analysis["metrics"].items()]
@@ -48,16 +39,26 @@ def _colours(models: list[str]) -> dict[str, dict]:
 
 
 def _error(stat: dict | None) -> tuple[float, float]:
-    """(below, above) the value for an error bar; (0, 0) without an interval."""
+    """(below, above) the value for an error bar; (0, 0) without an interval. A percentile interval need not hold
+    the sample's value (a skewed statistic): the bar then stops at the value, as matplotlib takes no negative."""
     if stat is None or stat["value"] is None or not stat["ci"]:
         return 0.0, 0.0
-    return stat["value"] - stat["ci"][0], stat["ci"][1] - stat["value"]
+    return max(0.0, stat["value"] - stat["ci"][0]), max(0.0, stat["ci"][1] - stat["value"])
 
 
-def _figure(panels: int, width: float, height: float):
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, max(1, panels), figsize=(width * max(1, panels), height), squeeze=False)
-    return plt, fig, axes[0]
+def _plot_panels(summary: dict, path: Path, draw, width: float = 5.5, height: float = 4.2) -> None:
+    """One panel per source and reported metric, `draw(ax, fig, source, metric, result, colours)` fills each; saved
+    as a PNG with the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = _panels(summary)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(width * max(1, len(panels)), height), squeeze=False)
+    for ax, (source, metric, result) in zip(axes[0], panels):
+        draw(ax, fig, source, metric, result, _colours(list(result["models"])))
+    _save(plt, fig, path)
 
 
 def _save(plt, fig, path: Path) -> None:
@@ -68,11 +69,9 @@ def _save(plt, fig, path: Path) -> None:
 
 def plot_score_by_bucket(summary: dict, path: Path) -> None:
     """Mean score per bucket, one line per model (shifted a little so the error bars stay apart)."""
-    panels = _panels(summary)
-    plt, fig, axes = _figure(len(panels), 5.5, 4.2)
-    for ax, (source, metric, result) in zip(axes, panels):
+
+    def draw(ax, fig, source, metric, result, colours):
         models = list(result["models"])
-        styles = _colours(models)
         for i, model in enumerate(models):
             by_bucket = result["models"][model]["by_bucket"]
             shown = [b for b in BUCKETS if by_bucket[b] is not None and by_bucket[b]["value"] is not None]
@@ -81,7 +80,7 @@ def plot_score_by_bucket(summary: dict, path: Path) -> None:
             shift = 0.06 * (i - (len(models) - 1) / 2)
             ax.errorbar([b + shift for b in shown], [by_bucket[b]["value"] for b in shown],
                         yerr=np.array([_error(by_bucket[b]) for b in shown]).T, label=model, capsize=2,
-                        linewidth=2.4 if model == BASE else 1.6, zorder=3 if model == BASE else 2, **styles[model])
+                        linewidth=2.4 if model == BASE else 1.6, zorder=3 if model == BASE else 2, **colours[model])
         empty = summary["analysis"][source]["empty_buckets"]
         note = f" (no rows: bucket {', '.join(map(str, empty))})" if empty else ""
         ax.set_title(f"{source}: {METRIC_LABELS[metric]} by bucket{note}", fontsize=9)
@@ -93,24 +92,23 @@ def plot_score_by_bucket(summary: dict, path: Path) -> None:
             ax.legend(title="model", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.4")
-    _save(plt, fig, path)
+
+    _plot_panels(summary, path, draw)
 
 
 def plot_bucket_gap(summary: dict, path: Path) -> None:
     """The gap per model as bars with error bars; a model whose gap cannot be measured gets a label, not a bar."""
-    panels = _panels(summary)
-    plt, fig, axes = _figure(len(panels), 5.5, 4.2)
-    for ax, (source, metric, result) in zip(axes, panels):
+
+    def draw(ax, fig, source, metric, result, colours):
         models = list(result["models"])
-        styles = _colours(models)
-        gaps = [result["models"][m]["gap"] for m in models]
-        for x, (model, gap) in enumerate(zip(models, gaps)):
+        for x, model in enumerate(models):
+            gap = result["models"][model]["gap"]
             if gap is None or gap["value"] is None:
                 ax.annotate("no data", (x, 0), ha="center", va="bottom", rotation=90, fontsize=8, color="0.4")
                 continue
             # the base bar: light grey with hatching, so it reads as the reference, not as one more adapter
             ax.bar(x, gap["value"], yerr=np.array([_error(gap)]).T, capsize=3, edgecolor="black",
-                   color="0.8" if model == BASE else styles[model]["color"], hatch="//" if model == BASE else "")
+                   color="0.8" if model == BASE else colours[model]["color"], hatch="//" if model == BASE else "")
         worst = summary["analysis"][source]["gap_bucket"]
         ax.set_xticks(range(len(models)), models)
         ax.axhline(0, color="grey", linewidth=0.8)
@@ -120,7 +118,8 @@ def plot_bucket_gap(summary: dict, path: Path) -> None:
         ax.set_ylabel("gap, 95% interval (lower = more robust)")
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
-    _save(plt, fig, path)
+
+    _plot_panels(summary, path, draw)
 
 
 def plot_style_heatmap(summary: dict, path: Path) -> None:
@@ -128,11 +127,9 @@ def plot_style_heatmap(summary: dict, path: Path) -> None:
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
 
-    panels = _panels(summary)
-    rows = max([len(result["style_order"]) for _, _, result in panels] + [1])
-    plt, fig, axes = _figure(len(panels), 6.5, max(3.5, 1.5 + 0.13 * rows))
     cmap = colormaps["RdBu_r"].with_extremes(bad=MISSING_COLOUR)
-    for ax, (source, metric, result) in zip(axes, panels):
+
+    def draw(ax, fig, source, metric, result, colours):
         models = list(result["models"])
         styles = [s for s in result["style_order"] if s != ORIGINAL]
         drops = np.array([[_value(result["models"][m]["by_style"][s]["drop"]) for m in models] for s in styles],
@@ -144,7 +141,9 @@ def plot_style_heatmap(summary: dict, path: Path) -> None:
         ax.set_yticks(range(len(styles)), styles, fontsize=5)
         ax.set_title(f"{source}: {METRIC_LABELS[metric]} drop vs the original wording\n(grey: no rows)", fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.6, label="drop (positive: the style does worse)")
-    _save(plt, fig, path)
+
+    rows = max([len(result["style_order"]) for _, _, result in _panels(summary)] + [1])
+    _plot_panels(summary, path, draw, width=6.5, height=max(3.5, 1.5 + 0.13 * rows))
 
 
 def _value(stat: dict | None) -> float:

@@ -67,7 +67,8 @@ def build_summary(records: list[dict], models: list[str], context: dict, replica
     scores: dict = {m: {} for m in models}
     robustness: dict = {m: {} for m in models}
     for (model, source), rows in sorted(groups.items()):
-        names = metrics_for(source) + tuple(m for m in report_metrics(source, rows) if m == JUDGE_METRIC)
+        judged = JUDGE_METRIC in report_metrics(source, rows)
+        names = metrics_for(source) + ((JUDGE_METRIC,) if judged else ())
         scores[model][source] = {
             "n": len(rows),
             "n_prompts": len({r["prompt_count"] for r in rows}),
@@ -75,7 +76,7 @@ def build_summary(records: list[dict], models: list[str], context: dict, replica
             "corpus_bleu": bleu[(model, source)],
             "corpus_bleu_by_bucket": {b: bleu_by_bucket.get((model, source, b)) for b in BUCKETS},
         }
-        if JUDGE_METRIC in names:
+        if judged:
             scored = [r for r in rows if r.get("judge_scores")]
             scores[model][source]["judge_criteria"] = {
                 c: statistics.fmean(r["judge_scores"][c] for r in scored) if scored else None for c in CRITERIA}
