@@ -6,8 +6,10 @@ robust each model is to the phrasing.
     python evaluate_paraphrx.py --merge_adapters                        # merge_and_unload() each adapter first
     python evaluate_paraphrx.py --recompute_metrics_only                # re-score cached generations, no model
     python evaluate_paraphrx.py --config eval.yaml                      # the same flags from a YAML file
+    python evaluate_paraphrx.py --judge_model M --judge_base_url http://localhost:8000/v1   # + an LLM judge's scores
 
-Results: outputs/eval/<output_name>/ (generations.jsonl, summary.json, report.md, score_by_bucket.png, bucket_gap.png).
+Results: outputs/eval/<output_name>/ (generations.jsonl, summary.json, report.md, score_by_bucket.png, bucket_gap.png,
+style_drop.png).
 """
 
 import sys

@@ -24,9 +24,11 @@ from loguru import logger
 from paraphrx.errors import UserError, describe, report
 from paraphrx.patches import patch_attribute
 
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY")
-# Token shapes worth masking even when they did not come from the environment.
-_SECRET_PATTERNS = [re.compile(r"hf_[A-Za-z0-9]{20,}")]
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY", "JUDGE_API_KEY",
+                   "OPENAI_API_KEY")
+# Token shapes worth masking even when they did not come from the environment (Hub tokens, OpenAI-style keys).
+_SECRET_PATTERNS = [re.compile(r"hf_[A-Za-z0-9]{20,}"), re.compile(r"sk-[A-Za-z0-9_-]{20,}")]
+_SECRET_VALUES: set[str] = set()  # secrets given another way (a flag), registered by `add_secret`
 LIBRARY_LOGGERS = ("transformers", "trl", "datasets", "peft", "accelerate", "huggingface_hub")
 _FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z | {level: <8} | {name}:{line} | {message}"
 
@@ -37,9 +39,17 @@ def redact(text: str) -> str:
         value = os.environ.get(var)
         if value and len(value) >= 6:
             text = text.replace(value, f"<{var}>")
+    for value in _SECRET_VALUES:
+        text = text.replace(value, "<redacted>")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("<redacted>", text)
     return text
+
+
+def add_secret(value: str) -> None:
+    """Mask `value` in every log line from now on (a key passed as a flag rather than through the environment)."""
+    if value and len(value) >= 6:
+        _SECRET_VALUES.add(value)
 
 
 class _RedactingSink:

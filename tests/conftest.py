@@ -72,3 +72,51 @@ def eval_adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
     """Two adapter folders as training names them (tiny-bucket1, tiny-bucket1-2), each with other random weights."""
     root = tmp_path_factory.mktemp("outputs")
     return [make_adapter(tiny_model_dir, root / "tiny-bucket1", 1), make_adapter(tiny_model_dir, root / "tiny-bucket1-2", 2)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def judge_server(tiny_model_dir, tmp_path_factory):
+    """`transformers serve` on the tiny model at a free local port: a real OpenAI-compatible chat endpoint, offline.
+    Its replies are the tiny model's noise, which no judge parser accepts. Yields (base URL, model name)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    cli = Path(sys.executable).parent / "transformers"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with log.open("w") as out:
+        command = [str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
+                   "--device", "cpu", "--dtype", "float32"]
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"transformers serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1", str(tiny_model_dir)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -18,13 +18,16 @@ from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.generation import (
     BASE, active_model, attach_adapters, for_generation, generate_batched, merge_adapter,
 )
+from paraphrx.eval.judge import JudgeError, JudgeSettings, judge_records
 from paraphrx.eval.metrics import score_answer
 from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
 from paraphrx.eval.robustness import ORIGINAL
+from paraphrx.eval.seeds import seed_groups
 from paraphrx.modeling import DEFAULT_ATTN_IMPLEMENTATION, load_base_model, load_tokenizer
 
 REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
-ROW_FIELDS = REQUIRED_COLUMNS + ("task_score",)
+ROW_FIELDS = REQUIRED_COLUMNS + ("task_score", "paraphrase", "input")  # the last two: what the judge reads
+JUDGE_FIELDS = ("judge_status", "judge_scores", "judge_task", "judge_error", "judge_reply")
 # The recipe keys that decide how the base is loaded (TRL ModelConfig fields).
 RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
                      "use_bnb_nested_quant", "bnb_4bit_quant_storage")
@@ -269,7 +272,8 @@ def read_generations(path: Path) -> list[dict]:
             for key in ("model", "generation") + REQUIRED_COLUMNS:
                 if key not in record:
                     raise EvalError(f"{path}:{line_no}: missing field {key!r}")
-            records.append({k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)})
+            records.append({**{k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)},
+                            **{k: record[k] for k in JUDGE_FIELDS if k in record}})
     return records
 
 
@@ -286,19 +290,54 @@ def read_run_context(path: Path) -> dict:
     return summary.get("run", {})
 
 
+def judge_answers(records: list[dict], eval_args: EvalArguments) -> tuple[list[dict], dict]:
+    """With --judge_model, every record scored by the judge (cached beside the generations); also the judge's
+    entry of the run context (never its key)."""
+    if not eval_args.judge_model:
+        return records, {}
+    settings = JudgeSettings(
+        model=eval_args.judge_model, base_url=eval_args.judge_base_url, api_key=eval_args.judge_api_key,
+        concurrency=eval_args.judge_concurrency, max_retries=eval_args.judge_max_retries,
+        timeout=eval_args.judge_timeout, max_tokens=eval_args.judge_max_tokens,
+    )
+    try:
+        if eval_args.use_cache:
+            records = judge_records(records, settings, Path(eval_args.cache_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="paraphrx-judge-") as scratch:
+                records = judge_records(records, settings, Path(scratch))
+    except JudgeError as err:
+        raise EvalError(str(err)) from None
+    return records, {"judge": {**settings.identity(), "base_url": settings.base_url}}
+
+
+def find_seed_groups(adapters: dict[str, Path]) -> dict[str, dict[str, int | None]]:
+    """Adapters whose recipe.yaml differ only in seed (averaged in the report): {model name: {run: seed}}."""
+    recipes = {name: _read_yaml(path / "recipe.yaml") if (path / "recipe.yaml").is_file() else None
+               for name, path in adapters.items()}
+    groups = seed_groups(recipes)
+    for group, runs in groups.items():
+        logger.info("{}: runs {} differ only in seed; the report averages them", group, list(runs))
+    return groups
+
+
 # --- the run ---------------------------------------------------------------------------------------------------------
 def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Path:
     """Evaluate and write `<output_dir>/<output_name>/`; returns that folder."""
     name = eval_args.output_name or Path(eval_args.dataset.rstrip("/")).name
     out_dir = Path(eval_args.output_dir) / name
+    bootstrap = {"replicates": eval_args.bootstrap_replicates, "seed": eval_args.bootstrap_seed}
     if eval_args.recompute_metrics_only:
         context = read_run_context(out_dir / "summary.json")
         records = [score_record(r) for r in read_generations(out_dir / GENERATIONS_FILE)]
         models = list(dict.fromkeys(r["model"] for r in records))
         logger.info("re-scoring {} generations of {} models from {}", len(records), len(models), out_dir)
-        return write_results(out_dir, records, build_summary(records, models, {**context, "recomputed": True}))
+        records, judge = judge_answers(records, eval_args)
+        context = {**context, **judge, "recomputed": True}
+        return write_results(out_dir, records, build_summary(records, models, context, **bootstrap))
 
     adapters = discover_adapters(eval_args.adapters)
+    groups = find_seed_groups(adapters)
     given = model_args.model_name_or_path
     model_args = resolve_model_config(model_args, adapters, eval_args.use_recipe_model_config)
     origin = ("--model_name_or_path" if given is not None
@@ -316,7 +355,7 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
     else:
         with tempfile.TemporaryDirectory(prefix="paraphrx-eval-") as scratch:
             answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
-    records = score_records(rows, answers)
+    records, judge = judge_answers(score_records(rows, answers), eval_args)
     context = {
         "dataset": dataset_fingerprint(eval_args.dataset, eval_args.dataset_revision),
         "split": eval_args.split,
@@ -326,5 +365,7 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
         "identities": identities,
         "max_prompts": eval_args.max_prompts,
         "max_paraphrases_per_prompt": eval_args.max_paraphrases_per_prompt,
+        "seed_groups": groups,
+        **judge,
     }
-    return write_results(out_dir, records, build_summary(records, list(models), context))
+    return write_results(out_dir, records, build_summary(records, list(models), context, **bootstrap))

@@ -79,3 +79,19 @@ def test_an_unusable_log_dir_is_one_line_and_nothing_changes(tmp_path, capfd):
         pass
     assert err.value.exit_code == 2 and _logging_state() == before
     assert capfd.readouterr().err.strip() == f"error: --log_dir: {tmp_path / 'afile' / 'logs'}: Not a directory"
+
+
+def test_judge_keys_are_masked_from_the_environment_a_flag_and_by_shape(tmp_path, monkeypatch):
+    from paraphrx.logs import add_secret
+
+    monkeypatch.setenv("JUDGE_API_KEY", "judge-key-from-env-1")
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key-from-env-2")
+    with run_logging("judge", tmp_path) as path:
+        add_secret("flag-given-key-3")
+        add_secret("abc")  # too short to mask safely: ignored
+        logger.info("keys {} {} {} {} abc", "judge-key-from-env-1", "openai-key-from-env-2", "flag-given-key-3",
+                    "sk-proj-" + "a1B2c3D4e5F6g7H8i9J0kL")
+    text = path.read_text()
+    assert "<JUDGE_API_KEY>" in text and "<OPENAI_API_KEY>" in text and text.count("<redacted>") == 2
+    assert not any(k in text for k in ("key-from-env", "flag-given", "sk-proj-a1B2"))
+    assert text.rstrip().endswith("abc")

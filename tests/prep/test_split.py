@@ -94,3 +94,23 @@ def test_held_out_prompts_do_not_depend_on_buckets_or_file_order(tmp_path, alpac
     assert not set(zip(a["validation"].source, a["validation"].prompt_count)) & set(
         zip(a["test"].source, a["test"].prompt_count)
     )
+
+
+def test_the_demo_split_puts_every_bucket_of_the_shipped_sample_in_test(alpaca_path):
+    """`make demo` preps with DEMO_PREP_ARGS: its test prompts must hold all five buckets (only prompt 10 of the
+    shipped Alpaca sample has bucket-5 rows) and enough prompts for a bootstrap interval."""
+    import json
+    import re
+
+    from paraphrx.recipe_cli import parse_recipe
+    from prep.config import PrepConfig
+    from tests.conftest import REPO
+
+    args = re.search(r"^DEMO_PREP_ARGS \?= (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
+    (config,) = parse_recipe(["--data_paths", str(alpaca_path), *args], (PrepConfig,))
+    prompts = json.loads(alpaca_path.read_text(encoding="utf-8"))
+    counts = [p["prompt_count"] for p in prompts]
+    sides = assign_sides(["alpaca"] * len(counts), counts, config.split_fractions(), config.seed)
+    test = [p for p, side in zip(prompts, sides) if side == TEST]
+    assert len(test) >= 3
+    assert {q["bucket"] for p in test for q in p["paraphrases"]} == {1, 2, 3, 4, 5}

@@ -6,10 +6,11 @@ import sys
 import types
 
 import pytest
+import yaml
 
 import evaluate_paraphrx
 from paraphrx.eval import pipeline
-from tests.conftest import REPO
+from tests.conftest import REPO, make_adapter
 
 
 def _argv(tmp_path, dataset, adapters, *extra):
@@ -23,7 +24,7 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
     assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, eval_adapters)) == 0
     out = tmp_path / "eval" / "run"
     assert sorted(p.name for p in out.iterdir()) == [
-        "bucket_gap.png", "generations.jsonl", "report.md", "score_by_bucket.png", "summary.json"]
+        "bucket_gap.png", "generations.jsonl", "report.md", "score_by_bucket.png", "style_drop.png", "summary.json"]
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["models"] == ["base", "tiny-bucket1", "tiny-bucket1-2"]
@@ -53,9 +54,64 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
     assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, eval_adapters, "--recompute_metrics_only")) == 0
     rescored = json.loads((out / "generations.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert rescored["exact_match"] == 1.0 and rescored["rougeL"] == pytest.approx(1.0)
-    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["run"]["recomputed"] is True
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["run"]["recomputed"] is True
+
+    # The intervals are seeded: the same seed gives the same summary, another seed other intervals, same values.
+    def intervals(seed):
+        argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--recompute_metrics_only", "--bootstrap_seed", seed)
+        assert evaluate_paraphrx.main(argv) == 0
+        saved = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        return saved["bootstrap"]["seed"], saved["analysis"]["gsm8k"]["metrics"]["gsm8k_flexible"]["models"]
+
+    seed0, models0 = intervals("0")
+    assert (seed0, models0) == (0, summary["analysis"]["gsm8k"]["metrics"]["gsm8k_flexible"]["models"])
+    seed1, models1 = intervals("1")
+    assert seed1 == 1 and models1["base"]["mean"]["value"] == models0["base"]["mean"]["value"]
 
 
+def test_seeds_and_the_judge_end_to_end(tmp_path, tiny_model_dir, prepared_dataset_dir, judge_server, monkeypatch):
+    """Two runs of one recipe with different seeds and a third recipe, judged by a real local server."""
+    recipe = {"learning_rate": 0.01, "lora_r": 4, "dataset_train_split": "bucket1_2"}
+    adapters = []
+    for name, seed, changes in (("tiny-b12-seed1", 1, {}), ("tiny-b12-seed2", 2, {}),
+                                ("tiny-b13", 1, {"dataset_train_split": "bucket1_3"})):
+        adapter = make_adapter(tiny_model_dir, tmp_path / "outputs" / name, seed)
+        (adapter / "recipe.yaml").write_text(yaml.safe_dump(
+            {**recipe, **changes, "seed": seed, "run_name": name, "output_dir": str(adapter), "dtype": "float32"}))
+        adapters.append(adapter)
+    url, model = judge_server
+    key = "sk-flag-" + "K3y0fTheJudgeNeverLogged"
+    monkeypatch.delenv("JUDGE_API_KEY", raising=False)
+    argv = _argv(tmp_path, prepared_dataset_dir, adapters, "--max_paraphrases_per_prompt", "4", "--judge_model", model,
+                 "--judge_base_url", url, "--judge_api_key", key, "--judge_max_tokens", "6", "--bootstrap_replicates",
+                 "200")
+    assert evaluate_paraphrx.main(argv) == 0
+    out = tmp_path / "eval" / "run"
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["seed_groups"] == {"tiny-b12": {"tiny-b12-seed1": 1, "tiny-b12-seed2": 2}}
+    alpaca = summary["analysis"]["alpaca"]["metrics"]
+    assert list(alpaca["rougeL"]["models"]) == ["base", "tiny-b12", "tiny-b13"]
+    assert set(alpaca["rougeL"]["models"]["tiny-b12"]["mean"]["per_seed"]) == {"tiny-b12-seed1", "tiny-b12-seed2"}
+    # the tiny judge's replies are noise: every answer is counted as unparseable, none is dropped
+    counts = summary["judge"]["counts"]
+    assert set(counts) == {"base", "tiny-b12-seed1", "tiny-b12-seed2", "tiny-b13"}
+    assert all(c["unparseable"] == c["answers"] > 0 and c["scored"] == 0 for m in counts.values() for c in m.values())
+    assert list(alpaca) == ["rougeL", "judge_task"] and alpaca["judge_task"]["models"]["base"]["mean"] is None
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(r["judge_status"] == "unparseable" and r["judge_reply"] for r in records)
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "| tiny-b12 (2 seeds) |" in text and "answers it could not score" in text
+    assert summary["run"]["judge"]["judge"] == model and summary["run"]["judge"]["base_url"] == url
+    logs = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "logs").glob("*.log"))
+    for written in (logs, text, json.dumps(summary)):
+        assert key not in written
+
+    # Re-scoring keeps the judge's results without asking it again (it is no longer given)
+    assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, adapters, "--max_paraphrases_per_prompt", "4",
+                                        "--recompute_metrics_only")) == 0
+    again = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert again["judge"]["counts"] == counts and again["seed_groups"] == summary["seed_groups"]
 
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
