@@ -16,7 +16,7 @@ from loguru import logger
 
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.pipeline import EvalError, one_line, run_evaluation
-from paraphrx.logs import setup_logging
+from paraphrx.logs import log_crash, setup_logging
 from paraphrx.recipe_cli import parse_recipe_or_exit
 
 EXIT_BAD_INPUT = 2
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # includes ConnectionError and huggingface_hub's HTTP/offline errors (dataset, Hub)
         logger.error("{}", describe(err))
         return EXIT_BAD_INPUT
+    except Exception as err:
+        log_crash(err)
+        return 1
     logger.info("report written to {}", out_dir / "report.md")
     return 0
 

@@ -12,10 +12,10 @@ import sys
 from accelerate import PartialState
 from loguru import logger
 
-from paraphrx.logs import setup_logging
+from paraphrx.logs import log_crash, setup_logging
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe_or_exit
-from paraphrx.run_outputs import RunFolderError, finalize_run, resolve_checkpoint_or_refuse, resolved_recipe
+from paraphrx.run_outputs import RunFolderError, claim_run_folder, finalize_run, resolved_recipe
 from paraphrx.trainer_factory import build_trainer, end_run
 from paraphrx.training_data import TrainingDataError, load_training_splits
 
@@ -27,15 +27,15 @@ def main(script_args, training_args, model_args):
     recipe = resolved_recipe(script_args, training_args, model_args)
     logger.info("run {} → {}", run_name, training_args.output_dir)
 
-    checkpoint = resolve_checkpoint_or_refuse(training_args)
-    with_eval = training_args.eval_strategy != "no"
-    train_dataset, eval_dataset, dataset_record = load_training_splits(script_args, training_args.seed, with_eval)
-    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
-    trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
+    with claim_run_folder(training_args) as run:  # one run per folder; where it trains; what it resumes from
+        with_eval = training_args.eval_strategy != "no"
+        train_dataset, eval_dataset, dataset_record = load_training_splits(script_args, training_args.seed, with_eval)
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
 
-    trainer.train(resume_from_checkpoint=checkpoint)
-    finalize_run(trainer, recipe, dataset_record, keep_checkpoints=training_args.keep_checkpoints)
-    end_run(trainer)
+        trainer.train(resume_from_checkpoint=run.checkpoint)
+        finalize_run(trainer, recipe, dataset_record, training_args.keep_checkpoints, output_dir=run.output_dir)
+        end_run(trainer)
     return trainer
 
 
@@ -48,4 +48,7 @@ if __name__ == "__main__":
         sys.exit(1)
     except OSError as err:  # e.g. a model or tokenizer folder that does not exist (`make tiny-model` not run yet)
         logger.error("{}", str(err).splitlines()[0])
+        sys.exit(1)
+    except Exception as err:
+        log_crash(err)
         sys.exit(1)

@@ -80,3 +80,11 @@ def setup_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INF
     os.replace(tmp, latest)  # atomic swap of the link
     logger.info("logging to {}", path)
     return path
+
+
+def log_crash(err: BaseException) -> None:
+    """An unexpected error, traceback included, to stderr and the run's log file (secrets masked, no local values).
+    Entry points call it last, for what their one-line error messages do not cover; Python's own report of an
+    uncaught exception would reach stderr only, and the log file would just stop."""
+    message = " ".join(str(err).split()) or "(no message)"
+    logger.opt(exception=err).critical("crashed: {}: {}", type(err).__name__, message)

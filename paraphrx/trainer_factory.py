@@ -20,9 +20,10 @@ from paraphrx.fast_path import (
     truncate_tokenized,
 )
 from paraphrx.module_walks import cache_module_walks
+from paraphrx.resume import ResumableTrainerMixin
 
 
-class ParaphrxSFTTrainer(SFTTrainer):
+class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
     """SFTTrainer whose logs also carry perplexity and peak memory, so every reporter and trainer_state sees them."""
 
     # Set by build_trainer on the fast path: per-step metrics stay on the GPU until a log step (see compute_loss),

@@ -17,7 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from paraphrx.atomic_folder import atomic_folder
-from paraphrx.logs import setup_logging
+from paraphrx.logs import log_crash, setup_logging
 from prep.card import render_card
 from prep.config import ConfigError, PrepConfig
 from prep.push import push_folder
@@ -145,4 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. --output_dir below a file, a full disk, an unreadable input
         logger.error("{}", os_error_line(e))
         return EXIT_BAD_INPUT
+    except Exception as e:
+        log_crash(e)
+        return 1
     return 0
