@@ -87,4 +87,4 @@ def log_crash(err: BaseException) -> None:
     Entry points call it last, for what their one-line error messages do not cover; Python's own report of an
     uncaught exception would reach stderr only, and the log file would just stop."""
     message = " ".join(str(err).split()) or "(no message)"
-    logger.opt(exception=err).critical("crashed: {}: {}", type(err).__name__, message)
+    logger.opt(exception=err, depth=1).critical("crashed: {}: {}", type(err).__name__, message)

@@ -30,3 +30,34 @@ def test_log_file_has_utc_lines_a_latest_link_and_no_secrets(tmp_path, monkeypat
     latest = tmp_path / "run_latest.log"
     assert latest.is_symlink() and latest.resolve() == path.resolve()
     assert re.fullmatch(r"run_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.log", path.name)
+
+
+def test_log_crash_writes_the_traceback_with_secrets_masked(tmp_path, monkeypatch):
+    from paraphrx.logs import log_crash
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = setup_logging("crash", tmp_path)
+    try:
+        raise RuntimeError(f"lookup with {TOKEN}\nsecond line")
+    except RuntimeError as err:
+        log_crash(err)
+    logger.remove()
+    text = path.read_text()
+    assert re.search(r"\| CRITICAL \| test_logs:\d+ \| crashed: RuntimeError: lookup with <HF_TOKEN> second line\n", text)
+    assert "Traceback" in text and "test_log_crash_writes_the_traceback" in text and TOKEN not in text
+
+
+def test_entry_points_log_an_unexpected_crash(tmp_path, monkeypatch, gsm8k_path):
+    """prep and evaluation: a bug's traceback reaches the log file, the exit code is 1."""
+    import evaluate_paraphrx
+    import prep.cli
+
+    monkeypatch.setattr(prep.cli, "read_sources", lambda *a, **k: 1 / 0)
+    assert prep.cli.main(["--data_paths", str(gsm8k_path), "--output_dir", str(tmp_path / "d"),
+                          "--log_dir", str(tmp_path)]) == 1
+    monkeypatch.setattr(evaluate_paraphrx, "run_evaluation", lambda *a: [][0])
+    assert evaluate_paraphrx.main(["--log_dir", str(tmp_path)]) == 1
+    logger.remove()
+    for name, error in (("prep", "ZeroDivisionError: division by zero"), ("evaluate", "IndexError: list index")):
+        text = (tmp_path / f"{name}_latest.log").read_text()
+        assert f"crashed: {error}" in text and "Traceback" in text, text
