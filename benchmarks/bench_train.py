@@ -305,7 +305,7 @@ def switch_off_levers(names: list[str]) -> None:
         paraphrx.lm_head.LogProbsWithGradient = TrlHead
     if "walks" in names:
         factory.cache_module_walks = lambda model: None
-        ParaphrxSFTTrainer.floating_point_ops = ParaphrxSFTTrainer.__mro__[1].floating_point_ops
+        ParaphrxSFTTrainer.floating_point_ops = super(ParaphrxSFTTrainer, ParaphrxSFTTrainer).floating_point_ops
     if "workers" in names:
         adapt = factory.adapt_training_args
 

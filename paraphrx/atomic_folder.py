@@ -1,4 +1,5 @@
 """Replace a folder as a whole: build it in a hidden sibling, then swap it in; on any error the old one stays.
+(And a single file: `write_text_atomic` writes a temporary file and renames it.)
 
 Used by every stage that writes a folder users load: the prepared dataset, the evaluation results, the tiny model,
 and a training run that replaces a finished one (`--overwrite_output_dir`).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -28,14 +30,11 @@ from loguru import logger
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2  # linux/fs.h
-_libc = None
 
 
+@functools.cache
 def _renameat2():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return getattr(_libc, "renameat2", None)  # glibc >= 2.28
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28; None elsewhere
 
 
 def exchange(a: str | Path, b: str | Path) -> bool:
@@ -51,6 +50,12 @@ def exchange(a: str | Path, b: str | Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write to a temporary file in the same folder, then rename: readers never see a half-written file."""
     path = Path(path)
@@ -59,9 +64,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,7 +82,8 @@ def leftover_prefix(out: Path, kind: str) -> str:
 
 
 def owned_folder(parent: Path, prefix: str) -> tuple[Path, int]:
-    """A new hidden folder in `parent` and an open descriptor holding its flock: it is ours until the fd closes."""
+    """A new hidden folder in `parent` and an open descriptor holding its flock: it is ours until the fd closes.
+    (Between mkdtemp and flock another run could take the empty folder for a leftover; we then fail, lose nothing.)"""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,9 +164,7 @@ def atomic_folder(output_dir: str | Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
     tmp, fd = owned_folder(out.parent, leftover_prefix(out, "tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset folder should look like any other
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the dataset folder should look like any other
     try:
         yield tmp
         swap_in(tmp, out)

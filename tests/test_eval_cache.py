@@ -84,7 +84,7 @@ def test_first_and_second_run_of_a_hub_model_share_one_cache_key(tmp_path, hf_ca
         on_batch(prompts, [p.upper() for p in prompts])
         return [p.upper() for p in prompts]
 
-    monkeypatch.setattr(pipeline, "load_tokenizer", lambda model_args: "tokenizer")
+    monkeypatch.setattr(pipeline, "load_tokenizer", lambda model_args: lambda texts: {"input_ids": [[1]] * len(texts)})
     monkeypatch.setattr(pipeline, "load_base_model", load_base_model)
     monkeypatch.setattr(pipeline, "generate_batched", generate_batched)
     model_args = EvalModelConfig(model_name_or_path=HUB_ID, model_revision="main")
