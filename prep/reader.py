@@ -184,7 +184,7 @@ def _keys_and_objects(row) -> tuple[int, int] | None:
 
 
 class _HashingReader:
-    """A file wrapper for ijson: hashes and scans every byte read, reports progress, and skips a UTF-8 byte-order mark."""
+    """A file wrapper for ijson: hashes and scans every byte read, reports progress, skips a UTF-8 byte-order mark."""
 
     def __init__(self, f, head: bytes, scanner: StructureScanner, progress=None):
         self.f, self.head, self.scanner, self.progress = f, head, scanner, progress

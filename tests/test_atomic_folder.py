@@ -26,6 +26,20 @@ with atomic_folder(out) as tmp:
 """
 
 
+# No RENAME_EXCHANGE (another OS or file system): a swap is two renames; die right after the first, `ds` -> `.ds.old-*`.
+KILL_BETWEEN_THE_TWO_RENAMES = """
+    import os
+    from paraphrx import atomic_folder
+    atomic_folder.exchange = lambda a, b: False
+    rename = os.rename
+    def rename_then_die(src, dst):
+        rename(src, dst)
+        if ".ds.old-" in str(dst):
+            die()
+    os.rename = rename_then_die
+"""
+
+
 @pytest.fixture
 def old(tmp_path):
     """A complete folder `data/ds` (version "old") and the writer script."""
@@ -96,17 +110,7 @@ def test_killed_right_after_the_exchange_holds_the_new_folder(old, tmp_path):
 def test_without_exchange_a_kill_between_the_two_renames_is_recovered(old, tmp_path):
     """Another OS or file system: old -> .ds.old-*/ds, then new -> ds. Killed in between, no folder is at the path;
     the next run on it puts the old one back before doing anything else."""
-    run_killed(["writer.py", old, "new"], tmp_path, """
-        import os
-        from paraphrx import atomic_folder
-        atomic_folder.exchange = lambda a, b: False
-        rename = os.rename
-        def rename_then_die(src, dst):
-            rename(src, dst)
-            if ".ds.old-" in str(dst):
-                die()
-        os.rename = rename_then_die
-    """)
+    run_killed(["writer.py", old, "new"], tmp_path, KILL_BETWEEN_THE_TWO_RENAMES)
     assert not old.exists()
     af.recover_folder(old)
     assert (old / "version.txt").read_text() == "old"

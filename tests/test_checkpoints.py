@@ -60,7 +60,8 @@ def test_newest_verified_is_by_step_and_lists_what_it_skipped(tmp_path):
     assert [step for step, _ in numbered_checkpoints(tmp_path)] == [200, 100, 20, 5]
     chosen, skipped = newest_verified_checkpoint(tmp_path)
     assert chosen == tmp_path / "checkpoint-100"
-    assert [(path.name, why.split(" (")[0]) for path, why in skipped] == [("checkpoint-200", "no checkpoint_complete.json")]
+    assert [(path.name, why.split(" (")[0]) for path, why in skipped] == [
+        ("checkpoint-200", "no checkpoint_complete.json")]
     assert newest_verified_checkpoint(tmp_path / "missing") == (None, [])
 
 

@@ -43,7 +43,8 @@ def test_log_crash_writes_the_traceback_with_secrets_masked(tmp_path, monkeypatc
         log_crash(err)
     logger.remove()
     text = path.read_text()
-    assert re.search(r"\| CRITICAL \| test_logs:\d+ \| crashed: RuntimeError: lookup with <HF_TOKEN> second line\n", text)
+    assert re.search(r"\| CRITICAL \| test_logs:\d+ \| crashed: RuntimeError: lookup with <HF_TOKEN> second line\n",
+                     text)
     assert "Traceback" in text and "test_log_crash_writes_the_traceback" in text and TOKEN not in text
 
 

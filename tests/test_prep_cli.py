@@ -260,6 +260,7 @@ def test_process_killed_between_the_two_renames_of_a_swap_is_recovered(tmp_path,
     """Where RENAME_EXCHANGE is unavailable the swap is two renames; killed between them, the dataset folder used to
     disappear. The next run puts the previous one back first (and then replaces it)."""
     from conftest import run_killed
+    from test_atomic_folder import KILL_BETWEEN_THE_TWO_RENAMES
 
     from paraphrx.atomic_folder import recover_folder
     from paraphrx.dataset_io import load_prepared
@@ -267,17 +268,8 @@ def test_process_killed_between_the_two_renames_of_a_swap_is_recovered(tmp_path,
     out = tmp_path / "ds"
     assert _run_module("--data_paths", str(gsm8k_path), "--output_dir", str(out), cwd=tmp_path).returncode == 0
     card = (out / "README.md").read_text()
-    run_killed(["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"], tmp_path, """
-        import os
-        from paraphrx import atomic_folder
-        atomic_folder.exchange = lambda a, b: False
-        rename = os.rename
-        def rename_then_die(src, dst):
-            rename(src, dst)
-            if ".ds.old-" in str(dst):
-                die()
-        os.rename = rename_then_die
-    """)
+    run_killed(["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"], tmp_path,
+               KILL_BETWEEN_THE_TWO_RENAMES)
     assert not out.exists()
     recover_folder(out)  # what any next run on the path does first
     assert (out / "README.md").read_text() == card and len(load_prepared(str(out), "test")) > 0

@@ -35,7 +35,8 @@ def refused(tmp_path, content: bytes) -> ValidationError:
     (b"[" * 100_000 + b"]" * 100_000, "row 0: " + "[0]" * 30 + ": nested deeper than 32 levels"),
     (rows_text(OK, OK, '{"paraphrases": [{"x": 1}, {"extra": ' + "[" * 40 + "]" * 40 + "}]}"),
      "row 2: paraphrases[1].extra" + "[0]" * 27 + ": nested deeper than 32 levels"),
-    (rows_text(OK, '{"prompt_count": 2, "paraphrases": [{"a": 1}, {"a": 1}, {"a": 1}, {"bucket": 1, "x": 2, "bucket": 5}]}'),
+    (rows_text(OK, '{"prompt_count": 2, "paraphrases": [{"a": 1}, {"a": 1}, {"a": 1}, '
+                   '{"bucket": 1, "x": 2, "bucket": 5}]}'),
      "row 1: paraphrases[3].bucket: key 'bucket' appears twice in one object"),
     (rows_text('{"paraphrases": [], "prompt_count": 1, "paraphrases": [{"a": 1}]}'),
      "row 0: paraphrases: key 'paraphrases' appears twice in one object"),
