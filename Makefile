@@ -97,5 +97,9 @@ lint: env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Also the hidden leftovers of a killed prep or tiny-model build (`.<name>.tmp-*`, `.<name>.old-*`), which the next
+# run of either removes as well.
+LEFTOVERS = $(foreach d,$(DATASET) $(TINY_MODEL),$(dir $(d)).$(notdir $(d)).tmp-* $(dir $(d)).$(notdir $(d)).old-*)
+
 clean:
-	rm -rf outputs logs $(DATASET)
+	rm -rf outputs logs $(DATASET) $(LEFTOVERS)

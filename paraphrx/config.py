@@ -90,6 +90,11 @@ class ParaphrxSFTConfig(SFTConfig):
         metadata={"help": "Keep checkpoint-* folders after a successful run (default: delete, keep the adapter)."},
     )
     log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
+    # transformers saves callback state (early stopping's counter, the run's loss total) in every checkpoint but
+    # restores it only when asked; a resumed run must end where the uninterrupted one would (paraphrx/resume.py).
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "Restore callback states (early stopping, run totals) when resuming."}
+    )
     fast_path: str = field(
         default="auto",
         metadata={

@@ -112,8 +112,8 @@ def step_metrics(trainer) -> dict[str, dict[str, list]]:
 
 def train_tokens(trainer):
     """The tokens SFTTrainer has counted so far (its `num_tokens` metric): an int, or a device tensor on the fast
-    path until the next log."""
-    return trainer._total_train_tokens
+    path until the next log; 0 for a trainer that counts none."""
+    return getattr(trainer, "_total_train_tokens", 0)
 
 
 def set_train_tokens(trainer, count) -> None:
@@ -127,6 +127,30 @@ def tensor_parallel_size(trainer) -> int:
 
 # The Trainer method that clips gradients once per optimizer step; module_walks.py replaces it on a trainer.
 CLIP_GRAD_NORM = "_clip_grad_norm"
+
+
+# --- Trainer's resume: what resume.py overrides and reads so a resumed run ends as the uninterrupted one would. Not
+# optional like the fast path's names: without them a resumed run would silently differ, so a transformers that
+# lacks them fails at import, naming what is missing (pyproject.toml bounds the versions).
+RESUME_METHODS = ("_load_from_checkpoint", "_load_callback_state")
+
+
+def require_resume_internals() -> None:
+    from transformers import Trainer
+
+    missing = [name for name in RESUME_METHODS if not hasattr(Trainer, name)]
+    if not missing and "_total_loss_scalar" not in inspect.getsource(Trainer._inner_training_loop):
+        missing = ["_total_loss_scalar"]
+    if missing:
+        import transformers
+
+        raise ImportError(f"paraphrx: transformers {transformers.__version__} has no Trainer.{missing[0]}; "
+                          "update paraphrx/resume.py for this version")
+
+
+def run_loss_total(trainer) -> float:
+    """The sum of the training losses of the current `train()` call (Trainer's running total)."""
+    return getattr(trainer, "_total_loss_scalar", 0.0)
 
 
 # --- transformers and torch ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import yaml
 from trl import TrlParser
 
 from paraphrx.errors import EXIT_BAD_INPUT, UserError
+from paraphrx.limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH
 
 
 class RecipeError(UserError):
@@ -57,17 +58,48 @@ def recipe_path(argv: Sequence[str]) -> Path | None:
     return Path(argv[i + 1])
 
 
-def read_recipe(path: Path, known_keys: set[str], collection_keys: set[str] = frozenset()) -> dict:
-    """Load a flat recipe YAML and reject what TrlParser would reject with a long message or a traceback."""
+class _FlatYamlLoader(yaml.SafeLoader):
+    """`yaml.safe_load` without aliases and with bounded nesting. A recipe is flat; an alias (`*name`) is how a 2 KB
+    file expands to gigabytes (the "billion laughs"), and deep nesting would exhaust the composer's recursion."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here",
+                                              self.peek_event().start_mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def load_yaml_file(path: Path):
+    """A recipe-like YAML file (a recipe, an evaluation config, an adapter's recipe.yaml), bounded in size, nesting
+    and expansion; anything else is a one-line RecipeError naming the file (and line)."""
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {size:,} bytes, more than a recipe's limit of {MAX_RECIPE_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_FlatYamlLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 (invalid byte at position {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
+
+
+def read_recipe(path: Path, known_keys: set[str], collection_keys: set[str] = frozenset()) -> dict:
+    """Load a flat recipe YAML and reject what TrlParser would reject with a long message or a traceback."""
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

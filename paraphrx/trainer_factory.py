@@ -15,11 +15,13 @@ from trl import SFTTrainer, get_peft_config
 
 from paraphrx import fast_path
 from paraphrx.callbacks import add_run_metrics, build_callbacks
+from paraphrx.resume import ResumableTrainerMixin
 
 
-class ParaphrxSFTTrainer(SFTTrainer):
+class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
     """SFTTrainer as a paraphrx run reports and saves: every log (and so trainer_state.json and every `report_to`)
-    also carries perplexity and peak memory, and the final save under FSDP writes one loadable adapter. It holds no
+    also carries perplexity and peak memory, a resumed run ends as the uninterrupted one would (resume.py), and the
+    final save under FSDP writes one loadable adapter. It holds no
     speed code: the fast path's changes are applied to an instance from outside (fast_path.CHANGES) and undone
     when the run ends."""
 

@@ -5,6 +5,11 @@ Test modules import the plain helpers (`from tests.conftest import REPO, tiny_re
 by name as usual.
 """
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -120,3 +125,59 @@ def judge_server(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+# A kill at a named instant: `patch` is Python run before the entry point; it wraps the library call at which to die
+# and calls `die()` there (SIGKILL: no cleanup handler, no flush, like `kill -9` or the OOM killer).
+_KILL_WRAPPER = """
+import os, runpy, signal, sys
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+{patch}
+sys.argv = sys.argv[1:]
+if sys.argv[0] == "-m":
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def start_python(argv, cwd, patch: str = "", env: dict | None = None, **popen) -> subprocess.Popen:
+    """Start `python argv...` (a script path or `-m module`) in a fresh process after running `patch`."""
+    wrapper = Path(cwd) / "_entry_wrapper.py"
+    wrapper.write_text(_KILL_WRAPPER.format(patch=textwrap.dedent(patch)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, str(wrapper), *map(str, argv)], cwd=cwd, env=env, text=True, **popen)
+
+
+def run_python(argv, cwd, patch: str = "", env: dict | None = None, timeout: int = 300):
+    """`start_python` to the end; the completed process with its stdout and stderr."""
+    proc = start_python(argv, cwd, patch, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_killed(argv, cwd, patch: str, **kwargs):
+    """`run_python` that must end by SIGKILL at the instant `patch` names (fails the test otherwise)."""
+    proc = run_python(argv, cwd, patch, **kwargs)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at the named instant (exit {proc.returncode}):\n" + \
+        proc.stderr[-3000:]
+    return proc
+
+
+def write_prepared(folder: Path, rows: list[dict]) -> Path:
+    """A prepared-dataset folder with one `test` split holding `rows` (for hand-made evaluation inputs)."""
+    from datasets import Dataset
+
+    (folder / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n"
+                                      "    path: data/test-*.parquet\n---\n", encoding="utf-8")
+    return folder

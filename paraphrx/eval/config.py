@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
+from paraphrx.limits import MAX_PROMPT_TOKENS
+
 
 @dataclass
 class EvalArguments:
@@ -36,6 +38,10 @@ class EvalArguments:
     )
     batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call (left-padded)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Greedy answer length limit in tokens."})
+    max_prompt_tokens: int = field(
+        default=MAX_PROMPT_TOKENS,
+        metadata={"help": "Refuse a prompt longer than this many tokens (a batch's memory grows with its square)."},
+    )
     max_prompts: int | None = field(
         default=None, metadata={"help": "Quick runs: keep only the first N prompts of each source."}
     )
@@ -88,8 +94,8 @@ class EvalArguments:
     judge_max_tokens: int = field(default=256, metadata={"help": "Length limit of a judge reply in tokens."})
 
     def __post_init__(self):
-        for name in ("batch_size", "max_new_tokens", "max_prompts", "max_paraphrases_per_prompt", "judge_concurrency",
-                     "judge_max_tokens"):
+        for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "max_prompts", "max_paraphrases_per_prompt",
+                     "judge_concurrency", "judge_max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")

@@ -8,7 +8,6 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
 from loguru import logger
 
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
@@ -24,6 +23,7 @@ from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
 from paraphrx.eval.robustness import ORIGINAL
 from paraphrx.eval.seeds import seed_groups
 from paraphrx.modeling import DEFAULT_ATTN_IMPLEMENTATION, load_base_model, load_tokenizer
+from paraphrx.recipe_cli import RecipeError, load_yaml_file
 
 REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
 ROW_FIELDS = REQUIRED_COLUMNS + ("task_score", "paraphrase", "input")  # the last two: what the judge reads
@@ -66,9 +66,9 @@ def discover_adapters(paths: list[str] | None, default_glob: str = "outputs/buck
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise EvalError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = load_yaml_file(path) or {}
+    except RecipeError as err:
+        raise EvalError(str(err)) from None
     if not isinstance(data, dict):
         raise EvalError(f"{path}: expected a mapping of recipe keys")
     return data
@@ -195,6 +195,8 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
         if loaded != base:
             caches, todo = open_caches(loaded)
         _log_cached(prompts, todo)
+        check_prompt_lengths(tokenizer, list(dict.fromkeys(p for missing in todo.values() for p in missing)),
+                             eval_args.max_prompt_tokens)
         if eval_args.merge_adapters:
             for name, path in models.items():
                 if todo[name]:
@@ -216,6 +218,20 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     answers = {name: {p: cache.get(p) for p in prompts} for name, cache in caches.items()}
     identities = {name: {"cache_key": cache.key, **cache.identity} for name, cache in caches.items()}
     return answers, identities
+
+
+class PromptTooLongError(EvalError):
+    def __init__(self, prompt: str, tokens: int, limit: int):
+        super().__init__(f"a prompt of {tokens:,} tokens, more than --max_prompt_tokens {limit:,}")
+        self.prompt, self.tokens, self.limit = prompt, tokens, limit
+
+
+def check_prompt_lengths(tokenizer, prompts: list[str], limit: int) -> None:
+    """Refuse a prompt longer than `limit` tokens before generating: a batch's attention memory grows with the
+    square of its longest prompt (a 100k-character paraphrase asked for ~10 GB)."""
+    for prompt, ids in zip(prompts, tokenizer(prompts)["input_ids"] if prompts else []):
+        if len(ids) > limit:
+            raise PromptTooLongError(prompt, len(ids), limit)
 
 
 def _loading(load, model_args: EvalModelConfig):
@@ -263,12 +279,14 @@ def read_generations(path: Path) -> list[dict]:
     if not path.exists():
         raise EvalError(f"{path}: not found; run the evaluation once without --recompute_metrics_only")
     records = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:
         for line_no, line in enumerate(handle, 1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{line_no}: not JSON ({err.msg})") from None
+            except ValueError as err:  # not JSON, or not UTF-8 (a line cut inside a character)
+                raise EvalError(f"{path}:{line_no}: not JSON ({getattr(err, 'msg', None) or err.reason})") from None
+            if not isinstance(record, dict):
+                raise EvalError(f"{path}:{line_no}: expected an object")
             for key in ("model", "generation") + REQUIRED_COLUMNS:
                 if key not in record:
                     raise EvalError(f"{path}:{line_no}: missing field {key!r}")
@@ -350,11 +368,17 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     logger.info("{} rows ({} distinct prompts) x {} models: {}", len(rows), len(prompts), len(models), list(models))
 
-    if eval_args.use_cache:
-        answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(eval_args.cache_dir))
-    else:
-        with tempfile.TemporaryDirectory(prefix="paraphrx-eval-") as scratch:
-            answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
+    try:
+        if eval_args.use_cache:
+            answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(eval_args.cache_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="paraphrx-eval-") as scratch:
+                answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
+    except PromptTooLongError as err:  # name the row: its prompt's source, prompt_count and phrasing
+        row = next(r for r in rows if r["prompt"] == err.prompt)
+        raise EvalError(f"{eval_args.dataset} split {eval_args.split!r}: {row['source']} prompt_count "
+                        f"{row['prompt_count']} ({row['instruct_type']}): field 'prompt': {err.tokens:,} tokens, "
+                        f"more than --max_prompt_tokens {err.limit:,}") from None
     records, judge = judge_answers(score_records(rows, answers), eval_args)
     context = {
         "dataset": dataset_fingerprint(eval_args.dataset, eval_args.dataset_revision),

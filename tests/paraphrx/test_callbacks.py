@@ -3,7 +3,9 @@
 import math
 
 from paraphrx.callbacks import LoggingEarlyStoppingCallback, LoguruCallback, add_run_metrics, build_callbacks
+from paraphrx.checkpoints import CheckpointMarkerCallback
 from paraphrx.config import ParaphrxSFTConfig
+from paraphrx.resume import RunTotalsCallback
 
 
 def test_perplexity_is_exp_of_each_loss_and_memory_is_reported():
@@ -20,7 +22,8 @@ def test_huge_loss_does_not_overflow():
 
 def test_early_stopping_callback_only_when_patience_is_set(tmp_path):
     common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[])
-    assert [type(c) for c in build_callbacks(ParaphrxSFTConfig(**common))] == [LoguruCallback]
+    assert [type(c) for c in build_callbacks(ParaphrxSFTConfig(**common))] == [
+        LoguruCallback, CheckpointMarkerCallback, RunTotalsCallback]
     args = ParaphrxSFTConfig(**common, eval_strategy="steps", save_strategy="steps", load_best_model_at_end=True,
                              metric_for_best_model="eval_loss", early_stopping_patience=2, early_stopping_threshold=0.1)
     stopper = build_callbacks(args)[-1]

@@ -95,3 +95,18 @@ def test_judge_keys_are_masked_from_the_environment_a_flag_and_by_shape(tmp_path
     assert "<JUDGE_API_KEY>" in text and "<OPENAI_API_KEY>" in text and text.count("<redacted>") == 2
     assert not any(k in text for k in ("key-from-env", "flag-given", "sk-proj-a1B2"))
     assert text.rstrip().endswith("abc")
+
+
+def test_entry_points_log_an_unexpected_crash(tmp_path, monkeypatch, gsm8k_path):
+    """prep and evaluation: a bug's traceback reaches the log file, the exit code is 1."""
+    import evaluate_paraphrx
+    import prep.cli
+
+    monkeypatch.setattr(prep.cli, "read_sources", lambda *a, **k: 1 / 0)
+    assert prep.cli.main(["--data_paths", str(gsm8k_path), "--output_dir", str(tmp_path / "d"),
+                          "--log_dir", str(tmp_path)]) == 1
+    monkeypatch.setattr(evaluate_paraphrx, "run_evaluation", lambda *a: [][0])
+    assert evaluate_paraphrx.main(["--log_dir", str(tmp_path)]) == 1
+    for name, error in (("prep", "ZeroDivisionError: division by zero"), ("evaluate", "IndexError: list index")):
+        text = (tmp_path / f"{name}_latest.log").read_text()
+        assert error in text and "Traceback" in text, text

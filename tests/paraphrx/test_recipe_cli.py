@@ -1,6 +1,7 @@
 """Recipe parsing: the launch forms, overrides, one-line errors, and the shipped recipes' values."""
 
 import math
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,34 @@ def test_overwrite_output_dir_is_ours_because_transformers_dropped_it():
 
     assert "overwrite_output_dir" not in TrainingArguments.__dataclass_fields__
     assert "overwrite_output_dir" in ParaphrxSFTConfig.__dataclass_fields__
+
+
+# A 2 KB "billion laughs": each level nine aliases of the one before, 9**9 strings once expanded.
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+) + "learning_rate: *i\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    (ALIAS_BOMB, f"(line {len(Path(TINY).read_text().splitlines()) + 2}): invalid YAML: aliases (*name) are not "
+                 "allowed here"),  # the first alias
+    ("model_init_kwargs: " + "[" * 50_000 + "]" * 50_000 + "\n", "invalid YAML: nested deeper than 16 levels"),
+    ("learning_rate: 1.0e-4\n# " + "x" * 300_000 + "\n", "bytes, more than a recipe's limit of 262,144"),
+])
+def test_hostile_yaml_is_refused_in_one_line_before_it_expands(tmp_path, text, words):
+    from paraphrx.eval.config import EvalArguments, EvalModelConfig
+
+    path = _write(tmp_path, text)
+    start = time.monotonic()
+    for dataclass_types in (None, (EvalArguments, EvalModelConfig)):  # a recipe; evaluate_paraphrx.py --config
+        with pytest.raises(RecipeError) as err:
+            parse_recipe([path], **({"dataclass_types": dataclass_types} if dataclass_types else {}))
+        assert str(err.value).startswith(str(path)) and words in str(err.value) and "\n" not in str(err.value)
+    assert time.monotonic() - start < 10
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run_name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(RecipeError, match=r"latin1.yaml: not UTF-8 \(invalid byte at position 13\)"):
+        parse_recipe([str(path)])

@@ -75,7 +75,7 @@ def test_bad_rows(in_tmp, rows, capfd, case):
 
 FILE_CASES = {
     "bad JSON": (b'[{"prompt_count": 1,, }]', "row 0: invalid JSON"),
-    "not UTF-8": (b'[{"prompt_count": 1, "output": "caf\xe9"}]', "row 0: not UTF-8"),
+    "not UTF-8": (b'[{"prompt_count": 1, "output": "caf\xe9"}]', "row 0: output: not UTF-8"),
     "empty file": (b"", "empty file"),
     "top level not a list": (b'{"rows": []}', "top level is an object"),
 }
@@ -211,3 +211,62 @@ def test_process_help_lists_the_flags(tmp_path):
     for flag in ("--data_paths", "--buckets", "--seed", "--split", "--use_paraphrase_answer", "--template", "--output_dir",
                  "--push_to_hub", "--private", "--skip_invalid", "--max_shard_mb", "--log_dir"):  # fmt: skip
         assert flag in shown
+
+
+def test_process_hostile_nesting_is_refused_in_bounded_memory(tmp_path):
+    """200 KB of nested brackets grew prep to ~24 GB; under a 4 GiB address-space limit it is now one line."""
+    import resource
+
+    (tmp_path / "alpaca_deep.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+
+    def four_gib():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "prep", "--data_paths", "alpaca_deep.json", "--output_dir", "ds"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, preexec_fn=four_gib)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = _error_lines(proc.stderr)
+    assert line.endswith(": nested deeper than 32 levels") and "alpaca_deep.json: row 0: [0][0]" in line
+    assert not (tmp_path / "ds").exists()
+
+
+def test_process_killed_while_writing_keeps_the_dataset_and_the_next_run_cleans(tmp_path, gsm8k_path):
+    """A kill in the middle of the parquet writing used to leave a hidden `.ds.tmp-*` of hundreds of MB forever."""
+    from tests.conftest import run_killed
+
+    out = tmp_path / "ds"
+    assert _run_module("--data_paths", str(gsm8k_path), "--output_dir", str(out), cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    run_killed(["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"], tmp_path, """
+        import pyarrow.parquet as pq
+        write_table = pq.ParquetWriter.write_table
+        def write_then_die(self, *args, **kwargs):
+            write_table(self, *args, **kwargs)
+            die()
+        pq.ParquetWriter.write_table = write_then_die
+    """)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    [leftover] = [p for p in tmp_path.iterdir() if p.name.startswith(".ds.tmp-")]
+    assert any(leftover.rglob("*.parquet"))
+
+    again = _run_module("--data_paths", str(gsm8k_path), "--output_dir", str(out), "--seed", "7", cwd=tmp_path)
+    assert again.returncode == 0 and not leftover.exists()
+    assert json.loads((out / "prompt_split.json").read_text())["seed"] == 7
+
+
+def test_process_killed_between_the_two_renames_of_a_swap_is_recovered(tmp_path, gsm8k_path):
+    """Where RENAME_EXCHANGE is unavailable the swap is two renames; killed between them, the dataset folder used to
+    disappear. The next run puts the previous one back first (and then replaces it)."""
+    from paraphrx.atomic_folder import recover_folder
+    from paraphrx.dataset_io import load_prepared
+    from tests.conftest import run_killed
+    from tests.paraphrx.test_atomic_folder import KILL_BETWEEN_THE_TWO_RENAMES
+
+    out = tmp_path / "ds"
+    assert _run_module("--data_paths", str(gsm8k_path), "--output_dir", str(out), cwd=tmp_path).returncode == 0
+    card = (out / "README.md").read_text()
+    run_killed(["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"], tmp_path,
+               KILL_BETWEEN_THE_TWO_RENAMES)
+    assert not out.exists()
+    recover_folder(out)  # what any next run on the path does first
+    assert (out / "README.md").read_text() == card and len(load_prepared(str(out), "test")) > 0

@@ -45,6 +45,10 @@ def test_shipped_rows_are_valid(alpaca_path, gsm8k_path):
         (("count_in_buckets",), [7, 2, 2, 0], "count_in_buckets", "expected 5"),
         (("count_in_buckets",), [7, 2, 2, 0, 1], "count_in_buckets", "disagrees"),
         (("count_in_buckets", 1), None, "count_in_buckets", "expected 5"),
+        (("paraphrases", 2, "paraphrase"), "x" * 100_000, "paraphrases[2].paraphrase",
+         "100,000 characters, more than the limit of 16,384"),
+        (("paraphrases", 2, "instruct_type"), "t" * 257, "paraphrases[2].instruct_type", "more than the limit of 256"),
+        (("output",), "é" * 16_385, "output", "16,385 characters"),
     ],
 )
 def test_bad_field_names_the_field(good_row, path, value, field, words):
@@ -89,7 +93,7 @@ def test_error_locates_file_row_and_field(good_row):
         (b'[{"a": 1}, {"a": 2,,}]', "invalid JSON", 1),
         (b'[{"a": 1}, {"a": 2}', "invalid JSON", 2),
         (b'[{"a": 1}] trailing', "invalid JSON", 1),
-        (b'[{"a": NaN}]', "invalid JSON", 0),
+        (b'[{"a": NaN}]', "row 0: a: NaN is not a JSON number", 0),
         (b'[{"a": "ok"}, {"a": "caf\xe9"}]', "not UTF-8", 1),
         ('[{"a": 1}]'.encode("utf-16"), "not UTF-8", None),
     ],

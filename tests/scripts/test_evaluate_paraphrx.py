@@ -1,6 +1,7 @@
 """evaluate_paraphrx.py end to end on the tiny model: report files, the cache, re-scoring, and bad input as one line."""
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -10,7 +11,9 @@ import yaml
 
 import evaluate_paraphrx
 from paraphrx.eval import pipeline
-from tests.conftest import REPO, make_adapter
+from paraphrx.eval.config import EvalModelConfig
+from paraphrx.eval.pipeline import EvalError
+from tests.conftest import REPO, make_adapter, write_prepared
 
 
 def _argv(tmp_path, dataset, adapters, *extra):
@@ -210,3 +213,34 @@ def test_hub_errors_are_one_line(tmp_path, prepared_dataset_dir, monkeypatch, ca
     errors = [line for line in err.splitlines() if "| ERROR" in line]
     assert len(errors) == 1 and errors[0].endswith(expected) and "Traceback" not in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_an_adapters_hostile_recipe_yaml_is_one_line(eval_adapters):
+    from tests.paraphrx.test_recipe_cli import ALIAS_BOMB
+
+    adapters = eval_adapters
+
+    recipe = adapters[0] / "recipe.yaml"
+    recipe.write_text(ALIAS_BOMB)
+    try:
+        with pytest.raises(EvalError) as err:
+            pipeline.resolve_model_config(EvalModelConfig(), {a.name: a for a in adapters}, use_recipe=True)
+        assert str(err.value) == f"{recipe} (line 2): invalid YAML: aliases (*name) are not allowed here"
+    finally:
+        recipe.unlink()
+
+
+def test_a_prompt_over_the_token_limit_is_refused_before_generating(tmp_path, tiny_model_dir, capfd):
+    """A 100k-character paraphrase used to make generation allocate ~10 GB; now one line names its row."""
+    row = {"prompt": "Name a colour.", "completion": "c", "reference": "Blue", "source": "alpaca", "prompt_count": 1,
+           "instruct_type": "instruction_original", "paraphrase": "p", "input": "", "bucket": 1, "task_score": 9.0}
+    huge = {**row, "prompt": "colour " * 15_000, "prompt_count": 2, "instruct_type": "very_long"}
+    folder = write_prepared(tmp_path / "long", [row, huge])
+    argv = ["--dataset", str(folder), "--model_name_or_path", str(tiny_model_dir), "--dtype", "float32",
+            "--output_dir", str(tmp_path / "eval"), "--cache_dir", str(tmp_path / "cache"), "--log_dir", str(tmp_path)]
+    assert evaluate_paraphrx.main(argv) == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and re.search(
+        f"{folder} split 'test': alpaca prompt_count 2 \\(very_long\\): field 'prompt': [0-9,]+ tokens, "
+        "more than --max_prompt_tokens 2,048$", errors[0]), errors
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "cache").exists()

@@ -18,7 +18,7 @@ import train_sft
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.run_outputs import COMPLETE_MARKER, RunFolderError, resolved_recipe
-from tests.conftest import REPO, tiny_recipe
+from tests.conftest import REPO, run_killed, run_python, start_python, tiny_recipe
 
 TINY = tiny_recipe("bucket1-2")
 
@@ -221,3 +221,154 @@ def test_missing_model_folder_is_one_line_exit_1(prepared_dataset_dir, tmp_path)
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
     assert len(errors) == 1 and "no-such-model" in errors[0], proc.stderr[-2000:]
+
+
+# --- nothing lost, nothing stuck: kills at named instants, a busy folder, a replaced run, a crash -------------------
+def adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    """Killed right after checkpoint-4 is verified, early stopping's counter at 1, then rerun: the same last step,
+    the same reported figures, LoRA tensors of the same dtype and values (to CPU bitsandbytes noise: its first
+    eval-mode forward repacks the 4-bit weights, which the resumed process has not done yet)."""
+    # A threshold no eval can beat: the first eval (step 2) sets the best, patience 2 runs out at step 6.
+    settings = ["--max_train_samples", "16", "--max_steps", "30", "--eval_steps", "2", "--save_steps", "2",
+                "--early_stopping_patience", "2", "--early_stopping_threshold", "100", "--keep_checkpoints", "true",
+                "--save_total_limit", "10"]
+    whole = train_sft.main(*parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "whole",
+                                                   *settings)))
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "killed", *settings)
+    run_killed([REPO / "train_sft.py", *argv], tmp_path, """
+        from paraphrx import checkpoints
+        mark = checkpoints.write_checkpoint_marker
+        def mark_then_die(folder, global_step):
+            mark(folder, global_step)
+            if global_step == 4:
+                die()
+        checkpoints.write_checkpoint_marker = mark_then_die
+    """)
+    resumed = train_sft.main(*parse_recipe(argv))
+
+    assert whole.state.global_step == resumed.state.global_step == 6, "early stopping's counter survived"
+    assert whole.state.best_global_step == resumed.state.best_global_step
+    figures = [[{k: v for k, v in h.items() if k in ("step", "loss", "eval_loss", "train_loss", "num_tokens")}
+                for h in trainer.state.log_history] for trainer in (whole, resumed)]
+    assert [sorted(h) for h in figures[0]] == [sorted(h) for h in figures[1]]
+    for a, b in zip(*figures):
+        assert a["step"] == b["step"] and a.get("num_tokens") == b.get("num_tokens")
+        for key in ("loss", "eval_loss", "train_loss"):
+            assert key not in a or math.isclose(a[key], b[key], rel_tol=1e-4), (a, b)
+    step_losses = [h["loss"] for h in whole.state.log_history if "grad_norm" in h]
+    assert len(step_losses) == 6
+    assert math.isclose(figures[1][-1]["train_loss"], sum(step_losses) / 6, rel_tol=1e-4), "the mean of all 6 steps"
+    for folder in ("checkpoint-6", "."):  # trained after the resume; the final adapter (the best one)
+        before, after = (adapter_tensors(tmp_path / run / folder) for run in ("whole", "killed"))
+        assert {t.dtype for t in after.values()} == {t.dtype for t in before.values()}
+        for name in before:
+            cosine = torch.nn.functional.cosine_similarity(before[name].float().flatten(),
+                                                           after[name].float().flatten(), dim=0)
+            assert cosine > 0.9999 and torch.allclose(before[name].float(), after[name].float(), atol=1e-2), name
+    assert {t.dtype for t in adapter_tensors(tmp_path / "killed" / "checkpoint-6").values()} == {torch.bfloat16}
+
+
+def test_killed_while_writing_trainer_state_resumes_from_the_checkpoint_before(tiny_model_dir, prepared_dataset_dir,
+                                                                               tmp_path):
+    out = tmp_path / "torn"
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "16", "--max_steps", "6",
+                     "--save_steps", "2", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+                     "--early_stopping_patience", "null")
+    run_killed([REPO / "train_sft.py", *argv], tmp_path, """
+        from transformers.trainer_callback import TrainerState
+        save = TrainerState.save_to_json
+        def half_then_die(self, json_path):
+            save(self, json_path)
+            if "checkpoint-4" in str(json_path):
+                with open(json_path, "r+b") as f:
+                    f.truncate(f.seek(0, 2) // 2)
+                die()
+        TrainerState.save_to_json = half_then_die
+    """)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())  # what used to crash every rerun
+
+    trainer = train_sft.main(*parse_recipe(argv))
+    assert trainer.state.global_step == 6 and (out / COMPLETE_MARKER).exists()
+    log = (tmp_path / "logs" / "tiny-bucket1-2_latest.log").read_text()
+    assert f"skipping {out / 'checkpoint-4'}: no checkpoint_complete.json" in log
+    assert f"resuming from {out / 'checkpoint-2'}" in log
+
+
+def test_a_second_run_on_a_busy_folder_stops_at_once(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    """Two train_sft.py on one output_dir used to both exit 0, one's weights under the other's records."""
+    out = tmp_path / "busy"
+    first = start_python([REPO / "train_sft.py", *tiny_argv(tiny_model_dir, prepared_dataset_dir, out)], tmp_path, """
+        import time, transformers
+        def hold(self, *args, **kwargs):
+            print("training", flush=True)
+            time.sleep(600)
+        transformers.Trainer.train = hold
+    """, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert first.stdout.readline().strip() == "training"
+        start = time.monotonic()
+        with pytest.raises(RunFolderError) as err:
+            train_sft.main(*parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--learning_rate", "1")))
+        assert time.monotonic() - start < 30, "stops at once, before loading data or model"
+        assert f"{out} is in use by another run (pid {first.pid} on " in str(err.value)
+        assert "train_sft.py" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        first.kill()
+        first.wait()
+    assert not (out / COMPLETE_MARKER).exists()
+
+
+def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_model_dir, prepared_dataset_dir,
+                                                                       tmp_path):
+    out = tmp_path / "replaced"
+    short = ["--max_train_samples", "8", "--max_steps", "2", "--save_steps", "1", "--eval_strategy", "no",
+             "--load_best_model_at_end", "false", "--early_stopping_patience", "null"]
+    train_sft.main(*parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, out, *short)))
+    previous = {name: (out / name).read_bytes() for name in ("adapter_model.safetensors", COMPLETE_MARKER)}
+
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, *short, "--overwrite_output_dir", "true",
+                     "--learning_rate", "0.05")
+    run_killed([REPO / "train_sft.py", *argv], tmp_path, """
+        from paraphrx import checkpoints
+        mark = checkpoints.write_checkpoint_marker
+        def mark_then_die(folder, global_step):
+            mark(folder, global_step)
+            die()
+        checkpoints.write_checkpoint_marker = mark_then_die
+    """)
+    assert {name: (out / name).read_bytes() for name in previous} == previous, "the finished run is untouched"
+    [staging] = [p for p in tmp_path.iterdir() if p.name.startswith(".replaced.tmp-")]
+    assert (staging / "checkpoint-1" / "checkpoint_complete.json").is_file()
+
+    train_sft.main(*parse_recipe(argv))  # the same command again: starts over beside the finished run, swaps in
+    assert (out / "adapter_model.safetensors").read_bytes() != previous["adapter_model.safetensors"]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["learning_rate"] == 0.05
+    assert (out / COMPLETE_MARKER).is_file() and not any(p.name.startswith("checkpoint-") for p in out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".replaced")) == [".replaced.lock"]
+
+
+def test_a_crash_during_training_reaches_the_log_file_with_secrets_masked(tiny_model_dir, prepared_dataset_dir,
+                                                                          tmp_path):
+    token = "hf_" + "Z9y8X7w6V5u4T3s2R1q0PONM"
+    proc = run_python([REPO / "train_sft.py", *tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "crash")],
+                      tmp_path, """
+        import os, trl
+        step = trl.SFTTrainer.training_step
+        def crash_at_step_2(self, *args, **kwargs):
+            if self.state.global_step == 2:
+                raise RuntimeError("device fell over while sending " + os.environ["HF_TOKEN"])
+            return step(self, *args, **kwargs)
+        trl.SFTTrainer.training_step = crash_at_step_2
+    """, env={"HF_TOKEN": token})
+    assert proc.returncode == 1
+    log = (tmp_path / "logs" / "tiny-bucket1-2_latest.log").read_text()
+    assert "| ERROR " in log and "RuntimeError: device fell over while sending <HF_TOKEN>" in log
+    assert "Traceback" in log and "crash_at_step_2" in log and "step 2/10" in log
+    assert token not in log and token not in proc.stderr

@@ -57,8 +57,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir: Path) -> tuple[Path, list[str]]:
-    """Run the tiny recipe with `processes` ranks and GLOBAL_BATCH rows per optimizer step; (run folder, probe log)."""
+def launch(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir: Path, timeout: int = 300):
+    """Run the tiny recipe with `processes` ranks and GLOBAL_BATCH rows per optimizer step; the finished process."""
     out, record, probe = tmp_path / name, tmp_path / f"{name}.record", tmp_path / "probe.py"
     probe.write_text(PROBE)
     recipe = [str(TINY), "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
@@ -76,10 +76,15 @@ def train(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir: 
                     "--main_process_port", str(free_port()), str(probe)]
     env = {**os.environ, "PARAPHRX_SAVE_LOG": str(record), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([*launcher, str(REPO / "train_sft.py"), *recipe], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([*launcher, str(REPO / "train_sft.py"), *recipe], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir: Path) -> tuple[Path, list[str]]:
+    """`launch`, which must succeed; (run folder, probe log)."""
+    proc = launch(tmp_path, name, processes, model_dir, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, record.read_text().splitlines()
+    return tmp_path / name, (tmp_path / f"{name}.record").read_text().splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +142,18 @@ def test_ddp_adapter_loads_and_equals_the_single_process_one(runs, tiny_model_di
         # noise. The update as a whole must agree (lora_B starts at zero, so its direction is all training).
         cosine = torch.nn.functional.cosine_similarity(one[name].float().flatten(), two[name].float().flatten(), dim=0)
         assert cosine > 0.998, (name, cosine.item())
+
+
+def test_two_processes_on_a_busy_folder_both_stop_at_once(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    """Only the main rank takes the run folder's lock; the other learns the outcome from it instead of waiting."""
+    from paraphrx.run_lock import FolderLock
+
+    with FolderLock(tmp_path / "busy"):
+        proc = launch(tmp_path, "busy", 2, tiny_model_dir, prepared_dataset_dir, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"{tmp_path / 'busy'} is in use by another run (pid {os.getpid()} on ") == 2, \
+        proc.stderr[-3000:]  # one line per rank
+    assert not (tmp_path / "busy").exists() and not (tmp_path / "busy.record").read_text().count("save ")
 
 
 @pytest.mark.parametrize("internal_call, expected", [(False, "FULL_STATE_DICT"), (True, "SHARDED_STATE_DICT")])

@@ -85,8 +85,13 @@ def test_first_and_second_run_of_a_hub_model_share_one_cache_key(tmp_path, hf_ca
         on_batch(prompts, [p.upper() for p in prompts])
         return [p.upper() for p in prompts]
 
-    tokenizer = types.SimpleNamespace(padding_side="right", pad_token="<pad>")
-    monkeypatch.setattr(pipeline, "load_tokenizer", lambda *args: tokenizer)
+    class Tokenizer:  # what the pipeline asks of one: left padding (for_generation) and prompt lengths
+        padding_side, pad_token = "right", "<pad>"
+
+        def __call__(self, texts):
+            return {"input_ids": [[1]] * len(texts)}
+
+    monkeypatch.setattr(pipeline, "load_tokenizer", lambda *args: Tokenizer())
     monkeypatch.setattr(pipeline, "load_base_model", load_base_model)
     monkeypatch.setattr(pipeline, "generate_batched", generate_batched)
     model_args = EvalModelConfig(model_name_or_path=HUB_ID, model_revision="main")
@@ -116,3 +121,36 @@ def test_round_trip_missing_and_torn_line(tmp_path):
     again = GenerationCache(tmp_path, identity)
     assert again.get("p2") == "answer two" and again.missing(["p1", "p2"]) == []
     assert GenerationCache(tmp_path, {**identity, "settings": {"max_new_tokens": 5}}).get("p1") is None
+
+
+@pytest.mark.parametrize("damage", [
+    "cut inside a multibyte character",
+    "not JSON",
+    "a JSON list",
+    "generation not a string",
+    "hash not a hash",
+    "lone surrogate",
+])
+def test_a_corrupt_line_anywhere_is_skipped_and_answered_again(tmp_path, damage):
+    """Any torn or corrupt line costs its own answer only; the cache is never unusable."""
+    identity = {"base": "m"}
+    cache = GenerationCache(tmp_path, identity)
+    cache.add(["p1", "p2", "p3"], ["une réponse très détaillée", "two", "three"])
+    lines = cache.path.read_bytes().splitlines(keepends=True)
+    sha = json.loads(lines[0])["prompt_sha256"]
+    lines[0] = {
+        "cut inside a multibyte character": lines[0][: lines[0].index("é".encode()) + 1],  # no newline either
+        "not JSON": b"\x00\x01garbage\n",
+        "a JSON list": b'["p1", "une"]\n',
+        "generation not a string": json.dumps({"prompt_sha256": sha, "generation": 7}).encode() + b"\n",
+        "hash not a hash": json.dumps({"prompt_sha256": ["x"], "generation": "x"}).encode() + b"\n",
+        "lone surrogate": b'{"prompt_sha256": "' + sha.encode() + b'", "generation": "\xed\xa0\x80"}\n',
+    }[damage]
+    if damage == "cut inside a multibyte character":  # the kill came while writing the last line
+        lines = [*lines[1:], lines[0]]
+    cache.path.write_bytes(b"".join(lines))
+
+    reread = GenerationCache(tmp_path, identity)
+    assert reread.missing(["p1", "p2", "p3"]) == ["p1"] and reread.get("p2") == "two" and reread.get("p3") == "three"
+    reread.add(["p1"], ["regenerated"])
+    assert GenerationCache(tmp_path, identity).get("p1") == "regenerated"

@@ -1,13 +1,12 @@
 """The evaluation run's parts: which base and loading the adapters ask for, the test rows and their checks."""
 
-from pathlib import Path
 
 import pytest
-from datasets import Dataset
 
 from paraphrx.eval import pipeline
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.pipeline import EvalError
+from tests.conftest import write_prepared
 
 
 def test_recipe_yaml_decides_how_the_base_is_loaded(tiny_model_dir, eval_adapters):
@@ -41,18 +40,10 @@ def test_quick_run_selection_keeps_the_original_and_every_bucket():
         (2, "instruction_original"), (1, "z"), (3, "x"), (5, "w")]
 
 
-def _write_prepared(folder: Path, rows: list[dict]) -> Path:
-    (folder / "data").mkdir(parents=True)
-    Dataset.from_list(rows).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n"
-                                      "    path: data/test-*.parquet\n---\n", encoding="utf-8")
-    return folder
-
-
 def test_bad_rows_name_the_row_and_field(tmp_path):
     row = {"prompt": "p", "completion": "c", "reference": "r", "source": "alpaca", "prompt_count": 1,
            "instruct_type": "instruction_original", "paraphrase": "p", "input": "", "bucket": 1, "task_score": 9.0}
-    folder = _write_prepared(tmp_path / "bad", [row, {**row, "bucket": 7}])
+    folder = write_prepared(tmp_path / "bad", [row, {**row, "bucket": 7}])
     with pytest.raises(EvalError, match=r"split 'test' row 1: field 'bucket' is 7, expected 1..5"):
         pipeline.load_rows(EvalArguments(dataset=str(folder)))
     with pytest.raises(EvalError, match="split 'nope'"):
