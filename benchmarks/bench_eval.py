@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
 from paraphrx.eval.generation import generate_batched, generate_per_example  # noqa: E402
 from paraphrx.tiny_gemma import build_model, build_tokenizer  # noqa: E402

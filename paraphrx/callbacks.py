@@ -11,6 +11,9 @@ import torch
 from loguru import logger
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from paraphrx.checkpoints import CheckpointMarkerCallback
+from paraphrx.resume import RunTotalsCallback
+
 # Metric prefix of the end-of-run evaluation on the whole validation split: eval_full_loss, eval_full_perplexity.
 FULL_EVAL_PREFIX = "eval_full"
 
@@ -73,7 +76,8 @@ class LoggingEarlyStoppingCallback(EarlyStoppingCallback):
 
 
 def build_callbacks(training_args) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [LoguruCallback()]
+    # a checkpoint is marked verified after every save; the run's totals travel in it (paraphrx/resume.py)
+    callbacks: list[TrainerCallback] = [LoguruCallback(), CheckpointMarkerCallback(), RunTotalsCallback()]
     if training_args.early_stopping_patience is not None:
         callbacks.append(
             LoggingEarlyStoppingCallback(

@@ -28,6 +28,11 @@ from nltk.stem.porter import PorterStemmer  # the stemmer rouge-score itself use
 PRIMARY_METRIC = {"alpaca": "rougeL", "gsm8k": "gsm8k_flexible", "mmlu": "mmlu_letter"}
 TEXT_METRICS = ("exact_match", "rouge1", "rougeL", "sentence_bleu")
 SOURCE_METRICS = {"gsm8k": ("gsm8k_strict", "gsm8k_flexible"), "mmlu": ("mmlu_letter",)}
+METRIC_LABELS = {
+    "exact_match": "EM", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "sentence_bleu": "sent. BLEU",
+    "corpus_bleu": "BLEU", "gsm8k_strict": "GSM8K strict", "gsm8k_flexible": "GSM8K flexible",
+    "mmlu_letter": "MMLU letter", "judge_task": "judge task score",
+}
 
 
 def primary_metric(source: str) -> str:

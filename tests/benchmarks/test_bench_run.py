@@ -1,0 +1,160 @@
+"""benchmarks/bench_run.py: phases from a timeline, and its smoke mode on the CPU with all three configurations."""
+
+import shutil
+
+import pytest
+
+from benchmarks import bench_run, phase_timer
+from tests.conftest import REPO
+
+
+def test_phases_split_the_wall_time_by_what_ran_when():
+    """Launch at 0, first step ends at 30, last at 70; evaluations at 40-45 and 70-73 (scheduled), 75-85 (whole
+    split); saves 45-47 and 73-74 with a nested save_model call recorded once; exit at 90."""
+    timeline = {
+        "first_step_end": 30.0,
+        "last_step_end": 70.0,
+        "steps": 40,
+        "max_steps": 40,
+        "train_tokens": 41_000,
+        "first_step_tokens": 1_000,
+        "intervals": [
+            {
+                "kind": "evaluate",
+                "prefix": "eval",
+                "start": 40.0,
+                "end": 45.0,
+                "rows": 64,
+                "tokens": 12_800,
+                "loss": 2.5,
+                "compiles_before": 3,
+                "compiles_after": 5,
+            },
+            {"kind": "save", "start": 45.0, "end": 47.0, "compiles_before": 5, "compiles_after": 5},
+            {
+                "kind": "evaluate",
+                "prefix": "eval",
+                "start": 70.0,
+                "end": 73.0,
+                "rows": 64,
+                "tokens": 12_800,
+                "loss": 2.0,
+                "compiles_before": 6,
+                "compiles_after": 6,
+            },
+            {"kind": "save", "start": 73.0, "end": 74.0, "compiles_before": 6, "compiles_after": 6},
+            {
+                "kind": "evaluate",
+                "prefix": "eval_full",
+                "start": 75.0,
+                "end": 85.0,
+                "rows": 2_000,
+                "tokens": 400_000,
+                "loss": 2.1,
+                "compiles_before": 6,
+                "compiles_after": 8,
+            },
+        ],
+        "compiles_at": {"first_step_end": 3, "last_step_end": 6},
+        "compiles_at_exit": 8,
+        "recompiles": [{"time": 20.0, "reason": "a"}, {"time": 50.0, "reason": "b"}, {"time": 80.0, "reason": "c"}],
+        "peak_gpu_gib": None,
+        "tree": "/x",
+        "paraphrx_imported_from": "/x/paraphrx",
+    }
+    r = bench_run.summarize("ours", timeline, launched=0.0, ended=90.0)
+    assert r["phases_s"] == {
+        "startup": 30.0,
+        "training": 33.0,
+        "evaluation": 8.0,
+        "final_eval": 10.0,
+        "saving": 3.0,
+        "other": 6.0,
+    }
+    assert sum(r["phases_s"].values()) == r["wall_s"] == 90.0 and sum(r["shares"].values()) == pytest.approx(1.0)
+    assert r["evaluations"] == 2 and r["eval_rows"] == [64, 64] and r["saves"] == 2 and r["final_eval_rows"] == 2_000
+    assert r["eval_rows_per_s"] == pytest.approx(128 / 8) and r["eval_tokens_per_s"] == pytest.approx(25_600 / 8)
+    assert r["final_eval_tokens_per_s"] == pytest.approx(40_000)
+    assert r["train_tokens_per_s"] == pytest.approx(40_000 / 33)  # the first step's tokens belong to start-up
+    # 3 frames compiled before the first step ended, 2 in the first evaluation, 1 during training, 2 at the end
+    assert r["compiled_frames"] == {
+        "startup": 3,
+        "training": 1,
+        "evaluation": 2,
+        "final_eval": 2,
+        "saving": 0,
+        "other": 0,
+    }
+    assert r["recompiles"] == {"startup": 1, "training": 1, "evaluation": 0, "final_eval": 1, "saving": 0, "other": 0}
+
+
+def test_the_phase_timer_counts_compiled_frames_and_recompilations_with_their_reasons():
+    import logging
+
+    import torch
+
+    handler = phase_timer.watch_recompiles()
+    try:
+        before = phase_timer.compiled_frames()
+        double = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+        for n in (3, 4, 5):  # a static graph per new length: two recompilations
+            double(torch.ones(n))
+        assert phase_timer.compiled_frames() - before == 3
+        reasons = [r["reason"] for r in phase_timer.TIMELINE.recompiles]
+        assert len(reasons) == 2 and all("Recompiling function" in r and "size mismatch" in r for r in reasons)
+    finally:
+        logging.getLogger("torch._dynamo.guards.__recompiles").removeHandler(handler)
+        torch._logging.set_logs()
+        torch._dynamo.reset()
+
+
+def test_the_trl_configuration_is_a_valid_recipe_with_trls_knobs():
+    from paraphrx.recipe_cli import parse_recipe
+
+    args = bench_run.trl_overrides(on_gpu=False, examples_per_step=16)
+    _, training_args, _ = parse_recipe([str(REPO / "recipes" / "bucket1-4.yaml"), "--use_cpu", "true", *args])
+    assert training_args.fast_path == "off" and training_args.padding_free and training_args.max_length is None
+    assert (training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps) == (16, 1)
+    assert not training_args.gradient_checkpointing
+
+
+def test_smoke_mode_times_every_configuration(tiny_model_dir, tmp_path, capsys):
+    """--tiny --device cpu: ours, trl and `before` (a copy of this checkout) each run train_sft.py to the end."""
+    before = tmp_path / "before"
+    for name in ("paraphrx", "prep", "recipes"):
+        shutil.copytree(REPO / name, before / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "train_sft.py", before / "train_sft.py")
+    results = bench_run.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--max_steps",
+            "2",
+            "--configs",
+            "ours,trl,before",
+            "--before_tree",
+            str(before),
+            "--work_dir",
+            str(tmp_path / "work"),
+            "--model_dir",
+            str(tiny_model_dir),
+            "--json",
+            str(tmp_path / "bench.json"),
+            "--timeout",
+            "600",
+        ]
+    )
+    assert [r["config"] for r in results] == ["ours", "trl", "before"]
+    for r in results:
+        phases = r["phases_s"]
+        assert all(seconds >= 0 for seconds in phases.values()), phases
+        assert sum(phases.values()) == pytest.approx(r["wall_s"]) and phases["startup"] > 0 and phases["training"] > 0
+        assert r["steps"] == 2 and r["evaluations"] >= 1 and r["saves"] >= 2  # checkpoint at step 2 + final save
+        assert r["final_eval_rows"] and r["final_eval_rows"] > r["eval_rows"][0]  # the whole split, once
+        assert r["train_tokens_per_s"] > 0 and r["eval_tokens_per_s"] > 0
+    assert results[0]["paraphrx_imported_from"] == str(REPO / "paraphrx")
+    assert results[2]["paraphrx_imported_from"] == str(before / "paraphrx")  # the other checkout's code ran
+    assert (tmp_path / "bench.json").is_file()
+    out = capsys.readouterr().out
+    assert "median prompt" in out and "steady state, seconds per 20 steps" in out
