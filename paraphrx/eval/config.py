@@ -34,7 +34,18 @@ class EvalArguments:
         default=True,
         metadata={"help": "Load the base as the adapter's recipe.yaml did (dtype, 4-bit, attention) when present."},
     )
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call (left-padded)."})
+    generation_engine: str = field(
+        default="auto",
+        metadata={"help": "auto: the decode engine (every model in one batch, paraphrx/eval/engine.py) when it covers "
+                          "the base and adapters, else HF generate; engine: the engine or a one-line error; hf: HF "
+                          "generate in left-padded batches, one model at a time.",
+                  "choices": ["auto", "engine", "hf"]},
+    )
+    engine_slots: int | None = field(
+        default=None,
+        metadata={"help": "Engine: rows decoded together (default: as many as fit in free GPU memory, at most 512)."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "HF generate: prompts per generate() call (left-padded)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Greedy answer length limit in tokens."})
     max_prompts: int | None = field(
         default=None, metadata={"help": "Quick runs: keep only the first N prompts of each source."}
@@ -61,7 +72,7 @@ class EvalArguments:
     log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
 
     def __post_init__(self):
-        for name in ("batch_size", "max_new_tokens", "max_prompts", "max_paraphrases_per_prompt"):
+        for name in ("batch_size", "engine_slots", "max_new_tokens", "max_prompts", "max_paraphrases_per_prompt"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
