@@ -5,7 +5,7 @@ import torch
 from test_eval_generation import make_adapter
 
 from paraphrx.eval.lora_batch import (
-    LoraAdapter, UnsupportedAdapter, adapter_masks, apply_lora, read_lora_adapter, stack_lora,
+    LoraAdapter, UnsupportedAdapter, adapter_rows, apply_lora, read_lora_adapter, stack_lora,
 )
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -16,18 +16,22 @@ def tiny_module_names(num_layers=2):
             for group, projs in (("self_attn", ALL_PROJECTIONS[:4]), ("mlp", ALL_PROJECTIONS[4:])) for p in projs}
 
 
-def test_each_row_gets_its_own_adapters_update_on_a_fused_projection():
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "fused"])
+def test_each_row_gets_its_own_adapters_update_on_a_fused_projection(exact):
     torch.manual_seed(0)
     d_in, outs = 6, [5, 3]  # a fused projection: two modules run as one matmul
     modules = ["m.one", "m.two"]
-    a1 = LoraAdapter("a1", None, 2, {m: (torch.randn(2, d_in), torch.randn(o, 2)) for m, o in zip(modules, outs)})
-    a2 = LoraAdapter("a2", None, 3, {"m.two": (torch.randn(3, d_in), torch.randn(3, 3))})  # only the second module
+    a1 = LoraAdapter("a1", None, 2, 0.5, {m: (torch.randn(2, d_in), torch.randn(o, 2)) for m, o in zip(modules, outs)})
+    a2 = LoraAdapter("a2", None, 3, 2.0, {"m.two": (torch.randn(3, d_in), torch.randn(3, 3))})  # second module only
     lora = stack_lora([a1, a2], modules, d_in, outs, torch.float64, "cpu")
-    masks = adapter_masks([a1, a2], torch.float64, "cpu")
+    masks, scales = adapter_rows([a1, a2], torch.float64, "cpu")
     x = torch.randn(4, d_in, dtype=torch.float64)
     y = torch.randn(4, sum(outs), dtype=torch.float64)
     row_models = torch.tensor([0, 1, 2, 1])  # base, a1, a2, a1
-    out = apply_lora(y, x, lora, masks[row_models].repeat(1, 2))
+    if exact:
+        out = apply_lora(y, x, lora, masks[row_models].repeat(1, 2), scales[row_models].double())
+    else:
+        out = apply_lora(y, x, lora, (masks * scales.double())[row_models].repeat(1, 2), None)
 
     def expected(adapter, row):
         parts = []
@@ -36,7 +40,7 @@ def test_each_row_gets_its_own_adapters_update_on_a_fused_projection():
                 parts.append(torch.zeros(width, dtype=torch.float64))
             else:
                 a, b = (t.double() for t in adapter.tensors[module])
-                parts.append(b @ (a @ x[row]))
+                parts.append(adapter.scaling * (b @ (a @ x[row])))
         return y[row] + torch.cat(parts)
 
     for row, adapter in enumerate([None, a1, a2, a1]):
@@ -45,14 +49,28 @@ def test_each_row_gets_its_own_adapters_update_on_a_fused_projection():
     assert stack_lora([a2], ["m.one"], d_in, [5], torch.float64, "cpu") is None  # no adapter touches it: no work
 
 
+def test_exact_update_rounds_like_peft_layers():
+    """bf16 base output: bitsandbytes layers round the fp32 update before the add, plain layers round the sum."""
+    torch.manual_seed(0)
+    a = LoraAdapter("a", None, 4, 2.0, {"m": (torch.randn(4, 16), torch.randn(8, 4) * 1e-3)})
+    lora = stack_lora([a], ["m"], 16, [8], torch.float32, "cpu")
+    x, y = torch.randn(64, 16).bfloat16(), torch.randn(64, 8).bfloat16()
+    update = (x.float() @ a.tensors["m"][0].T @ a.tensors["m"][1].T) * 2.0
+    mask, scale = torch.ones(64, 4), torch.full((64, 1), 2.0)
+    plain, four_bit = (apply_lora(y, x, lora, mask, scale, round_before_add=r) for r in (False, True))
+    torch.testing.assert_close(plain, (y + update).bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(four_bit, y + update.bfloat16(), rtol=0, atol=0)
+    assert not torch.equal(plain, four_bit)  # the two roundings really differ somewhere
+
+
 def test_scaling_follows_peft_with_and_without_rslora(tiny_model_dir, tmp_path):
     plain = read_lora_adapter("p", make_adapter(tiny_model_dir, tmp_path / "p", 1, r=4), tiny_module_names())
     rs = read_lora_adapter("r", make_adapter(tiny_model_dir, tmp_path / "r", 1, r=4, use_rslora=True),
                            tiny_module_names())
     module = "model.layers.0.self_attn.q_proj"
     raw = _raw_b(tmp_path / "p", module)
-    torch.testing.assert_close(plain.tensors[module][1], raw * 8 / 4)  # lora_alpha / r
-    torch.testing.assert_close(rs.tensors[module][1], raw * 8 / 2)  # lora_alpha / sqrt(r)
+    torch.testing.assert_close(plain.tensors[module][1], raw)
+    assert (plain.scaling, rs.scaling) == (8 / 4, 8 / 2)  # lora_alpha / r, lora_alpha / sqrt(r)
     assert set(plain.tensors) == {f"model.layers.{i}.{g}" for i in range(2)
                                   for g in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")}
 

@@ -26,6 +26,7 @@ Greedy stops at any id of `generation_config.eos_token_id`, at `max_new_tokens`,
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from loguru import logger
 
 from paraphrx.eval.lora_batch import (
-    LoraAdapter, StackedLora, UnsupportedAdapter, adapter_masks, apply_lora, read_lora_adapter, stack_lora,
+    LoraAdapter, StackedLora, UnsupportedAdapter, adapter_rows, apply_lora, read_lora_adapter, stack_lora,
 )
 
 BASE = "base"
@@ -118,9 +119,10 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 class _Projection:
     weight: torch.Tensor  # [out, in]
     lora: StackedLora | None
+    round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return apply_lora(F.linear(x, self.weight), x, self.lora, mask)
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, scale, self.round_before_add)
 
 
 @dataclass
@@ -149,17 +151,19 @@ class GemmaDecodeEngine:
     `max_slots` caps the rows decoded together (default: as many as fit in free GPU memory, at most 512; 64 on the
     CPU), `chunk_steps` is the number of decode steps between two host reads, `kv_bucket` the step between KV-length
     buckets, `prefill_tokens` the padded prompt tokens per prefill batch, `cuda_graphs` replays captured decode steps
-    on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished)."""
+    on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
+    `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch)."""
 
     def __init__(self, model, adapters: dict[str, str | Path] | None = None, *, max_slots: int | None = None,
                  chunk_steps: int = 8, kv_bucket: int = 64, prefill_tokens: int = 8192, cuda_graphs: bool = True,
-                 continuous: bool = True):
+                 continuous: bool = True, exact_lora: bool = True):
         adapters = dict(adapters or {})
         reason = unsupported_reason(model, {})
         if reason is not None:
             raise UnsupportedModel(reason)
         config = model.config
-        if getattr(model, "is_loaded_in_4bit", False):
+        four_bit = bool(getattr(model, "is_loaded_in_4bit", False))
+        if four_bit:
             from paraphrx.fast_path import dequantize_frozen_base
 
             dequantize_frozen_base(model, dtype=model.get_input_embeddings().weight.dtype)
@@ -190,8 +194,12 @@ class GemmaDecodeEngine:
         except UnsupportedAdapter as err:
             raise UnsupportedModel(str(err)) from None
         self.models = [BASE] + [a.name for a in loaded]
-        self.masks = adapter_masks(loaded, self.dtype, self.device)
-        self.layers = [self._build_layer(i, layer, config, loaded) for i, layer in enumerate(model.model.layers)]
+        lora_dtype = torch.float32 if exact_lora else self.dtype
+        self.row_masks, self.row_scales = adapter_rows(loaded, lora_dtype, self.device)
+        if not exact_lora:  # the scale rides in the mask
+            self.row_masks, self.row_scales = self.row_masks * self.row_scales.to(lora_dtype), None
+        self.layers = [self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
+                       for i, layer in enumerate(model.model.layers)]
 
         self.max_slots = max_slots
         self.chunk_steps = chunk_steps
@@ -200,20 +208,21 @@ class GemmaDecodeEngine:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.continuous = continuous
         self._state: dict | None = None
-        self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0}
+        self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0,
+                      "capture_s": 0.0}
         logger.info("decode engine: {} models ({}), {} decoder layers in {}, {}", len(self.models),
                     ", ".join(self.models), len(self.layers), self.dtype,
                     "CUDA graphs" if self.cuda_graphs else "eager")
 
-    def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter]) -> _Layer:
+    def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         prefix = f"model.layers.{i}"
 
         def projection(modules: list[str], linears: list[torch.nn.Linear]) -> _Projection:
             weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
             lora = stack_lora(adapters, modules, linears[0].in_features, [m.out_features for m in linears],
-                              self.dtype, self.device)
-            return _Projection(weight, lora)
+                              lora_dtype, self.device)
+            return _Projection(weight, lora, four_bit)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
             return [f"{prefix}.{group}.{p}" for p in projs]
@@ -231,19 +240,20 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _layer(self, layer: _Layer, h: torch.Tensor, masks: tuple[torch.Tensor, ...], cos, sin,
-               attend: Callable) -> torch.Tensor:
-        """One decoder layer on tokens h [N, hidden]; `masks` = each token's adapter mask tiled 1x, 2x, 3x."""
+    def _layer(self, layer: _Layer, h: torch.Tensor, rows: tuple, cos, sin, attend: Callable) -> torch.Tensor:
+        """One decoder layer on tokens h [N, hidden]; `rows` = each token's adapter mask tiled 1x, 2x, 3x and
+        its scale (`_token_rows`)."""
         n = h.shape[0]
+        mask, mask2, mask3, scale = rows
         x = rms_norm(h, layer.norms[0], self.eps)
-        qkv = layer.qkv(x, masks[2]).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+        qkv = layer.qkv(x, mask3, scale).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
         qk = rotate(qkv[:, :self.heads + self.kv_heads], cos, sin)
         q, k, v = qk[:, :self.heads], qk[:, self.heads:], qkv[:, self.heads + self.kv_heads:]
         attention = attend(layer, q, k, v).reshape(n, self.heads * self.head_dim)
-        h = h + rms_norm(layer.o(attention, masks[0]), layer.norms[1], self.eps)
+        h = h + rms_norm(layer.o(attention, mask, scale), layer.norms[1], self.eps)
         x = rms_norm(h, layer.norms[2], self.eps)
-        gate, up = layer.gate_up(x, masks[1]).split(self.intermediate, dim=-1)
-        return h + rms_norm(layer.down(self.act(gate) * up, masks[0]), layer.norms[3], self.eps)
+        gate, up = layer.gate_up(x, mask2, scale).split(self.intermediate, dim=-1)
+        return h + rms_norm(layer.down(self.act(gate) * up, mask, scale), layer.norms[3], self.eps)
 
     def _attention(self, q, keys, values, mask) -> torch.Tensor:
         """Eager Gemma-2 attention, GQA without copies: q [B, kv, g*T, d] against keys/values [B, kv, S, d]."""
@@ -257,11 +267,16 @@ class GemmaDecodeEngine:
         logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
         return soft_cap(logits, self.final_cap).argmax(dim=-1)
 
-    def _token_masks(self, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (mask, mask.repeat(1, 2), mask.repeat(1, 3))
+    def _token_rows(self, model_index: torch.Tensor) -> tuple:
+        """Each token's adapter mask (tiled for the fused q|k|v and gate|up updates) and scale, by model index."""
+        mask = self.row_masks[model_index]
+        scale = None if self.row_scales is None else self.row_scales[model_index]
+        return mask, mask.repeat(1, 2), mask.repeat(1, 3), scale
 
-    def _min(self) -> float:
-        return torch.finfo(self.dtype).min
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """HF's eager mask: 0 where a key is visible, the dtype's minimum where not."""
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
+            ~allowed, torch.finfo(self.dtype).min)
 
     def _rope(self, h: torch.Tensor, positions: torch.Tensor):
         cos, sin = self.rotary(h, positions.view(1, -1))
@@ -270,23 +285,22 @@ class GemmaDecodeEngine:
     # --- prefill ----------------------------------------------------------------------------------------------------
     def _run_prompts(self, prompts: list[list[int]], models: list[str], slots: list[int] | None = None):
         """The decoder on prompts right-padded to one length p: final hidden states [m * p, hidden] and the rows'
-        adapter masks. With `slots`, each prompt's keys/values are written into that slot of the cache."""
+        model indices. With `slots`, each prompt's keys/values are written into that slot of the cache."""
         st = self._state
         lengths = [len(ids) for ids in prompts]
         m, p = len(prompts), _round_up(max(lengths), 8)
         ids = torch.full((m, p), self.pad_id, dtype=torch.long)
         for i, prompt in enumerate(prompts):
             ids[i, :lengths[i]] = torch.tensor(prompt)
-        row_masks = self.masks[torch.tensor([self.models.index(name) for name in models], device=self.device)]
-        token_masks = self._token_masks(row_masks.repeat_interleave(p, dim=0))
+        model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
+        token_rows = self._token_rows(model_index.repeat_interleave(p))
         h = self.embed(ids.to(self.device)).view(m * p, -1)
         cos, sin = self._rope(h, torch.arange(p, device=self.device).repeat(m))
         # Right padding: a real token never sees a pad (causal), so one [p, p] mask serves every row.
         at = torch.arange(p, device=self.device)
         causal = at[None, :] <= at[:, None]
         window = causal & (at[None, :] > at[:, None] - (self.sliding_window or p))
-        additive = {s: torch.where(allowed, 0.0, self._min()).to(self.dtype) for s, allowed in ((False, causal),
-                                                                                                 (True, window))}
+        additive = {False: self._additive(causal), True: self._additive(window)}
         slot_idx = None if slots is None else torch.tensor(slots, device=self.device)
         g = self.heads // self.kv_heads
         for index, layer in enumerate(self.layers):
@@ -300,8 +314,8 @@ class GemmaDecodeEngine:
                 out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
                 return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-            h = self._layer(layer, h, token_masks, cos, sin, attend)
-        return h, row_masks
+            h = self._layer(layer, h, token_rows, cos, sin, attend)
+        return h, model_index
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
         """Soft-capped logits [m, p, vocab] of each prompt under its model (rows right-padded to p; a check of the
@@ -315,7 +329,7 @@ class GemmaDecodeEngine:
         """Prefill `rows` into `slots`: cache, first generated token, position and adapter mask of each slot."""
         st = self._state
         prompts = [r.request.prompt_ids for r in rows]
-        h, row_masks = self._run_prompts(prompts, [r.request.model for r in rows], slots)
+        h, model_index = self._run_prompts(prompts, [r.request.model for r in rows], slots)
         p = h.shape[0] // len(rows)
         lengths = torch.tensor([len(ids) for ids in prompts], device=self.device)
         first = self._greedy(h[lengths - 1 + torch.arange(len(rows), device=self.device) * p])
@@ -323,8 +337,7 @@ class GemmaDecodeEngine:
         st["tokens"][slot_idx] = first
         st["first"][slot_idx] = first
         st["pos"][slot_idx] = lengths
-        for buffer, mask in zip(st["masks"], self._token_masks(row_masks)):
-            buffer[slot_idx] = mask
+        st["model"][slot_idx] = model_index
         self.stats["prefill_batches"] += 1
 
     # --- decode -----------------------------------------------------------------------------------------------------
@@ -333,28 +346,28 @@ class GemmaDecodeEngine:
         Shapes depend only on (width, kv_len), and nothing here reads a value back to the host."""
         st = self._state
         tokens, pos = st["tokens"][:width], st["pos"][:width]
-        masks = tuple(m[:width] for m in st["masks"])
+        token_rows = self._token_rows(st["model"][:width])
         h = self.embed(tokens)
         cos, sin = self._rope(h, pos)
         keys_at = torch.arange(kv_len, device=self.device)
         valid = keys_at[None, :] <= pos[:, None]
-        additive = {False: torch.where(valid, 0.0, self._min()).to(self.dtype).view(width, 1, 1, kv_len)}
+        allowed = {False: valid}
         if self.sliding_window is not None:
-            window = valid & (keys_at[None, :] > (pos - self.sliding_window)[:, None])
-            additive[True] = torch.where(window, 0.0, self._min()).to(self.dtype).view(width, 1, 1, kv_len)
-        rows = torch.arange(width, device=self.device)
+            allowed[True] = valid & (keys_at[None, :] > (pos - self.sliding_window)[:, None])
+        additive = {s: self._additive(a).view(width, 1, 1, kv_len) for s, a in allowed.items()}
+        slot_ids = torch.arange(width, device=self.device)
         g = self.heads // self.kv_heads
 
         for index, layer in enumerate(self.layers):
             def attend(layer, q, k, v, index=index):
                 k_cache, v_cache = st["k"][index], st["v"][index]
-                k_cache[rows, :, pos] = k
-                v_cache[rows, :, pos] = v
+                k_cache[slot_ids, :, pos] = k
+                v_cache[slot_ids, :, pos] = v
                 q = q.reshape(width, self.kv_heads, g, self.head_dim)
                 return self._attention(q, k_cache[:width, :, :kv_len], v_cache[:width, :, :kv_len],
                                        additive[layer.sliding])
 
-            h = self._layer(layer, h, masks, cos, sin, attend)
+            h = self._layer(layer, h, token_rows, cos, sin, attend)
         tokens.copy_(self._greedy(h))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 
@@ -371,6 +384,7 @@ class GemmaDecodeEngine:
         """Capture one decode step of this shape. The warm-up run writes keys/values only at the slots' current
         positions (rewritten by the real step before anything reads them); tokens and positions are restored."""
         st = self._state
+        start = time.perf_counter()
         saved = st["tokens"].clone(), st["pos"].clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -386,6 +400,7 @@ class GemmaDecodeEngine:
         st["pos"].copy_(saved[1])
         st["graphs"][(width, kv_len)] = graph
         self.stats["graphs_captured"] += 1
+        self.stats["capture_s"] += time.perf_counter() - start
         return graph
 
     # --- memory -----------------------------------------------------------------------------------------------------
@@ -416,14 +431,13 @@ class GemmaDecodeEngine:
             torch.cuda.empty_cache()
         shape = (len(self.layers), slots, self.kv_heads, max_len, self.head_dim)
         zeros = dict(device=self.device, dtype=self.dtype)
-        rank = self.masks.shape[1]
         self._state = {
             "slots": slots, "max_len": max_len,
             "k": torch.zeros(shape, **zeros), "v": torch.zeros(shape, **zeros),
             "tokens": torch.full((slots,), self.pad_id, dtype=torch.long, device=self.device),
             "first": torch.zeros(slots, dtype=torch.long, device=self.device),
             "pos": torch.zeros(slots, dtype=torch.long, device=self.device),
-            "masks": tuple(torch.zeros(slots, k * rank, **zeros) for k in (1, 2, 3)),
+            "model": torch.zeros(slots, dtype=torch.long, device=self.device),
             "out": torch.zeros(slots, self.chunk_steps, dtype=torch.long, device=self.device),
             "graphs": {},
             "pool": torch.cuda.graph_pool_handle() if self.cuda_graphs else None,
@@ -432,7 +446,7 @@ class GemmaDecodeEngine:
                     2 * self._state["k"].numel() * self._state["k"].element_size() / 2**30)
 
     def _compact(self, live: dict[int, _Row], width: int) -> dict[int, int]:
-        """Move the live rows into slots [0, width) (cache rows, tokens, positions and masks); {old: new slot}."""
+        """Move the live rows into slots [0, width) (cache rows, tokens, positions, models); {old: new slot}."""
         st = self._state
         movers = sorted(s for s in live if s >= width)
         free = sorted(set(range(width)) - set(live))[:len(movers)]
@@ -440,7 +454,7 @@ class GemmaDecodeEngine:
             src, dst = (torch.tensor(x, device=self.device) for x in (movers, free))
             for name in ("k", "v"):
                 st[name][:, dst] = st[name][:, src]
-            for buffer in (st["tokens"], st["first"], st["pos"], *st["masks"]):
+            for buffer in (st["tokens"], st["first"], st["pos"], st["model"]):
                 buffer[dst] = buffer[src]
         self.stats["compactions"] += 1
         return dict(zip(movers, free))
