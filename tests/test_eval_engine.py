@@ -61,6 +61,25 @@ def test_prefill_logits_equal_hf_with_unmerged_peft_adapters(tiny_model_dir, ada
     assert (ours[0, :len(ids[0])] - plain).abs().max() > 1e-2  # the adapter really changes the logits
 
 
+def test_bf16_prefill_logits_are_bitwise_peft_on_a_bf16_base(tiny_model_dir, adapters, tokenizer):
+    """In bf16 the LoRA update is computed as PEFT does (fp32, added to the base output in fp32, rounded once), so on
+    a bf16 base the engine's logits are HF's bit for bit (all of them on the development VM; a little slack for
+    another CPU's GEMM kernels). The update fused in bf16 is not: most logits differ in the last bits."""
+    def bf16():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+
+    models, ids = [BASE, "a1", "a2"], tokenizer(PROMPTS[:3])["input_ids"]
+    ours = GemmaDecodeEngine(bf16(), adapters).prompt_logits(ids, models)
+    fused = GemmaDecodeEngine(bf16(), adapters, exact_lora=False).prompt_logits(ids, models)
+    peft_model = attach_adapters(bf16(), adapters)
+    for i, name in enumerate(models):
+        with active_model(peft_model, name) as active, torch.no_grad():
+            expected = active(torch.tensor([ids[i]])).logits[0]
+        assert (ours[i, :len(ids[i])] == expected).float().mean() > 0.99
+        if name != BASE:
+            assert (fused[i, :len(ids[i])] == expected).float().mean() < 0.9
+
+
 def _eos_that_fires(engine, tokenizer, jobs):
     """A token id some answers produce early and others never: made a stop id, it ends some rows mid-answer."""
     requests = [Request(m, ids, 12) for m, ps in jobs.items() for ids in tokenizer(ps)["input_ids"]]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from loguru import logger
 
 from paraphrx.eval.lora_batch import (
-    LoraAdapter, StackedLora, UnsupportedAdapter, adapter_rows, apply_lora, read_lora_adapter, stack_lora,
+    LoraAdapter, StackedLora, UnsupportedAdapter, adapter_masks, apply_lora, read_lora_adapter, stack_lora,
 )
 
 BASE = "base"
@@ -121,8 +121,8 @@ class _Projection:
     lora: StackedLora | None
     round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, scale, self.round_before_add)
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add)
 
 
 @dataclass
@@ -195,9 +195,7 @@ class GemmaDecodeEngine:
             raise UnsupportedModel(str(err)) from None
         self.models = [BASE] + [a.name for a in loaded]
         lora_dtype = torch.float32 if exact_lora else self.dtype
-        self.row_masks, self.row_scales = adapter_rows(loaded, lora_dtype, self.device)
-        if not exact_lora:  # the scale rides in the mask
-            self.row_masks, self.row_scales = self.row_masks * self.row_scales.to(lora_dtype), None
+        self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
         self.layers = [self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
                        for i, layer in enumerate(model.model.layers)]
 
@@ -240,20 +238,19 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _layer(self, layer: _Layer, h: torch.Tensor, rows: tuple, cos, sin, attend: Callable) -> torch.Tensor:
-        """One decoder layer on tokens h [N, hidden]; `rows` = each token's adapter mask tiled 1x, 2x, 3x and
-        its scale (`_token_rows`)."""
+    def _layer(self, layer: _Layer, h: torch.Tensor, masks: tuple, cos, sin, attend: Callable) -> torch.Tensor:
+        """One decoder layer on tokens h [N, hidden]; `masks` = each token's adapter mask tiled 1x, 2x, 3x."""
         n = h.shape[0]
-        mask, mask2, mask3, scale = rows
+        mask, mask2, mask3 = masks
         x = rms_norm(h, layer.norms[0], self.eps)
-        qkv = layer.qkv(x, mask3, scale).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+        qkv = layer.qkv(x, mask3).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
         qk = rotate(qkv[:, :self.heads + self.kv_heads], cos, sin)
         q, k, v = qk[:, :self.heads], qk[:, self.heads:], qkv[:, self.heads + self.kv_heads:]
         attention = attend(layer, q, k, v).reshape(n, self.heads * self.head_dim)
-        h = h + rms_norm(layer.o(attention, mask, scale), layer.norms[1], self.eps)
+        h = h + rms_norm(layer.o(attention, mask), layer.norms[1], self.eps)
         x = rms_norm(h, layer.norms[2], self.eps)
-        gate, up = layer.gate_up(x, mask2, scale).split(self.intermediate, dim=-1)
-        return h + rms_norm(layer.down(self.act(gate) * up, mask, scale), layer.norms[3], self.eps)
+        gate, up = layer.gate_up(x, mask2).split(self.intermediate, dim=-1)
+        return h + rms_norm(layer.down(self.act(gate) * up, mask), layer.norms[3], self.eps)
 
     def _attention(self, q, keys, values, mask) -> torch.Tensor:
         """Eager Gemma-2 attention, GQA without copies: q [B, kv, g*T, d] against keys/values [B, kv, S, d]."""
@@ -267,11 +264,10 @@ class GemmaDecodeEngine:
         logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
         return soft_cap(logits, self.final_cap).argmax(dim=-1)
 
-    def _token_rows(self, model_index: torch.Tensor) -> tuple:
-        """Each token's adapter mask (tiled for the fused q|k|v and gate|up updates) and scale, by model index."""
+    def _token_masks(self, model_index: torch.Tensor) -> tuple:
+        """Each token's adapter mask by model index, tiled for the fused q|k|v and gate|up updates."""
         mask = self.row_masks[model_index]
-        scale = None if self.row_scales is None else self.row_scales[model_index]
-        return mask, mask.repeat(1, 2), mask.repeat(1, 3), scale
+        return mask, mask.repeat(1, 2), mask.repeat(1, 3)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """HF's eager mask: 0 where a key is visible, the dtype's minimum where not."""
@@ -293,7 +289,7 @@ class GemmaDecodeEngine:
         for i, prompt in enumerate(prompts):
             ids[i, :lengths[i]] = torch.tensor(prompt)
         model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
-        token_rows = self._token_rows(model_index.repeat_interleave(p))
+        token_masks = self._token_masks(model_index.repeat_interleave(p))
         h = self.embed(ids.to(self.device)).view(m * p, -1)
         cos, sin = self._rope(h, torch.arange(p, device=self.device).repeat(m))
         # Right padding: a real token never sees a pad (causal), so one [p, p] mask serves every row.
@@ -314,7 +310,7 @@ class GemmaDecodeEngine:
                 out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
                 return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-            h = self._layer(layer, h, token_rows, cos, sin, attend)
+            h = self._layer(layer, h, token_masks, cos, sin, attend)
         return h, model_index
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
@@ -346,7 +342,7 @@ class GemmaDecodeEngine:
         Shapes depend only on (width, kv_len), and nothing here reads a value back to the host."""
         st = self._state
         tokens, pos = st["tokens"][:width], st["pos"][:width]
-        token_rows = self._token_rows(st["model"][:width])
+        token_masks = self._token_masks(st["model"][:width])
         h = self.embed(tokens)
         cos, sin = self._rope(h, pos)
         keys_at = torch.arange(kv_len, device=self.device)
@@ -367,7 +363,7 @@ class GemmaDecodeEngine:
                 return self._attention(q, k_cache[:width, :, :kv_len], v_cache[:width, :, :kv_len],
                                        additive[layer.sliding])
 
-            h = self._layer(layer, h, token_rows, cos, sin, attend)
+            h = self._layer(layer, h, token_masks, cos, sin, attend)
         tokens.copy_(self._greedy(h))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 

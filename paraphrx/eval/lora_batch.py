@@ -1,18 +1,19 @@
 """Several LoRA adapters in one batch: every row picks its adapter (or none, the base model) with a mask.
 
 For one projection W and adapters i = 1..n (A_i [r_i, in], B_i [out, r_i], scaling s_i), stack
-A_cat = [A_1; ...; A_n] [R, in] and B_cat = [B_1 | ... | B_n] [out, R]. A row whose mask [R] holds ones on its
-adapter's block (all zeros for the base) and whose scale is its adapter's s_i gets exactly its own update:
+A_cat = [A_1; ...; A_n] [R, in] and B_cat = [B_1 | ... | B_n] [out, R]. A row whose mask [R] holds s_i on its
+adapter's block (all zeros for the base) gets exactly its own update:
 
-    y = x W^T + (((x A_cat^T) * mask) B_cat^T) * scale
+    y = x W^T + ((x A_cat^T) * mask) B_cat^T
 
 two skinny matmuls for every adapter at once, so rows of all models share one read of W. Projections that run as
 one matmul (q|k|v, gate|up) stack their A's the same way and take a block-diagonal B.
 
-The update is computed as PEFT computes it (`exact`): in float32 (PEFT keeps adapter weights in fp32), then added
-to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output dtype before the add,
-plain layers add in fp32 and round the sum. Not exact: the scale folded into the mask and the update fused into one
-`addmm` in the model dtype (fewer kernels; in bf16 answers drift from PEFT's in near-ties).
+With float32 adapter weights the update is computed as PEFT computes it (PEFT keeps adapter weights in fp32): in
+float32, then added to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output
+dtype before the add, plain layers add in fp32 and round the sum. The one difference, the scale applied before
+B_cat instead of after, is a float32 rounding and keeps the [rows, out] update to two passes. With adapter weights
+in the model dtype the update is one fused `addmm` (fewer kernels and bytes; in bf16 it drifts from PEFT's).
 
 Adapters are read from their folders as PEFT writes them (`LoraConfig.from_pretrained`, `load_peft_weights`, keys
 `base_model.model.<module>.lora_A.weight`). Anything this formula does not compute is refused with one line
@@ -120,27 +121,24 @@ def stack_lora(adapters: list[LoraAdapter], modules: list[str], in_features: int
     return StackedLora(a=a.to(device=device, dtype=dtype), b=b.to(device=device, dtype=dtype))
 
 
-def adapter_rows(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per model, row 0 the base and row 1 + i adapter i: masks [1 + n, R] (ones on the adapter's block) and
-    scales [1 + n, 1] in float32."""
-    total = sum(adapter.rank for adapter in adapters)
-    masks = torch.zeros(1 + len(adapters), total)
-    scales = torch.ones(1 + len(adapters), 1)
+def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> torch.Tensor:
+    """[1 + n, R]: row 0 selects nothing (the base), row 1 + i holds adapter i's scaling on its block."""
+    masks = torch.zeros(1 + len(adapters), sum(adapter.rank for adapter in adapters))
     col = 0
     for i, adapter in enumerate(adapters):
-        masks[1 + i, col:col + adapter.rank] = 1
-        scales[1 + i] = adapter.scaling
+        masks[1 + i, col:col + adapter.rank] = adapter.scaling
         col += adapter.rank
-    return masks.to(device=device, dtype=dtype), scales.to(device=device)
+    return masks.to(device=device, dtype=dtype)
 
 
 def apply_lora(y: torch.Tensor, x: torch.Tensor, lora: StackedLora | None, mask: torch.Tensor,
-               scale: torch.Tensor | None, round_before_add: bool = False) -> torch.Tensor:
-    """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc).
-    `scale` [N, 1] for the exact update; None when the scale is already in `mask` (the fused one)."""
+               round_before_add: bool = False) -> torch.Tensor:
+    """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc);
+    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer."""
     if lora is None:
         return y
-    if scale is None:
-        return torch.addmm(y, torch.nn.functional.linear(x, lora.a) * mask, lora.b.t())
-    update = torch.nn.functional.linear(torch.nn.functional.linear(x.to(lora.a.dtype), lora.a) * mask, lora.b) * scale
+    u = torch.nn.functional.linear(x.to(lora.a.dtype), lora.a) * mask
+    if lora.a.dtype == y.dtype:
+        return torch.addmm(y, u, lora.b.t())
+    update = torch.nn.functional.linear(u, lora.b)
     return y + update.to(y.dtype) if round_before_add else (y + update).to(y.dtype)
