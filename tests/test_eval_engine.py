@@ -26,15 +26,16 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def load(model_dir, nf4=False):
+def load(model_dir, nf4=False, device="cpu"):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32) if nf4 else None
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quant).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quant,
+                                                device_map={"": device}).eval()
 
 
-def reference_answers(model_dir, adapters, jobs, max_new_tokens, nf4=False, eos=None):
+def reference_answers(model_dir, adapters, jobs, max_new_tokens, nf4=False, eos=None, device="cpu"):
     """HF `generate`, one prompt at a time, the adapter active and unmerged (PEFT), the base under disable_adapter."""
-    model = load(model_dir, nf4)
+    model = load(model_dir, nf4, device)
     if eos is not None:
         model.generation_config.eos_token_id = eos
     model = attach_adapters(model, adapters)
@@ -159,3 +160,17 @@ def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, ad
         GemmaDecodeEngine(load(tiny_model_dir), {"dora": dora})
     with pytest.raises(ValueError, match="no such model"):
         list(GemmaDecodeEngine(load(tiny_model_dir)).generate([Request("a1", [2, 5], 3)]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+@pytest.mark.parametrize("nf4", [False, True], ids=["float32", "nf4-float32"])
+def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapters, tokenizer, nf4):
+    """On the GPU: decode steps replayed from CUDA graphs (several widths and KV lengths: refills, compaction, the
+    sliding window) give HF's one-at-a-time text in float32, with and without the NF4 base."""
+    jobs = {BASE: PROMPTS, "a1": PROMPTS[::-1], "a2": PROMPTS[1:5], "a3": PROMPTS[2:4]}
+    engine = GemmaDecodeEngine(load(tiny_model_dir, nf4, "cuda"), adapters, max_slots=12, chunk_steps=4,
+                               kv_bucket=16)
+    ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=72)
+    assert engine.stats["graphs_captured"] >= 3 and engine.stats["compactions"] >= 1
+    assert ours == reference_answers(tiny_model_dir, adapters, jobs, 72, nf4=nf4, device="cuda")
+    assert generate_texts(engine, tokenizer, jobs, max_new_tokens=72) == ours  # replaying the captured graphs again
