@@ -413,9 +413,11 @@ def main(argv=None) -> dict:
         for lever in args.levers:
             with lever_applied(lever, engine, model_args, adapters, args) as variant:
                 run_ours(variant, tokenizer, lever_prompts, limits, args)  # warm-up: its own shapes
-                _, t_lever = timed(lambda: run_ours(variant, tokenizer, lever_prompts, limits, args))
-            print(f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' time)")
-            results["levers"][lever] = n_lever / t_lever
+                answers, t_lever = timed(lambda: run_ours(variant, tokenizer, lever_prompts, limits, args))
+            same = identical(answers, reference)[0] / n_ref if len(lever_prompts) >= len(reference_prompts) else None
+            print(f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' time)"
+                  + ("" if same is None else f", identical to one-at-a-time {same:.0%}"))
+            results["levers"][lever] = {"tokens_per_s": n_lever / t_lever, "agreement": same}
     del engine
     reset_peak()
 

@@ -351,17 +351,16 @@ class GemmaDecodeEngine:
         if self.sliding_window is not None:
             allowed[True] = valid & (keys_at[None, :] > (pos - self.sliding_window)[:, None])
         additive = {s: self._additive(a).view(width, 1, 1, kv_len) for s, a in allowed.items()}
-        slot_ids = torch.arange(width, device=self.device)
+        at = pos.view(width, 1, 1, 1).expand(width, self.kv_heads, 1, self.head_dim)  # each slot's cache column
         g = self.heads // self.kv_heads
 
         for index, layer in enumerate(self.layers):
             def attend(layer, q, k, v, index=index):
-                k_cache, v_cache = st["k"][index], st["v"][index]
-                k_cache[slot_ids, :, pos] = k
-                v_cache[slot_ids, :, pos] = v
+                k_cache, v_cache = st["k"][index, :width], st["v"][index, :width]
+                k_cache.scatter_(2, at, k.unsqueeze(2))
+                v_cache.scatter_(2, at, v.unsqueeze(2))
                 q = q.reshape(width, self.kv_heads, g, self.head_dim)
-                return self._attention(q, k_cache[:width, :, :kv_len], v_cache[:width, :, :kv_len],
-                                       additive[layer.sliding])
+                return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
 
             h = self._layer(layer, h, token_masks, cos, sin, attend)
         tokens.copy_(self._greedy(h))

@@ -205,26 +205,11 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
                 if todo[name]:
                     model = model if model is not None else _loading(load_base_model, model_args)
                     model = merge_adapter(model, path) if path else model
-                    engine = _engine(model, {}, eval_args)
-                    if engine is not None:
-                        _generate_with_engine(engine, tokenizer, {BASE: todo[name]}, {BASE: caches[name]}, eval_args)
-                    else:
-                        _generate(model, tokenizer, name, todo[name], caches[name], eval_args)
-                    model = engine = None
+                    _generate_models(model, tokenizer, {name: None}, todo, caches, eval_args)
+                    model = None
                     _free_memory()
         else:
-            adapters = {n: p for n, p in models.items() if p is not None and todo[n]}
-            engine = _engine(model, adapters, eval_args)
-            if engine is not None:
-                jobs = {name: todo[name] for name in models if todo[name]}
-                _generate_with_engine(engine, tokenizer, jobs, caches, eval_args)
-            else:
-                model = attach_adapters(model, adapters)
-                for name in models:
-                    if todo[name]:
-                        with active_model(model, name) as active:
-                            _generate(active, tokenizer, name, todo[name], caches[name], eval_args)
-            del engine
+            _generate_models(model, tokenizer, models, todo, caches, eval_args)
         del model
         _free_memory()
     else:
@@ -245,6 +230,25 @@ def _loading(load, model_args: EvalModelConfig):
 def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
     for name, missing in todo.items():
         logger.info("{}: {} of {} prompts cached", name, len(prompts) - len(missing), len(prompts))
+
+
+def _generate_models(model, tokenizer, models: dict[str, Path | None], todo: dict[str, list[str]],
+                     caches: dict[str, GenerationCache], eval_args: EvalArguments) -> None:
+    """Each model's missing answers on this loaded base; `models` maps a name to its adapter folder, or to None for
+    the loaded model itself (the base, or a merged adapter). The engine answers them all in one batch, HF generate
+    one model after another."""
+    adapters = {n: p for n, p in models.items() if p is not None and todo[n]}
+    engine = _engine(model, adapters, eval_args)
+    if engine is None:
+        model = attach_adapters(model, adapters)
+        for name in models:
+            if todo[name]:
+                with active_model(model, name) as active:
+                    _generate(active, tokenizer, name, todo[name], caches[name], eval_args)
+        return
+    as_engine_model = {name: name if path else BASE for name, path in models.items()}
+    jobs = {as_engine_model[n]: todo[n] for n in models if todo[n]}
+    _generate_with_engine(engine, tokenizer, jobs, {as_engine_model[n]: caches[n] for n in models}, eval_args)
 
 
 def _engine(model, adapters: dict[str, Path], eval_args: EvalArguments) -> GemmaDecodeEngine | None:
