@@ -105,7 +105,7 @@ def test_adapter_folder_holds_only_what_a_lora_loader_accepts(tiny_run, tiny_mod
     weight_files = [p.name for p in out.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
     assert sorted(weight_files) == ["adapter_model.safetensors", "training_args.bin"]  # the latter: Trainer's args
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert read_lora_adapter("run", out, set(projection_modules(model))).rank == 16
+    assert read_lora_adapter("run", out, projection_modules(model)).rank == 16
 
 
 def test_resolved_recipe_reruns_as_a_recipe(tiny_run):

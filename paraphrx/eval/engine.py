@@ -19,7 +19,8 @@ weight on every step, so the GPU mostly waits. This engine, built from a loaded 
 The arithmetic follows `transformers.models.gemma2.modeling_gemma2` op for op (embedding scaled in the model dtype,
 RMSNorm in fp32 as x * (1 + w), RoPE from the model's own rotary module, `query_pre_attn_scalar`, attention logits
 soft-capped before the mask, softmax in fp32, sliding window on the model's `sliding_attention` layers, GeGLU, final
-norm, logits soft-capped in the model dtype), so in float32 the greedy text equals HF's one prompt at a time.
+norm, logits soft-capped in the model dtype), and the LoRA update as PEFT computes it (`lora_batch.py`), so in
+float32 the greedy text equals HF's one prompt at a time, and in bf16 on a bf16 base the logits are PEFT's.
 Greedy stops at any id of `generation_config.eos_token_id`, at `max_new_tokens`, or at a request's own limit.
 """
 
@@ -35,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 
+from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
     LoraAdapter, StackedLora, UnsupportedAdapter, adapter_masks, apply_lora, read_lora_adapter, stack_lora,
 )
 
-BASE = "base"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -82,21 +83,16 @@ def unsupported_reason(model, adapters: dict[str, Path]) -> str | None:
     modules = projection_modules(model)
     for name, path in adapters.items():
         try:
-            read_lora_adapter(name, path, set(modules))
+            read_lora_adapter(name, path, modules)
         except UnsupportedAdapter as err:
             return str(err)
     return None
 
 
-def projection_modules(model) -> dict[str, tuple[int, str]]:
-    """{'model.layers.3.self_attn.q_proj': (3, 'q_proj'), ...} for the 7 projections of every decoder layer."""
-    found = {}
-    for i, layer in enumerate(model.model.layers):
-        for proj in ATTENTION:
-            found[f"model.layers.{i}.self_attn.{proj}"] = (i, proj)
-        for proj in MLP:
-            found[f"model.layers.{i}.mlp.{proj}"] = (i, proj)
-    return found
+def projection_modules(model) -> set[str]:
+    """The names PEFT gives the 7 projections of every decoder layer ('model.layers.3.self_attn.q_proj', ...)."""
+    return {f"model.layers.{i}.{group}.{proj}" for i in range(len(model.model.layers))
+            for group, projs in (("self_attn", ATTENTION), ("mlp", MLP)) for proj in projs}
 
 
 def rms_norm(x: torch.Tensor, weight_plus_one: torch.Tensor, eps: float) -> torch.Tensor:
@@ -188,9 +184,8 @@ class GemmaDecodeEngine:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
 
-        module_names = set(projection_modules(model))
         try:
-            loaded = [read_lora_adapter(name, path, module_names) for name, path in adapters.items()]
+            loaded = [read_lora_adapter(name, path, projection_modules(model)) for name, path in adapters.items()]
         except UnsupportedAdapter as err:
             raise UnsupportedModel(str(err)) from None
         self.models = [BASE] + [a.name for a in loaded]
