@@ -19,13 +19,17 @@ never picks them: answers stop only at their drawn length and decode to comparab
   on `--steady_prompts` prompts per model for its steady tokens/s.
 - **agreement**: the share of answers identical to one-prompt-at-a-time generation (`generate_per_example`, the
   adapter active and unmerged) on `--reference_prompts` prompts per model, for both paths (bf16 near-ties differ).
+  On CUDA also against one-at-a-time with bitsandbytes' fused inference kernels switched off (dequantize + matmul,
+  the arithmetic of training and of the engine), which separates the kernels' part of the disagreement.
 - **float32 check**: the base in float32 (no 4-bit): ours vs one-at-a-time on `--fp32_prompts` prompts per model;
   identical text is expected.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `base=bf16` (a bf16 base instead of the NF4 one dequantized once).
+  `lora=fused` (the LoRA update in bf16 in one addmm instead of PEFT's fp32 arithmetic), `base=bf16` (a bf16 base
+  instead of the NF4 one dequantized once); each with its tokens/s and its agreement with one-at-a-time.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
-whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included).
+whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
+run should take 6 to 7 minutes (today's path ~1.5, the one-at-a-time references ~1.5, the rest ~4).
 """
 
 from __future__ import annotations
@@ -302,7 +306,7 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=32, help="today's path: --batch_size of the evaluation")
     parser.add_argument("--reference_prompts", type=int, default=None, help="per model, one at a time (default 1)")
     parser.add_argument("--steady_prompts", type=int, default=None, help="per model, ours only (default 512)")
-    parser.add_argument("--lever_prompts", type=int, default=None, help="per model, each lever (default 128)")
+    parser.add_argument("--lever_prompts", type=int, default=None, help="per model, each lever (default 128: more requests than slots)")
     parser.add_argument("--levers", default=None, help=f"comma-separated (default {','.join(LEVERS)}; '' for none)")
     parser.add_argument("--fp32_prompts", type=int, default=None, help="per model, float32 check (default 2)")
     parser.add_argument("--fp32_tokens", type=int, default=32, help="answer length cap of the float32 check")
@@ -339,6 +343,8 @@ def main(argv=None) -> dict:
     def report(key: str, line: str, **values) -> None:
         print(line, flush=True)
         results[key] = values
+        if args.json:  # after every part, so a run stopped at its time limit keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     report("setup", f"date        {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
@@ -407,17 +413,16 @@ def main(argv=None) -> dict:
         n_lever = tokens_of(limits, lever_prompts)
         run_ours(engine, tokenizer, lever_prompts, limits, args)  # graphs for this workload's shapes
         _, t_default = timed(lambda: run_ours(engine, tokenizer, lever_prompts, limits, args))
-        print(f"levers      {len(MODELS)} models x {len(lever_prompts)} prompts ({n_lever:,} tokens), warm; ours "
-              f"as above: {n_lever / t_default:,.0f} tokens/s")
-        results["levers"] = {"default": n_lever / t_default}
+        report("levers", f"levers      {len(MODELS)} models x {len(lever_prompts)} prompts ({n_lever:,} tokens), "
+               f"warm; ours as above: {n_lever / t_default:,.0f} tokens/s", default=n_lever / t_default)
         for lever in args.levers:
             with lever_applied(lever, engine, model_args, adapters, args) as variant:
                 run_ours(variant, tokenizer, lever_prompts, limits, args)  # warm-up: its own shapes
                 answers, t_lever = timed(lambda: run_ours(variant, tokenizer, lever_prompts, limits, args))
             same = identical(answers, reference)[0] / n_ref if len(lever_prompts) >= len(reference_prompts) else None
-            print(f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' time)"
-                  + ("" if same is None else f", identical to one-at-a-time {same:.0%}"))
-            results["levers"][lever] = {"tokens_per_s": n_lever / t_lever, "agreement": same}
+            report("levers", f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' "
+                   "time)" + ("" if same is None else f", identical to one-at-a-time {same:.0%}"),
+                   **results["levers"], **{lever: {"tokens_per_s": n_lever / t_lever, "agreement": same}})
     del engine
     reset_peak()
 
@@ -435,8 +440,6 @@ def main(argv=None) -> dict:
            f"identical {same}/{n32} ({same / n32:.0%})", identical=same, answers=n32)
     del engine32
     reset_peak()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return results
