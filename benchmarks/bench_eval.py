@@ -62,7 +62,12 @@ from paraphrx.atomic_folder import atomic_folder  # noqa: E402
 from paraphrx.eval.config import EvalModelConfig  # noqa: E402
 from paraphrx.eval.engine import BASE, GemmaDecodeEngine, generate_texts  # noqa: E402
 from paraphrx.eval.generation import (  # noqa: E402
-    active_model, attach_adapters, generate_batched, generate_per_example, load_base_model, load_tokenizer,
+    active_model,
+    attach_adapters,
+    generate_batched,
+    generate_per_example,
+    load_base_model,
+    load_tokenizer,
 )
 from paraphrx.eval.pipeline import resolve_model_config  # noqa: E402
 from prep.templates import alpaca_prompt  # noqa: E402
@@ -92,11 +97,13 @@ def build_model_dir(path: Path, tiny: bool, device: str) -> Path:
             model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B)).to(torch.bfloat16)
     with torch.no_grad():
         rows = model.get_input_embeddings().weight
-        rows[len(tokenizer):] *= 0.01
+        rows[len(tokenizer) :] *= 0.01
         rows[tokenizer.all_special_ids] *= 0.01
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")])
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
+    )
     with atomic_folder(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -113,21 +120,35 @@ def write_adapters(model_dir: Path, root: Path, recipe: Path, seed: int = 0) -> 
     config = AutoConfig.from_pretrained(model_dir)
     d, i = config.hidden_size, config.intermediate_size
     q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    shapes = {"self_attn.q_proj": (d, q), "self_attn.k_proj": (d, kv), "self_attn.v_proj": (d, kv),
-              "self_attn.o_proj": (q, d), "mlp.gate_proj": (d, i), "mlp.up_proj": (d, i), "mlp.down_proj": (i, d)}
+    shapes = {
+        "self_attn.q_proj": (d, q),
+        "self_attn.k_proj": (d, kv),
+        "self_attn.v_proj": (d, kv),
+        "self_attn.o_proj": (q, d),
+        "mlp.gate_proj": (d, i),
+        "mlp.up_proj": (d, i),
+        "mlp.down_proj": (i, d),
+    }
     r = 16
     adapters = {}
     for k, name in enumerate(ADAPTERS):
         folder = root / name
         shutil.rmtree(folder, ignore_errors=True)
-        LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, task_type="CAUSAL_LM",
-                   base_model_name_or_path=str(model_dir)).save_pretrained(str(folder))
+        LoraConfig(
+            r=r,
+            lora_alpha=2 * r,
+            target_modules=LORA_TARGETS,
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=str(model_dir),
+        ).save_pretrained(str(folder))
         generator = torch.Generator().manual_seed(seed + k)
         tensors = {}
         for layer in range(config.num_hidden_layers):
             for module, (fan_in, fan_out) in shapes.items():
                 key = f"base_model.model.model.layers.{layer}.{module}"
-                tensors[f"{key}.lora_A.weight"] = (torch.rand(r, fan_in, generator=generator) * 2 - 1) / math.sqrt(fan_in)
+                tensors[f"{key}.lora_A.weight"] = (torch.rand(r, fan_in, generator=generator) * 2 - 1) / math.sqrt(
+                    fan_in
+                )
                 tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, r, generator=generator) * 0.002
         save_file(tensors, str(folder / "adapter_model.safetensors"))
         shutil.copy(recipe, folder / "recipe.yaml")
@@ -138,8 +159,11 @@ def write_adapters(model_dir: Path, root: Path, recipe: Path, seed: int = 0) -> 
 def workload(tokenizer, n: int, max_new_tokens: int, seed: int) -> tuple[list[str], dict, list[int]]:
     """n distinct Alpaca-template prompts from the shipped sample, and a drawn answer length per (model, prompt)."""
     rows = json.loads(ALPACA.read_text(encoding="utf-8"))
-    prompts = list(dict.fromkeys(alpaca_prompt(p["paraphrase"], row.get("input") or "")
-                                 for row in rows for p in row["paraphrases"]))
+    prompts = list(
+        dict.fromkeys(
+            alpaca_prompt(p["paraphrase"], row.get("input") or "") for row in rows for p in row["paraphrases"]
+        )
+    )
     answers = [p["answer"] for row in rows for p in row["paraphrases"] if p["answer"]]
     answer_lengths = [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
     rng = random.Random(seed)
@@ -171,8 +195,9 @@ def forced_lengths(limits: dict, model: str, eos: int):
     """`batch_generate_kwargs` for generate_batched / generate_per_example: each row stops at its drawn length."""
     from transformers import LogitsProcessorList
 
-    return lambda batch: {"logits_processor": LogitsProcessorList([ForceEosAt([limits[(model, p)] for p in batch],
-                                                                               eos)])}
+    return lambda batch: {
+        "logits_processor": LogitsProcessorList([ForceEosAt([limits[(model, p)] for p in batch], eos)])
+    }
 
 
 # --- measuring ---------------------------------------------------------------------------------------------------
@@ -196,10 +221,11 @@ def gib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} GiB"
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
+    """fn(*args, **kwargs) and its wall time, the device's queued work included."""
     sync()
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args, **kwargs)
     sync()
     return result, time.perf_counter() - start
 
@@ -212,9 +238,15 @@ def run_today(model, tokenizer, prompts, limits, args) -> dict[str, dict[str, st
     answers = {}
     for name in MODELS:
         with active_model(model, name) as active:
-            texts = generate_batched(active, tokenizer, prompts, batch_size=args.batch_size,
-                                     max_new_tokens=args.max_new_tokens, desc=name,
-                                     batch_generate_kwargs=forced_lengths(limits, name, tokenizer.eos_token_id))
+            texts = generate_batched(
+                active,
+                tokenizer,
+                prompts,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                desc=name,
+                batch_generate_kwargs=forced_lengths(limits, name, tokenizer.eos_token_id),
+            )
         answers[name] = dict(zip(prompts, texts))
     return answers
 
@@ -223,8 +255,13 @@ def run_reference(model, tokenizer, prompts, limits, args) -> dict[str, dict[str
     answers = {}
     for name in MODELS:
         with active_model(model, name) as active:
-            texts = generate_per_example(active, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                                         batch_generate_kwargs=forced_lengths(limits, name, tokenizer.eos_token_id))
+            texts = generate_per_example(
+                active,
+                tokenizer,
+                prompts,
+                max_new_tokens=args.max_new_tokens,
+                batch_generate_kwargs=forced_lengths(limits, name, tokenizer.eos_token_id),
+            )
         answers[name] = dict(zip(prompts, texts))
     return answers
 
@@ -241,7 +278,7 @@ def identical(answers: dict, reference: dict) -> tuple[int, int]:
 def engine_for(model_args, adapters, args, model=None, **overrides) -> tuple[GemmaDecodeEngine, float]:
     model = model if model is not None else load_base_model(model_args)
     options = dict(max_slots=args.slots, chunk_steps=args.chunk_steps, cuda_graphs=not args.no_graphs) | overrides
-    return timed(lambda: GemmaDecodeEngine(model, adapters, **options))
+    return timed(GemmaDecodeEngine, model, adapters, **options)
 
 
 @contextmanager
@@ -281,9 +318,11 @@ def lever_applied(lever: str, engine, model_args, adapters, args):
         del variant
         reset_peak()
         return
-    settings = {"graphs": lambda: ("cuda_graphs", value != "off" and engine.device.type == "cuda"),
-                "batching": lambda: ("continuous", value != "static"),
-                "slots": lambda: ("max_slots", int(value))}
+    settings = {
+        "graphs": lambda: ("cuda_graphs", value != "off" and engine.device.type == "cuda"),
+        "batching": lambda: ("continuous", value != "static"),
+        "slots": lambda: ("max_slots", int(value)),
+    }
     if key not in settings:
         raise SystemExit(f"--levers: unknown lever {lever!r}; known: {', '.join(LEVERS)}, slots=N")
     name, setting = settings[key]()
@@ -298,15 +337,20 @@ def lever_applied(lever: str, engine, model_args, adapters, args):
 # --- the run -----------------------------------------------------------------------------------------------------
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the random model is built (the evaluation's loader then places it)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the random model is built (the evaluation's loader then places it)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny Gemma-2 and the tiny recipe (CPU smoke run)")
     parser.add_argument("--work_dir", default=None, help="model and adapter folders (default: a temporary folder)")
     parser.add_argument("--today_prompts", type=int, default=None, help="per model, for today's path (default 32)")
     parser.add_argument("--batch_size", type=int, default=32, help="today's path: --batch_size of the evaluation")
     parser.add_argument("--reference_prompts", type=int, default=None, help="per model, one at a time (default 1)")
     parser.add_argument("--steady_prompts", type=int, default=None, help="per model, ours only (default 512)")
-    parser.add_argument("--lever_prompts", type=int, default=None, help="per model, each lever (default 128: more requests than slots)")
+    parser.add_argument(
+        "--lever_prompts", type=int, default=None, help="per model, each lever (default 128: more requests than slots)"
+    )
     parser.add_argument("--levers", default=None, help=f"comma-separated (default {','.join(LEVERS)}; '' for none)")
     parser.add_argument("--fp32_prompts", type=int, default=None, help="per model, float32 check (default 2)")
     parser.add_argument("--fp32_tokens", type=int, default=32, help="answer length cap of the float32 check")
@@ -317,8 +361,14 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    for name, gpu, cpu in (("today_prompts", 32, 4), ("reference_prompts", 1, 1), ("steady_prompts", 512, 8),
-                           ("lever_prompts", 128, 4), ("fp32_prompts", 2, 1), ("max_new_tokens", 256, 16)):
+    for name, gpu, cpu in (
+        ("today_prompts", 32, 4),
+        ("reference_prompts", 1, 1),
+        ("steady_prompts", 512, 8),
+        ("lever_prompts", 128, 4),
+        ("fp32_prompts", 2, 1),
+        ("max_new_tokens", 256, 16),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, cpu if args.tiny else gpu)
     args.levers = [v for v in (",".join(LEVERS) if args.levers is None else args.levers).split(",") if v]
@@ -334,9 +384,10 @@ def main(argv=None) -> dict:
     model_args = resolve_model_config(EvalModelConfig(), adapters, use_recipe=True)  # as evaluate_paraphrx.py does
     tokenizer = load_tokenizer(model_args)
     pool, limits, answer_lengths = workload(
-        tokenizer, max(args.today_prompts, args.steady_prompts, args.lever_prompts), args.max_new_tokens, args.seed)
-    today_prompts, lever_prompts = pool[:args.today_prompts], pool[:args.lever_prompts]
-    reference_prompts = today_prompts[:args.reference_prompts]
+        tokenizer, max(args.today_prompts, args.steady_prompts, args.lever_prompts), args.max_new_tokens, args.seed
+    )
+    today_prompts, lever_prompts = pool[: args.today_prompts], pool[: args.lever_prompts]
+    reference_prompts = today_prompts[: args.reference_prompts]
     prompt_lengths = [len(ids) for ids in tokenizer(pool)["input_ids"]]
     results: dict = {"command": "python benchmarks/bench_eval.py " + " ".join(sys.argv[1:] if argv is None else argv)}
 
@@ -347,88 +398,137 @@ def main(argv=None) -> dict:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    report("setup", f"date        {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
-           f"{device_name}", device=device_name, torch=torch.__version__)
+    report(
+        "setup",
+        f"date        {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, {device_name}",
+        device=device_name,
+        torch=torch.__version__,
+    )
     quant = f"4-bit {model_args.bnb_4bit_quant_type}" if model_args.load_in_4bit else "no 4-bit"
-    print(f"model       {'tiny Gemma-2' if args.tiny else 'gemma-2-2b-it shapes, random weights'}; from "
-          f"{recipe.relative_to(REPO)}: {quant}, double quant {model_args.use_bnb_nested_quant}, {model_args.dtype}; "
-          f"{len(ADAPTERS)} LoRA adapters r16 on the 7 projections")
-    print(f"prompts     Alpaca template, {len(prompt_lengths)} drawn: median {statistics.median(prompt_lengths):.0f} "
-          f"tokens, max {max(prompt_lengths)}; answers drawn from {len(answer_lengths)} real ones: median "
-          f"{statistics.median(answer_lengths):.0f} tokens, capped at {args.max_new_tokens}")
+    print(
+        f"model       {'tiny Gemma-2' if args.tiny else 'gemma-2-2b-it shapes, random weights'}; from "
+        f"{recipe.relative_to(REPO)}: {quant}, double quant {model_args.use_bnb_nested_quant}, {model_args.dtype}; "
+        f"{len(ADAPTERS)} LoRA adapters r16 on the 7 projections"
+    )
+    print(
+        f"prompts     Alpaca template, {len(prompt_lengths)} drawn: median {statistics.median(prompt_lengths):.0f} "
+        f"tokens, max {max(prompt_lengths)}; answers drawn from {len(answer_lengths)} real ones: median "
+        f"{statistics.median(answer_lengths):.0f} tokens, capped at {args.max_new_tokens}"
+    )
 
     # Today's path: the PEFT model with all adapters, one model at a time; then one prompt at a time (references).
     reset_peak()
     peft_model = attach_adapters(load_base_model(model_args), adapters)
-    today, t_today = timed(lambda: run_today(peft_model, tokenizer, today_prompts, limits, args))
+    today, t_today = timed(run_today, peft_model, tokenizer, today_prompts, limits, args)
     today_peak = peak_gib()
     n_today = tokens_of(limits, today_prompts)
-    report("today", f"today       {len(MODELS)} models x {len(today_prompts)} prompts, batch {args.batch_size}: "
-           f"{n_today:,} tokens in {t_today:.1f} s = {n_today / t_today:,.0f} tokens/s, peak {gib(today_peak)}",
-           tokens=n_today, seconds=t_today, tokens_per_s=n_today / t_today, peak_gib=today_peak)
-    reference, t_reference = timed(lambda: run_reference(peft_model, tokenizer, reference_prompts, limits, args))
+    report(
+        "today",
+        f"today       {len(MODELS)} models x {len(today_prompts)} prompts, batch {args.batch_size}: "
+        f"{n_today:,} tokens in {t_today:.1f} s = {n_today / t_today:,.0f} tokens/s, peak {gib(today_peak)}",
+        tokens=n_today,
+        seconds=t_today,
+        tokens_per_s=n_today / t_today,
+        peak_gib=today_peak,
+    )
+    reference, t_reference = timed(run_reference, peft_model, tokenizer, reference_prompts, limits, args)
     print(f"reference   {len(MODELS)} models x {len(reference_prompts)} prompts one at a time: {t_reference:.1f} s")
     with bnb_dequantize_then_matmul() as switched:
-        dequant_reference = (run_reference(peft_model, tokenizer, reference_prompts, limits, args)
-                             if switched is not None and model_args.load_in_4bit else None)
+        dequant_reference = (
+            run_reference(peft_model, tokenizer, reference_prompts, limits, args)
+            if switched is not None and model_args.load_in_4bit
+            else None
+        )
     del peft_model
     reset_peak()
 
     # Ours on the same prompts: cold (graph captures included), warm, then the steady workload.
     engine, t_build = engine_for(model_args, adapters, args)
-    ours, t_cold = timed(lambda: run_ours(engine, tokenizer, today_prompts, limits, args))
+    ours, t_cold = timed(run_ours, engine, tokenizer, today_prompts, limits, args)
     cold_stats = dict(engine.stats)
-    ours_warm, t_warm = timed(lambda: run_ours(engine, tokenizer, today_prompts, limits, args))
+    ours_warm, t_warm = timed(run_ours, engine, tokenizer, today_prompts, limits, args)
     ours_peak = peak_gib()
-    report("ours", f"ours        the same {len(MODELS) * len(today_prompts)} answers: {t_cold:.2f} s with "
-           f"{cold_stats['graphs_captured']} graph captures ({cold_stats['capture_s']:.1f} s) = {n_today / t_cold:,.0f} "
-           f"tokens/s; warm {t_warm:.2f} s = {n_today / t_warm:,.0f} tokens/s; peak {gib(ours_peak)} "
-           f"(engine built in {t_build:.1f} s: dequantize once, fuse, stack adapters)",
-           seconds_cold=t_cold, seconds_warm=t_warm, tokens_per_s_cold=n_today / t_cold,
-           tokens_per_s_warm=n_today / t_warm, peak_gib=ours_peak, build_s=t_build, stats=cold_stats)
-    report("ratio", f"ratio       {t_today / t_cold:.1f}x (cold), {t_today / t_warm:.1f}x (warm) over today's path "
-           f"(goal >= 25x)", cold=t_today / t_cold, warm=t_today / t_warm)
+    report(
+        "ours",
+        f"ours        the same {len(MODELS) * len(today_prompts)} answers: {t_cold:.2f} s with "
+        f"{cold_stats['graphs_captured']} graph captures ({cold_stats['capture_s']:.1f} s) = {n_today / t_cold:,.0f} "
+        f"tokens/s; warm {t_warm:.2f} s = {n_today / t_warm:,.0f} tokens/s; peak {gib(ours_peak)} "
+        f"(engine built in {t_build:.1f} s: dequantize once, fuse, stack adapters)",
+        seconds_cold=t_cold,
+        seconds_warm=t_warm,
+        tokens_per_s_cold=n_today / t_cold,
+        tokens_per_s_warm=n_today / t_warm,
+        peak_gib=ours_peak,
+        build_s=t_build,
+        stats=cold_stats,
+    )
+    report(
+        "ratio",
+        f"ratio       {t_today / t_cold:.1f}x (cold), {t_today / t_warm:.1f}x (warm) over today's path (goal >= 25x)",
+        cold=t_today / t_cold,
+        warm=t_today / t_warm,
+    )
     same_today, n_ref = identical(today, reference)
     same_ours, _ = identical(ours, reference)
-    agreement = dict(today=same_today / n_ref, ours=same_ours / n_ref, answers=n_ref, cold_equals_warm=ours == ours_warm)
-    line = (f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
-            f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}")
+    agreement = dict(
+        today=same_today / n_ref, ours=same_ours / n_ref, answers=n_ref, cold_equals_warm=ours == ours_warm
+    )
+    line = (
+        f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
+        f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}"
+    )
     if dequant_reference is not None:
         agreement["ours_vs_dequantize_matmul"] = identical(ours, dequant_reference)[0] / n_ref
-        line += (f"; ours vs one-at-a-time with bitsandbytes' dequantize+matmul (training's arithmetic, not its fused "
-                 f"inference kernels): {agreement['ours_vs_dequantize_matmul']:.0%}")
+        line += (
+            f"; ours vs one-at-a-time with bitsandbytes' dequantize+matmul (training's arithmetic, not its fused "
+            f"inference kernels): {agreement['ours_vs_dequantize_matmul']:.0%}"
+        )
     report("agreement", line + f"; ours cold == warm: {ours == ours_warm}", **agreement)
-    steady = pool[:args.steady_prompts]
+    steady = pool[: args.steady_prompts]
     n_steady = tokens_of(limits, steady)
     captured = engine.stats["graphs_captured"]
-    _, t_steady = timed(lambda: run_ours(engine, tokenizer, steady, limits, args))
+    _, t_steady = timed(run_ours, engine, tokenizer, steady, limits, args)
     steady_peak = peak_gib()
-    report("steady", f"steady      ours, {len(MODELS)} models x {len(steady)} prompts: {n_steady:,} tokens in "
-           f"{t_steady:.1f} s = {n_steady / t_steady:,.0f} tokens/s (goal >= 30k), peak {gib(steady_peak)}, "
-           f"{engine.stats['graphs_captured'] - captured} new graphs",
-           tokens=n_steady, seconds=t_steady, tokens_per_s=n_steady / t_steady, peak_gib=steady_peak)
+    report(
+        "steady",
+        f"steady      ours, {len(MODELS)} models x {len(steady)} prompts: {n_steady:,} tokens in "
+        f"{t_steady:.1f} s = {n_steady / t_steady:,.0f} tokens/s (goal >= 30k), peak {gib(steady_peak)}, "
+        f"{engine.stats['graphs_captured'] - captured} new graphs",
+        tokens=n_steady,
+        seconds=t_steady,
+        tokens_per_s=n_steady / t_steady,
+        peak_gib=steady_peak,
+    )
 
     # Levers, one at a time, on the same workload as the default engine.
     if args.levers:
         n_lever = tokens_of(limits, lever_prompts)
         run_ours(engine, tokenizer, lever_prompts, limits, args)  # graphs for this workload's shapes
-        _, t_default = timed(lambda: run_ours(engine, tokenizer, lever_prompts, limits, args))
-        report("levers", f"levers      {len(MODELS)} models x {len(lever_prompts)} prompts ({n_lever:,} tokens), "
-               f"warm; ours as above: {n_lever / t_default:,.0f} tokens/s", default=n_lever / t_default)
+        _, t_default = timed(run_ours, engine, tokenizer, lever_prompts, limits, args)
+        report(
+            "levers",
+            f"levers      {len(MODELS)} models x {len(lever_prompts)} prompts ({n_lever:,} tokens), "
+            f"warm; ours as above: {n_lever / t_default:,.0f} tokens/s",
+            default=n_lever / t_default,
+        )
         for lever in args.levers:
             with lever_applied(lever, engine, model_args, adapters, args) as variant:
                 run_ours(variant, tokenizer, lever_prompts, limits, args)  # warm-up: its own shapes
-                answers, t_lever = timed(lambda: run_ours(variant, tokenizer, lever_prompts, limits, args))
+                answers, t_lever = timed(run_ours, variant, tokenizer, lever_prompts, limits, args)
             same = identical(answers, reference)[0] / n_ref if len(lever_prompts) >= len(reference_prompts) else None
-            report("levers", f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' "
-                   "time)" + ("" if same is None else f", identical to one-at-a-time {same:.0%}"),
-                   **results["levers"], **{lever: {"tokens_per_s": n_lever / t_lever, "agreement": same}})
+            report(
+                "levers",
+                f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' "
+                "time)" + ("" if same is None else f", identical to one-at-a-time {same:.0%}"),
+                **results["levers"],
+                **{lever: {"tokens_per_s": n_lever / t_lever, "agreement": same}},
+            )
     del engine
     reset_peak()
 
     # float32: ours must give one-at-a-time's text exactly.
     fp32_args = dataclasses.replace(model_args, load_in_4bit=False, use_bnb_nested_quant=False, dtype="float32")
-    fp32_prompts = today_prompts[:args.fp32_prompts]
+    fp32_prompts = today_prompts[: args.fp32_prompts]
     fp32_limits = {k: min(v, args.fp32_tokens) for k, v in limits.items()}
     ref_model = attach_adapters(load_base_model(fp32_args), adapters)
     fp32_reference = run_reference(ref_model, tokenizer, fp32_prompts, fp32_limits, args)
@@ -436,8 +536,13 @@ def main(argv=None) -> dict:
     reset_peak()
     engine32, _ = engine_for(fp32_args, adapters, args)
     same, n32 = identical(run_ours(engine32, tokenizer, fp32_prompts, fp32_limits, args), fp32_reference)
-    report("fp32_check", f"float32     ours vs one-at-a-time, {n32} answers of <= {args.fp32_tokens} tokens: "
-           f"identical {same}/{n32} ({same / n32:.0%})", identical=same, answers=n32)
+    report(
+        "fp32_check",
+        f"float32     ours vs one-at-a-time, {n32} answers of <= {args.fp32_tokens} tokens: "
+        f"identical {same}/{n32} ({same / n32:.0%})",
+        identical=same,
+        answers=n32,
+    )
     del engine32
     reset_peak()
     if args.work_dir is None:

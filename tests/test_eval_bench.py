@@ -11,12 +11,36 @@ def test_bench_eval_tiny_runs_every_part(capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("bench_eval", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    results = bench.main(["--tiny", "--device", "cpu", "--work_dir", str(tmp_path), "--today_prompts", "2",
-                          "--steady_prompts", "3", "--lever_prompts", "2", "--max_new_tokens", "6", "--fp32_tokens", "6",
-                          "--levers", "graphs=off,batching=static,slots=2,lora=fused"])
+    results = bench.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--work_dir",
+            str(tmp_path),
+            "--today_prompts",
+            "2",
+            "--steady_prompts",
+            "3",
+            "--lever_prompts",
+            "2",
+            "--max_new_tokens",
+            "6",
+            "--fp32_tokens",
+            "6",
+            "--levers",
+            "graphs=off,batching=static,slots=2,lora=fused",
+        ]
+    )
     out = capsys.readouterr().out
-    for line in ("today       6 models x 2 prompts, batch 32", "ours        the same 12 answers", "ratio       ",
-                 "steady      ours, 6 models x 3 prompts", "  lora=fused", "float32     ours vs one-at-a-time"):
+    for line in (
+        "today       6 models x 2 prompts, batch 32",
+        "ours        the same 12 answers",
+        "ratio       ",
+        "steady      ours, 6 models x 3 prompts",
+        "  lora=fused",
+        "float32     ours vs one-at-a-time",
+    ):
         assert line in out
     assert results["fp32_check"] == {"identical": 6, "answers": 6}  # one prompt per model, exact in float32
     assert results["agreement"]["answers"] == 6 and results["agreement"]["cold_equals_warm"] is True

@@ -16,9 +16,11 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 def adapters(tiny_model_dir, tmp_path_factory):
     """Three adapters with random non-zero A and B on all 7 projections; different ranks, one with rsLoRA."""
     root = tmp_path_factory.mktemp("engine-adapters")
-    return {"a1": make_adapter(tiny_model_dir, root / "a1", 1, ALL_PROJECTIONS, r=4),
-            "a2": make_adapter(tiny_model_dir, root / "a2", 2, ALL_PROJECTIONS, r=8, use_rslora=True),
-            "a3": make_adapter(tiny_model_dir, root / "a3", 3, ("q_proj", "v_proj", "down_proj"), r=2)}
+    return {
+        "a1": make_adapter(tiny_model_dir, root / "a1", 1, ALL_PROJECTIONS, r=4),
+        "a2": make_adapter(tiny_model_dir, root / "a2", 2, ALL_PROJECTIONS, r=8, use_rslora=True),
+        "a3": make_adapter(tiny_model_dir, root / "a3", 3, ("q_proj", "v_proj", "down_proj"), r=2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,19 @@ def tokenizer(tiny_model_dir):
 
 
 def load(model_dir, nf4=False, device="cpu"):
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32) if nf4 else None
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quant,
-                                                device_map={"": device}).eval()
+    quant = (
+        BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+        if nf4
+        else None
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, quantization_config=quant, device_map={"": device}
+    ).eval()
 
 
 def reference_answers(model_dir, adapters, jobs, max_new_tokens, nf4=False, eos=None, device="cpu"):
@@ -56,16 +67,17 @@ def test_prefill_logits_equal_hf_with_unmerged_peft_adapters(tiny_model_dir, ada
     for i, name in enumerate(models):
         with active_model(peft_model, name) as active, torch.no_grad():
             expected = active(torch.tensor([ids[i]])).logits[0]
-        torch.testing.assert_close(ours[i, :len(ids[i])], expected, rtol=0, atol=2e-5)
+        torch.testing.assert_close(ours[i, : len(ids[i])], expected, rtol=0, atol=2e-5)
     with active_model(peft_model, BASE) as base, torch.no_grad():
         plain = base(torch.tensor([ids[0]])).logits[0]
-    assert (ours[0, :len(ids[0])] - plain).abs().max() > 1e-2  # the adapter really changes the logits
+    assert (ours[0, : len(ids[0])] - plain).abs().max() > 1e-2  # the adapter really changes the logits
 
 
 def test_bf16_prefill_logits_are_bitwise_peft_on_a_bf16_base(tiny_model_dir, adapters, tokenizer):
     """In bf16 the LoRA update is computed as PEFT does (fp32, added to the base output in fp32, rounded once), so on
     a bf16 base the engine's logits are HF's bit for bit (all of them on the development VM; a little slack for
     another CPU's GEMM kernels). The update fused in bf16 is not: most logits differ in the last bits."""
+
     def bf16():
         return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
 
@@ -76,9 +88,9 @@ def test_bf16_prefill_logits_are_bitwise_peft_on_a_bf16_base(tiny_model_dir, ada
     for i, name in enumerate(models):
         with active_model(peft_model, name) as active, torch.no_grad():
             expected = active(torch.tensor([ids[i]])).logits[0]
-        assert (ours[i, :len(ids[i])] == expected).float().mean() > 0.99
+        assert (ours[i, : len(ids[i])] == expected).float().mean() > 0.99
         if name != BASE:
-            assert (fused[i, :len(ids[i])] == expected).float().mean() < 0.9
+            assert (fused[i, : len(ids[i])] == expected).float().mean() < 0.9
 
 
 def _eos_that_fires(engine, tokenizer, jobs):
@@ -105,8 +117,9 @@ def test_greedy_text_equals_per_example_generation(tiny_model_dir, adapters, tok
     ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=72)
     expected = reference_answers(tiny_model_dir, adapters, jobs, 72, eos=eos)
     assert ours == expected
-    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for texts in ours.values()
-               for a in texts.values()]
+    lengths = [
+        len(tokenizer(a, add_special_tokens=False)["input_ids"]) for texts in ours.values() for a in texts.values()
+    ]
     assert min(lengths) < 40 and max(lengths) > 64  # some rows stopped at the eos, others ran past the window
     assert engine.stats["prefill_batches"] >= 2 and engine.stats["compactions"] >= 1  # refilled, then compacted
     assert len({ours["a1"][p] for p in PROMPTS} & {ours[BASE][p] for p in PROMPTS}) == 0  # adapters change text
@@ -131,8 +144,9 @@ def test_nf4_base_dequantized_once_equals_peft_on_linear4bit(tiny_model_dir, ada
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())  # dequantized once
     ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=24)
     assert ours == reference_answers(tiny_model_dir, adapters, jobs, 24, nf4=True)
-    assert ours[BASE] != generate_texts(GemmaDecodeEngine(load(tiny_model_dir)), tokenizer, {BASE: PROMPTS[:4]},
-                                        24)[BASE]  # NF4 rounding changes the answers: the base really is NF4
+    assert (
+        ours[BASE] != generate_texts(GemmaDecodeEngine(load(tiny_model_dir)), tokenizer, {BASE: PROMPTS[:4]}, 24)[BASE]
+    )  # NF4 rounding changes the answers: the base really is NF4
 
 
 def test_request_limits_and_answers_as_they_finish(tiny_model_dir, tokenizer):
@@ -150,8 +164,16 @@ def test_request_limits_and_answers_as_they_finish(tiny_model_dir, tokenizer):
 def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, adapters):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=32))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=32,
+        )
+    )
     assert "not a plain Gemma2ForCausalLM" in unsupported_reason(llama, {})
     dora = make_adapter(tiny_model_dir, tmp_path / "dora", 0, use_dora=True)
     reason = unsupported_reason(load(tiny_model_dir), {"a1": adapters["a1"], "dora": dora})
@@ -168,8 +190,7 @@ def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapter
     """On the GPU: decode steps replayed from CUDA graphs (several widths and KV lengths: refills, compaction, the
     sliding window) give HF's one-at-a-time text in float32, with and without the NF4 base."""
     jobs = {BASE: PROMPTS, "a1": PROMPTS[::-1], "a2": PROMPTS[1:5], "a3": PROMPTS[2:4]}
-    engine = GemmaDecodeEngine(load(tiny_model_dir, nf4, "cuda"), adapters, max_slots=12, chunk_steps=4,
-                               kv_bucket=16)
+    engine = GemmaDecodeEngine(load(tiny_model_dir, nf4, "cuda"), adapters, max_slots=12, chunk_steps=4, kv_bucket=16)
     ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=72)
     assert engine.stats["graphs_captured"] >= 3 and engine.stats["compactions"] >= 1
     assert ours == reference_answers(tiny_model_dir, adapters, jobs, 72, nf4=nf4, device="cuda")

@@ -5,15 +5,24 @@ import torch
 from test_eval_generation import make_adapter
 
 from paraphrx.eval.lora_batch import (
-    LoraAdapter, UnsupportedAdapter, adapter_masks, apply_lora, read_lora_adapter, stack_lora,
+    LoraAdapter,
+    UnsupportedAdapter,
+    adapter_masks,
+    apply_lora,
+    read_lora_adapter,
+    stack_lora,
 )
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def tiny_module_names(num_layers=2):
-    return {f"model.layers.{i}.{group}.{p}" for i in range(num_layers)
-            for group, projs in (("self_attn", ALL_PROJECTIONS[:4]), ("mlp", ALL_PROJECTIONS[4:])) for p in projs}
+    return {
+        f"model.layers.{i}.{group}.{p}"
+        for i in range(num_layers)
+        for group, projs in (("self_attn", ALL_PROJECTIONS[:4]), ("mlp", ALL_PROJECTIONS[4:]))
+        for p in projs
+    }
 
 
 @pytest.mark.parametrize("y_dtype", [torch.float64, torch.float32], ids=["addmm", "separate-precision"])
@@ -63,14 +72,16 @@ def test_exact_update_rounds_like_peft_layers():
 
 def test_scaling_follows_peft_with_and_without_rslora(tiny_model_dir, tmp_path):
     plain = read_lora_adapter("p", make_adapter(tiny_model_dir, tmp_path / "p", 1, r=4), tiny_module_names())
-    rs = read_lora_adapter("r", make_adapter(tiny_model_dir, tmp_path / "r", 1, r=4, use_rslora=True),
-                           tiny_module_names())
+    rs = read_lora_adapter(
+        "r", make_adapter(tiny_model_dir, tmp_path / "r", 1, r=4, use_rslora=True), tiny_module_names()
+    )
     module = "model.layers.0.self_attn.q_proj"
     raw = _raw_b(tmp_path / "p", module)
     torch.testing.assert_close(plain.tensors[module][1], raw)
     assert (plain.scaling, rs.scaling) == (8 / 4, 8 / 2)  # lora_alpha / r, lora_alpha / sqrt(r)
-    assert set(plain.tensors) == {f"model.layers.{i}.{g}" for i in range(2)
-                                  for g in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")}
+    assert set(plain.tensors) == {
+        f"model.layers.{i}.{g}" for i in range(2) for g in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+    }
 
 
 def _raw_b(folder, module):

@@ -38,7 +38,13 @@ from loguru import logger
 
 from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
-    LoraAdapter, StackedLora, UnsupportedAdapter, adapter_masks, apply_lora, read_lora_adapter, stack_lora,
+    LoraAdapter,
+    StackedLora,
+    UnsupportedAdapter,
+    adapter_masks,
+    apply_lora,
+    read_lora_adapter,
+    stack_lora,
 )
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -91,8 +97,12 @@ def unsupported_reason(model, adapters: dict[str, Path]) -> str | None:
 
 def projection_modules(model) -> set[str]:
     """The names PEFT gives the 7 projections of every decoder layer ('model.layers.3.self_attn.q_proj', ...)."""
-    return {f"model.layers.{i}.{group}.{proj}" for i in range(len(model.model.layers))
-            for group, projs in (("self_attn", ATTENTION), ("mlp", MLP)) for proj in projs}
+    return {
+        f"model.layers.{i}.{group}.{proj}"
+        for i in range(len(model.model.layers))
+        for group, projs in (("self_attn", ATTENTION), ("mlp", MLP))
+        for proj in projs
+    }
 
 
 def rms_norm(x: torch.Tensor, weight_plus_one: torch.Tensor, eps: float) -> torch.Tensor:
@@ -136,7 +146,7 @@ def _fuse(modules: list[torch.nn.Linear]) -> torch.Tensor:
     fused = torch.cat([m.weight.data for m in modules])
     row = 0
     for m in modules:
-        m.weight = torch.nn.Parameter(fused[row:row + m.out_features], requires_grad=False)
+        m.weight = torch.nn.Parameter(fused[row : row + m.out_features], requires_grad=False)
         row += m.out_features
     return fused
 
@@ -150,9 +160,19 @@ class GemmaDecodeEngine:
     on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
     `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch)."""
 
-    def __init__(self, model, adapters: dict[str, str | Path] | None = None, *, max_slots: int | None = None,
-                 chunk_steps: int = 8, kv_bucket: int = 64, prefill_tokens: int = 8192, cuda_graphs: bool = True,
-                 continuous: bool = True, exact_lora: bool = True):
+    def __init__(
+        self,
+        model,
+        adapters: dict[str, str | Path] | None = None,
+        *,
+        max_slots: int | None = None,
+        chunk_steps: int = 8,
+        kv_bucket: int = 64,
+        prefill_tokens: int = 8192,
+        cuda_graphs: bool = True,
+        continuous: bool = True,
+        exact_lora: bool = True,
+    ):
         adapters = dict(adapters or {})
         reason = unsupported_reason(model, {})
         if reason is not None:
@@ -174,7 +194,7 @@ class GemmaDecodeEngine:
         self.eps = config.rms_norm_eps
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.scaling = config.query_pre_attn_scalar ** -0.5
+        self.scaling = config.query_pre_attn_scalar**-0.5
         self.attn_cap, self.final_cap = config.attn_logit_softcapping, config.final_logit_softcapping
         self.sliding_window = config.sliding_window
         self.intermediate = config.intermediate_size
@@ -191,8 +211,10 @@ class GemmaDecodeEngine:
         self.models = [BASE] + [a.name for a in loaded]
         lora_dtype = torch.float32 if exact_lora else self.dtype
         self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
-        self.layers = [self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
-                       for i, layer in enumerate(model.model.layers)]
+        self.layers = [
+            self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
+            for i, layer in enumerate(model.model.layers)
+        ]
 
         self.max_slots = max_slots
         self.chunk_steps = chunk_steps
@@ -201,11 +223,15 @@ class GemmaDecodeEngine:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.continuous = continuous
         self._state: dict | None = None
-        self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0,
-                      "capture_s": 0.0}
-        logger.info("decode engine: {} models ({}), {} decoder layers in {}, {}", len(self.models),
-                    ", ".join(self.models), len(self.layers), self.dtype,
-                    "CUDA graphs" if self.cuda_graphs else "eager")
+        self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0, "capture_s": 0.0}
+        logger.info(
+            "decode engine: {} models ({}), {} decoder layers in {}, {}",
+            len(self.models),
+            ", ".join(self.models),
+            len(self.layers),
+            self.dtype,
+            "CUDA graphs" if self.cuda_graphs else "eager",
+        )
 
     def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
@@ -213,16 +239,23 @@ class GemmaDecodeEngine:
 
         def projection(modules: list[str], linears: list[torch.nn.Linear]) -> _Projection:
             weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
-            lora = stack_lora(adapters, modules, linears[0].in_features, [m.out_features for m in linears],
-                              lora_dtype, self.device)
+            lora = stack_lora(
+                adapters, modules, linears[0].in_features, [m.out_features for m in linears], lora_dtype, self.device
+            )
             return _Projection(weight, lora, four_bit)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
             return [f"{prefix}.{group}.{p}" for p in projs]
 
-        norms = tuple((1.0 + n.weight.float()).detach() for n in (
-            layer.input_layernorm, layer.post_attention_layernorm, layer.pre_feedforward_layernorm,
-            layer.post_feedforward_layernorm))
+        norms = tuple(
+            (1.0 + n.weight.float()).detach()
+            for n in (
+                layer.input_layernorm,
+                layer.post_attention_layernorm,
+                layer.pre_feedforward_layernorm,
+                layer.post_feedforward_layernorm,
+            )
+        )
         return _Layer(
             qkv=projection(names("self_attn", ATTENTION[:3]), [attn.q_proj, attn.k_proj, attn.v_proj]),
             o=projection(names("self_attn", ("o_proj",)), [attn.o_proj]),
@@ -239,8 +272,8 @@ class GemmaDecodeEngine:
         mask, mask2, mask3 = masks
         x = rms_norm(h, layer.norms[0], self.eps)
         qkv = layer.qkv(x, mask3).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
-        qk = rotate(qkv[:, :self.heads + self.kv_heads], cos, sin)
-        q, k, v = qk[:, :self.heads], qk[:, self.heads:], qkv[:, self.heads + self.kv_heads:]
+        qk = rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+        q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
         attention = attend(layer, q, k, v).reshape(n, self.heads * self.head_dim)
         h = h + rms_norm(layer.o(attention, mask), layer.norms[1], self.eps)
         x = rms_norm(h, layer.norms[2], self.eps)
@@ -267,7 +300,8 @@ class GemmaDecodeEngine:
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """HF's eager mask: 0 where a key is visible, the dtype's minimum where not."""
         return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
-            ~allowed, torch.finfo(self.dtype).min)
+            ~allowed, torch.finfo(self.dtype).min
+        )
 
     def _rope(self, h: torch.Tensor, positions: torch.Tensor):
         cos, sin = self.rotary(h, positions.view(1, -1))
@@ -282,7 +316,7 @@ class GemmaDecodeEngine:
         m, p = len(prompts), _round_up(max(lengths), 8)
         ids = torch.full((m, p), self.pad_id, dtype=torch.long)
         for i, prompt in enumerate(prompts):
-            ids[i, :lengths[i]] = torch.tensor(prompt)
+            ids[i, : lengths[i]] = torch.tensor(prompt)
         model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
         token_masks = self._token_masks(model_index.repeat_interleave(p))
         h = self.embed(ids.to(self.device)).view(m * p, -1)
@@ -295,6 +329,7 @@ class GemmaDecodeEngine:
         slot_idx = None if slots is None else torch.tensor(slots, device=self.device)
         g = self.heads // self.kv_heads
         for index, layer in enumerate(self.layers):
+
             def attend(layer, q, k, v, index=index):
                 k = k.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
                 v = v.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -350,6 +385,7 @@ class GemmaDecodeEngine:
         g = self.heads // self.kv_heads
 
         for index, layer in enumerate(self.layers):
+
             def attend(layer, q, k, v, index=index):
                 k_cache, v_cache = st["k"][index, :width], st["v"][index, :width]
                 k_cache.scatter_(2, at, k.unsqueeze(2))
@@ -422,8 +458,10 @@ class GemmaDecodeEngine:
         shape = (len(self.layers), slots, self.kv_heads, max_len, self.head_dim)
         zeros = dict(device=self.device, dtype=self.dtype)
         self._state = {
-            "slots": slots, "max_len": max_len,
-            "k": torch.zeros(shape, **zeros), "v": torch.zeros(shape, **zeros),
+            "slots": slots,
+            "max_len": max_len,
+            "k": torch.zeros(shape, **zeros),
+            "v": torch.zeros(shape, **zeros),
             "tokens": torch.full((slots,), self.pad_id, dtype=torch.long, device=self.device),
             "first": torch.zeros(slots, dtype=torch.long, device=self.device),
             "pos": torch.zeros(slots, dtype=torch.long, device=self.device),
@@ -432,14 +470,18 @@ class GemmaDecodeEngine:
             "graphs": {},
             "pool": torch.cuda.graph_pool_handle() if self.cuda_graphs else None,
         }
-        logger.info("decode engine: {} slots x {} positions, KV cache {:.2f} GiB", slots, max_len,
-                    2 * self._state["k"].numel() * self._state["k"].element_size() / 2**30)
+        logger.info(
+            "decode engine: {} slots x {} positions, KV cache {:.2f} GiB",
+            slots,
+            max_len,
+            2 * self._state["k"].numel() * self._state["k"].element_size() / 2**30,
+        )
 
     def _compact(self, live: dict[int, _Row], width: int) -> dict[int, int]:
         """Move the live rows into slots [0, width) (cache rows, tokens, positions, models); {old: new slot}."""
         st = self._state
         movers = sorted(s for s in live if s >= width)
-        free = sorted(set(range(width)) - set(live))[:len(movers)]
+        free = sorted(set(range(width)) - set(live))[: len(movers)]
         if movers:
             src, dst = (torch.tensor(x, device=self.device) for x in (movers, free))
             for name in ("k", "v"):
@@ -470,12 +512,14 @@ class GemmaDecodeEngine:
             while queue or live:
                 if queue and (self.continuous or not live):
                     width = width if live else slots
-                    free = [s for s in range(width) if s not in live][:len(queue)]
+                    free = [s for s in range(width) if s not in live][: len(queue)]
                     self._refill(free, queue, live, host_pos)
                 if not live:
                     continue
-                kv_len = min(_round_up(max(host_pos[s] for s in live) + self.chunk_steps + 1, self.kv_bucket),
-                             self._state["max_len"])
+                kv_len = min(
+                    _round_up(max(host_pos[s] for s in live) + self.chunk_steps + 1, self.kv_bucket),
+                    self._state["max_len"],
+                )
                 out = self._state["out"]
                 for step in range(self.chunk_steps):
                     self._run_step(width, kv_len)
@@ -538,17 +582,25 @@ def _next_width(live: int, width: int) -> int:
     return min(new, width)
 
 
-def generate_texts(engine: GemmaDecodeEngine, tokenizer, jobs: dict[str, list[str]], max_new_tokens: int,
-                   on_answers: Callable[[str, list[str], list[str]], None] | None = None,
-                   limits: dict[tuple[str, str], int] | None = None) -> dict[str, dict[str, str]]:
+def generate_texts(
+    engine: GemmaDecodeEngine,
+    tokenizer,
+    jobs: dict[str, list[str]],
+    max_new_tokens: int,
+    on_answers: Callable[[str, list[str], list[str]], None] | None = None,
+    limits: dict[tuple[str, str], int] | None = None,
+) -> dict[str, dict[str, str]]:
     """{model: {prompt: answer}} for every (model, prompt) of `jobs`, decoded like `generate_batched`
     (`skip_special_tokens=True`). `on_answers(model, prompts, answers)` sees each group as it finishes (the cache
     appends there); `limits` caps single answers below `max_new_tokens` (the benchmark's forced lengths)."""
     limits = limits or {}
     prompts = list(dict.fromkeys(p for texts in jobs.values() for p in texts))
     ids = dict(zip(prompts, tokenizer(prompts)["input_ids"])) if prompts else {}
-    requests = [Request(model, ids[p], min(max_new_tokens, limits.get((model, p), max_new_tokens)), key=p)
-                for model, texts in jobs.items() for p in texts]
+    requests = [
+        Request(model, ids[p], min(max_new_tokens, limits.get((model, p), max_new_tokens)), key=p)
+        for model, texts in jobs.items()
+        for p in texts
+    ]
     answers: dict[str, dict[str, str]] = {model: {} for model in jobs}
     for group in engine.generate(requests):
         by_model: dict[str, tuple[list[str], list[str]]] = {}

@@ -33,12 +33,32 @@ from pathlib import Path
 import torch
 
 # Config fields the formula above computes.
-COMPUTED_FIELDS = {"r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "layers_to_transform",
-                   "layers_pattern"}
+COMPUTED_FIELDS = {
+    "r",
+    "lora_alpha",
+    "use_rslora",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+}
 # Fields that only describe the folder, or act at training time (dropout, initialisation), not on the forward.
-LOADING_FIELDS = {"base_model_name_or_path", "revision", "peft_type", "task_type", "inference_mode", "auto_mapping",
-                  "peft_version", "lora_dropout", "init_lora_weights", "loftq_config", "eva_config", "corda_config",
-                  "lora_ga_config", "runtime_config"}
+LOADING_FIELDS = {
+    "base_model_name_or_path",
+    "revision",
+    "peft_type",
+    "task_type",
+    "inference_mode",
+    "auto_mapping",
+    "peft_version",
+    "lora_dropout",
+    "init_lora_weights",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "runtime_config",
+}
 KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
 
 
@@ -70,15 +90,18 @@ def read_lora_adapter(name: str, path: str | Path, module_names: set[str]) -> Lo
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         value = getattr(config, field.name, default)
         if value != default and not (value in (None, {}, []) and default in (None, {}, [])):
-            raise UnsupportedAdapter(f"{path / 'adapter_config.json'}: field {field.name!r} = {value!r} is not "
-                                     "supported by the batched LoRA engine")
+            raise UnsupportedAdapter(
+                f"{path / 'adapter_config.json'}: field {field.name!r} = {value!r} is not "
+                "supported by the batched LoRA engine"
+            )
     scaling = config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_peft_weights(str(path), device="cpu").items():
         match = KEY.match(key)
         if match is None or match["module"] not in module_names:
-            raise UnsupportedAdapter(f"{path}: tensor {key!r} is not a LoRA A/B weight of a supported projection "
-                                     f"(q/k/v/o/gate/up/down_proj)")
+            raise UnsupportedAdapter(
+                f"{path}: tensor {key!r} is not a LoRA A/B weight of a supported projection (q/k/v/o/gate/up/down_proj)"
+            )
         parts.setdefault(match["module"], {})[match["part"]] = tensor
     tensors = {}
     for module, pair in parts.items():
@@ -99,8 +122,14 @@ class StackedLora:
     b: torch.Tensor
 
 
-def stack_lora(adapters: list[LoraAdapter], modules: list[str], in_features: int, out_features: list[int],
-               dtype: torch.dtype, device) -> StackedLora | None:
+def stack_lora(
+    adapters: list[LoraAdapter],
+    modules: list[str],
+    in_features: int,
+    out_features: list[int],
+    dtype: torch.dtype,
+    device,
+) -> StackedLora | None:
     """Stack every adapter's update of `modules` (run as one matmul whose output concatenates theirs). An adapter
     that does not touch a module contributes zeros there. None when no adapter touches any of them."""
     if not any(m in adapter.tensors for adapter in adapters for m in modules):
@@ -114,8 +143,8 @@ def stack_lora(adapters: list[LoraAdapter], modules: list[str], in_features: int
         for adapter in adapters:
             if module in adapter.tensors:
                 lora_a, lora_b = adapter.tensors[module]
-                a[col:col + adapter.rank] = lora_a
-                b[row:row + out, col:col + adapter.rank] = lora_b
+                a[col : col + adapter.rank] = lora_a
+                b[row : row + out, col : col + adapter.rank] = lora_b
             col += adapter.rank
         row += out
     return StackedLora(a=a.to(device=device, dtype=dtype), b=b.to(device=device, dtype=dtype))
@@ -126,13 +155,14 @@ def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> to
     masks = torch.zeros(1 + len(adapters), sum(adapter.rank for adapter in adapters))
     col = 0
     for i, adapter in enumerate(adapters):
-        masks[1 + i, col:col + adapter.rank] = adapter.scaling
+        masks[1 + i, col : col + adapter.rank] = adapter.scaling
         col += adapter.rank
     return masks.to(device=device, dtype=dtype)
 
 
-def apply_lora(y: torch.Tensor, x: torch.Tensor, lora: StackedLora | None, mask: torch.Tensor,
-               round_before_add: bool = False) -> torch.Tensor:
+def apply_lora(
+    y: torch.Tensor, x: torch.Tensor, lora: StackedLora | None, mask: torch.Tensor, round_before_add: bool = False
+) -> torch.Tensor:
     """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc);
     `round_before_add` for a base that PEFT wraps in its bitsandbytes layer."""
     if lora is None:
