@@ -234,33 +234,19 @@ def tokens_of(limits: dict, prompts: list[str]) -> int:
     return sum(limits[(m, p)] for m in MODELS for p in prompts)
 
 
-def run_today(model, tokenizer, prompts, limits, args) -> dict[str, dict[str, str]]:
+def run_hf(generate, model, tokenizer, prompts, limits, args, **kwargs) -> dict[str, dict[str, str]]:
+    """Each model in turn through HF `generate`: `generate_batched` (today's path, as the pipeline did) or
+    `generate_per_example` (the one-at-a-time reference), every row stopped at its drawn length."""
     answers = {}
     for name in MODELS:
         with active_model(model, name) as active:
-            texts = generate_batched(
-                active,
-                tokenizer,
-                prompts,
-                batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens,
-                desc=name,
-                batch_generate_kwargs=forced_lengths(limits, name, tokenizer.eos_token_id),
-            )
-        answers[name] = dict(zip(prompts, texts))
-    return answers
-
-
-def run_reference(model, tokenizer, prompts, limits, args) -> dict[str, dict[str, str]]:
-    answers = {}
-    for name in MODELS:
-        with active_model(model, name) as active:
-            texts = generate_per_example(
+            texts = generate(
                 active,
                 tokenizer,
                 prompts,
                 max_new_tokens=args.max_new_tokens,
                 batch_generate_kwargs=forced_lengths(limits, name, tokenizer.eos_token_id),
+                **kwargs,
             )
         answers[name] = dict(zip(prompts, texts))
     return answers
@@ -419,7 +405,9 @@ def main(argv=None) -> dict:
     # Today's path: the PEFT model with all adapters, one model at a time; then one prompt at a time (references).
     reset_peak()
     peft_model = attach_adapters(load_base_model(model_args), adapters)
-    today, t_today = timed(run_today, peft_model, tokenizer, today_prompts, limits, args)
+    today, t_today = timed(
+        run_hf, generate_batched, peft_model, tokenizer, today_prompts, limits, args, batch_size=args.batch_size
+    )
     today_peak = peak_gib()
     n_today = tokens_of(limits, today_prompts)
     report(
@@ -431,11 +419,11 @@ def main(argv=None) -> dict:
         tokens_per_s=n_today / t_today,
         peak_gib=today_peak,
     )
-    reference, t_reference = timed(run_reference, peft_model, tokenizer, reference_prompts, limits, args)
+    reference, t_reference = timed(run_hf, generate_per_example, peft_model, tokenizer, reference_prompts, limits, args)
     print(f"reference   {len(MODELS)} models x {len(reference_prompts)} prompts one at a time: {t_reference:.1f} s")
     with bnb_dequantize_then_matmul() as switched:
         dequant_reference = (
-            run_reference(peft_model, tokenizer, reference_prompts, limits, args)
+            run_hf(generate_per_example, peft_model, tokenizer, reference_prompts, limits, args)
             if switched is not None and model_args.load_in_4bit
             else None
         )
@@ -531,7 +519,7 @@ def main(argv=None) -> dict:
     fp32_prompts = today_prompts[: args.fp32_prompts]
     fp32_limits = {k: min(v, args.fp32_tokens) for k, v in limits.items()}
     ref_model = attach_adapters(load_base_model(fp32_args), adapters)
-    fp32_reference = run_reference(ref_model, tokenizer, fp32_prompts, fp32_limits, args)
+    fp32_reference = run_hf(generate_per_example, ref_model, tokenizer, fp32_prompts, fp32_limits, args)
     del ref_model
     reset_peak()
     engine32, _ = engine_for(fp32_args, adapters, args)
