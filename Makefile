@@ -35,7 +35,7 @@ BENCH_PREP_ARGS ?=
 bench-prep: env
 	$(BIN)/python benchmarks/bench_prep.py $(BENCH_PREP_ARGS)
 
-# Stage 2: QLoRA SFT, one run per recipe -> outputs/<run_name>/ (README "Training").
+# Stage 2: QLoRA SFT, one run per recipe -> outputs/<run_name>/ (docs/training.md).
 # Offline runs use a tiny Gemma-2 built here from the shipped data (no download).
 TINY_MODEL        ?= models/tiny-gemma2
 BUCKET_RECIPES    := bucket1 bucket1-2 bucket1-3 bucket1-4 bucket1-5
@@ -48,23 +48,33 @@ tiny-model: $(TINY_MODEL)/config.json
 $(TINY_MODEL)/config.json: | env
 	$(BIN)/python -m paraphrx.tiny_gemma --output_dir $(TINY_MODEL)
 
+# Several seeds per recipe: SEEDS="1 2 3" trains each recipe once per seed, as <run>-seed<N> (outputs/<run>-seed<N>/);
+# the evaluation report averages runs that differ only in seed. Without SEEDS: one run per recipe, its own seed.
+SEEDS ?=
+SEED_LOOP = for s in $(or $(SEEDS),""); do
+SEED_ARGS = $${s:+--seed $$s --run_name $$name --output_dir outputs/$$name}
+
 # The five tiny recipes on the CPU (a few seconds each); reruns replace the previous tiny runs.
 train-tiny: tiny-model prep
-	for r in $(BUCKET_RECIPES); do \
+	for r in $(BUCKET_RECIPES); do $(SEED_LOOP) name=tiny-$$r$${s:+-seed$$s}; \
 		$(BIN)/python train_sft.py recipes/tiny/$$r.yaml --dataset_name $(DATASET) \
-			--model_name_or_path $(TINY_MODEL) --overwrite_output_dir true $(TRAIN_ARGS) || exit 1; \
-	done
+			--model_name_or_path $(TINY_MODEL) --overwrite_output_dir true $(SEED_ARGS) $(TRAIN_ARGS) || exit 1; \
+	done; done
 
-# The five gemma-2-2b-it runs, one after another; finished runs are skipped, killed ones resume.
+# The five gemma-2-2b-it runs (x SEEDS), one after another; finished runs are skipped, killed ones resume.
 train-all: env
-	for r in $(BUCKET_RECIPES); do \
-		if [ -f outputs/$$r/run_complete.json ]; then echo "outputs/$$r is finished, skipping"; continue; fi; \
+	for r in $(BUCKET_RECIPES); do $(SEED_LOOP) name=$$r$${s:+-seed$$s}; \
+		if [ -f outputs/$$name/run_complete.json ]; then echo "outputs/$$name is finished, skipping"; continue; fi; \
 		$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) train_sft.py recipes/$$r.yaml \
-			--dataset_name $(DATASET) $(TRAIN_ARGS) || exit 1; \
-	done
+			--dataset_name $(DATASET) $(SEED_ARGS) $(TRAIN_ARGS) || exit 1; \
+	done; done
 
-# The offline demo: everything runs on this machine, nothing is downloaded.
-demo: prep train-tiny eval-tiny
+# The offline demo: everything runs on this machine, nothing is downloaded. Its split holds out 30% of the 12
+# shipped Alpaca prompts for testing, seeded so that prompt 10, the only one with bucket-5 rows, is among them:
+# the report then has every bucket, a gap and intervals over 4 prompts (the default 80/10/10 holds out one prompt).
+DEMO_PREP_ARGS ?= --split 60/10/30 --seed 2
+demo:
+	$(MAKE) --no-print-directory prep train-tiny eval-tiny PREP_ARGS="$(DEMO_PREP_ARGS) $(PREP_ARGS)"
 
 # Evaluation: the base model and each adapter answer every test paraphrase -> outputs/eval/<name>/report.md.
 # Adapters: every outputs/bucket*/ (real runs); the tiny demo's outputs/tiny-bucket*/ with short answers (~1 min).
@@ -81,5 +91,15 @@ eval-tiny: env
 test: env
 	$(BIN)/python -m pytest -q
 
+# ruff, configured in pyproject.toml: lint rules and the formatter (`ruff format .` rewrites in place).
+.PHONY: lint
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Also the hidden leftovers of a killed prep or tiny-model build (`.<name>.tmp-*`, `.<name>.old-*`), which the next
+# run of either removes as well.
+LEFTOVERS = $(foreach d,$(DATASET) $(TINY_MODEL),$(dir $(d)).$(notdir $(d)).tmp-* $(dir $(d)).$(notdir $(d)).old-*)
+
 clean:
-	rm -rf outputs logs $(DATASET)
+	rm -rf outputs logs $(DATASET) $(LEFTOVERS)

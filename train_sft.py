@@ -8,44 +8,42 @@ run; it writes the adapter and its records to `output_dir` (outputs/<run_name>) 
 """
 
 import sys
+from contextlib import ExitStack
 
 from accelerate import PartialState
 from loguru import logger
 
-from paraphrx.logs import setup_logging
+from paraphrx.config import RECIPE_DATACLASSES
+from paraphrx.errors import run_cli
+from paraphrx.logs import run_logging
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe_or_exit
-from paraphrx.run_outputs import RunFolderError, finalize_run, resolve_checkpoint_or_refuse, resolved_recipe
+from paraphrx.run_outputs import claim_run_folder, finalize_run, resolved_recipe
 from paraphrx.trainer_factory import build_trainer, end_run
-from paraphrx.training_data import TrainingDataError, load_training_splits
+from paraphrx.training_data import load_training_splits
 
 
 def main(script_args, training_args, model_args):
-    """Train one recipe end to end; returns the trainer (its model holds the final adapter)."""
-    run_name = training_args.run_name
-    setup_logging(run_name, training_args.log_dir, main_process=PartialState().is_main_process)
-    recipe = resolved_recipe(script_args, training_args, model_args)
-    logger.info("run {} → {}", run_name, training_args.output_dir)
+    """Train one recipe end to end; returns the trainer (its model holds the final adapter). What the run changes in
+    this process (logging, the fast path's patches, the folder's lock) is undone when it returns or fails."""
+    with ExitStack() as run:
+        run.enter_context(run_logging(training_args.run_name, training_args.log_dir,
+                                      main_process=PartialState().is_main_process))
+        recipe = resolved_recipe(script_args, training_args, model_args)
+        logger.info("run {} → {}", training_args.run_name, training_args.output_dir)
+        # one run per folder; where it trains (a staging folder when replacing a finished run); what it resumes from
+        folder = run.enter_context(claim_run_folder(training_args))
 
-    checkpoint = resolve_checkpoint_or_refuse(training_args)
-    with_eval = training_args.eval_strategy != "no"
-    train_dataset, eval_dataset, dataset_record = load_training_splits(script_args, training_args.seed, with_eval)
-    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
-    trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset)
+        with_eval = training_args.eval_strategy != "no"
+        train_dataset, eval_dataset, dataset_record = load_training_splits(script_args, training_args.seed, with_eval)
+        model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+        trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset, undo=run)
 
-    trainer.train(resume_from_checkpoint=checkpoint)
-    finalize_run(trainer, recipe, dataset_record, keep_checkpoints=training_args.keep_checkpoints)
-    end_run(trainer)
-    return trainer
+        trainer.train(resume_from_checkpoint=folder.checkpoint)
+        finalize_run(trainer, recipe, dataset_record, training_args.keep_checkpoints, output_dir=folder.output_dir)
+        end_run(trainer)
+        return trainer
 
 
 if __name__ == "__main__":
-    args = parse_recipe_or_exit()
-    try:
-        main(*args)
-    except (RunFolderError, TrainingDataError) as err:
-        logger.error("{}", err)
-        sys.exit(1)
-    except OSError as err:  # e.g. a model or tokenizer folder that does not exist (`make tiny-model` not run yet)
-        logger.error("{}", str(err).splitlines()[0])
-        sys.exit(1)
+    sys.exit(run_cli(main, *parse_recipe_or_exit(dataclass_types=RECIPE_DATACLASSES)))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
 from benchmarks.bench_train import EXAMPLES_PER_STEP, synthetic_examples  # noqa: E402
 

@@ -53,23 +53,21 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
-from bench_train import GEMMA2_2B, LORA_TARGETS  # noqa: E402
-
+from benchmarks.bench_train import GEMMA2_2B, LORA_TARGETS  # noqa: E402
 from paraphrx.atomic_folder import atomic_folder  # noqa: E402
 from paraphrx.eval.config import EvalModelConfig  # noqa: E402
 from paraphrx.eval.engine import BASE, GemmaDecodeEngine, generate_texts  # noqa: E402
 from paraphrx.eval.generation import (  # noqa: E402
     active_model,
     attach_adapters,
+    for_generation,
     generate_batched,
     generate_per_example,
-    load_base_model,
-    load_tokenizer,
 )
 from paraphrx.eval.pipeline import resolve_model_config  # noqa: E402
+from paraphrx.modeling import load_base_model, load_tokenizer  # noqa: E402
 from prep.templates import alpaca_prompt  # noqa: E402
 
 ALPACA = REPO / "data" / "alpaca_gemma-2-2b-it.json"
@@ -368,7 +366,7 @@ def main(argv=None) -> dict:
     recipe = REPO / "recipes" / ("tiny" if args.tiny else "") / "bucket1-4.yaml"
     adapters = write_adapters(model_dir, work / "outputs", recipe, args.seed)
     model_args = resolve_model_config(EvalModelConfig(), adapters, use_recipe=True)  # as evaluate_paraphrx.py does
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = for_generation(load_tokenizer(model_args))
     pool, limits, answer_lengths = workload(
         tokenizer, max(args.today_prompts, args.steady_prompts, args.lever_prompts), args.max_new_tokens, args.seed
     )

@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
 MODES = ("ddp", "fsdp")
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -215,7 +214,7 @@ def main() -> None:
 
     import torch
 
-    from bench_train import build_model_dir, synthetic_examples
+    from benchmarks.bench_train import build_model_dir, synthetic_examples
 
     on_gpu = args.device == "cuda"
     if on_gpu and not torch.cuda.is_available():

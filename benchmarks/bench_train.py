@@ -12,7 +12,7 @@ double-quantized base, AdamW lr 2e-4:
         no checkpointing (DESIGN.md's best knob setting).
   ours  `train_sft.py`'s own path on recipes/bucket1-4.yaml (`fast_path: auto` is on with CUDA): the same
         `load_model_and_tokenizer` and `build_trainer` calls, NF4 dequantized once, padding-free flex attention,
-        compiled decoder layers (paraphrx/fast_path.py).
+        compiled decoder layers and the rest of paraphrx/fast_path.py's CHANGES.
 Each runs in its own process (clean memory and compile caches). Throughput counts real (non-pad) tokens over the
 timed optimizer steps, wall clock from the end of the last warm-up step to the end of the last step. MFU is
 6·N·tokens/s over the bf16 matmul rate measured in this run. The last lines print the table and the ratios.
@@ -22,7 +22,7 @@ and the GPU's idle gaps with what the host did in each (`PARAPHRX_PROFILE_TRACE=
 `--variant NAME='recipe args'` adds a variant of ours (e.g. one lever switched off) to compare in the same run; words
 of the form UPPER_CASE=value go to that process's environment (inductor's TORCHINDUCTOR_* settings, allocator
 settings) and are listed in its result. `PARAPHRX_BENCH_WITHOUT=positions,lm_head,walks,workers` in a variant switches
-those levers of ours off in its process (see `switch_off_levers`), to measure each one's gain in the same run.
+those levers of ours off in its process (see `LEVERS`), to measure each one's gain in the same run.
 Each result also lists the GPU time of every timed step (`step_ms`), so a recompile or a new CUDA graph recording
 inside the timed window shows as an outlier.
 """
@@ -38,10 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
 CONFIGS = ("seed", "trl", "ours")
 EXAMPLES_PER_STEP = 16
@@ -113,7 +114,8 @@ def measure_matmul_tflops(device: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The three trainers. Each returns a transformers Trainer ready to `.train()`.
+# The three trainers. Each returns a transformers Trainer ready to `.train()`; `undo` (an ExitStack) takes what a
+# builder changes in the process, undone when the training is over (ours: the fast path's changes).
 
 
 def _nf4_config(torch):
@@ -138,7 +140,7 @@ def _common_args(out: str, steps: int, on_gpu: bool) -> dict:
     )
 
 
-def build_seed_trainer(model_dir, rows, out, steps, on_gpu):
+def build_seed_trainer(model_dir, rows, out, steps, on_gpu, undo):
     """The seed: plain Trainer + peft LoRA on NF4, eager, padded micro-batch 4 x 4, gradient checkpointing."""
     import torch
     from datasets import Dataset
@@ -171,7 +173,7 @@ def build_seed_trainer(model_dir, rows, out, steps, on_gpu):
     return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate)
 
 
-def build_trl_trainer(model_dir, rows, out, steps, on_gpu):
+def build_trl_trainer(model_dir, rows, out, steps, on_gpu, undo):
     """TRL by configuration alone: padding-free, flex attention, Liger kernels, no checkpointing."""
     import torch
     from datasets import Dataset
@@ -189,7 +191,7 @@ def build_trl_trainer(model_dir, rows, out, steps, on_gpu):
                       processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
 
 
-def build_ours_trainer(model_dir, rows, out, steps, on_gpu, recipe_args=()):
+def build_ours_trainer(model_dir, rows, out, steps, on_gpu, undo, recipe_args=()):
     """This project's path, through the functions `train_sft.py` calls, on the recipe users run (bucket1-4);
     `recipe_args` are extra recipe overrides (a `--variant`)."""
     from datasets import Dataset
@@ -207,7 +209,7 @@ def build_ours_trainer(model_dir, rows, out, steps, on_gpu, recipe_args=()):
         *recipe_args,
     ])
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
-    return build_trainer(model, tokenizer, training_args, model_args, Dataset.from_list(rows))
+    return build_trainer(model, tokenizer, training_args, model_args, Dataset.from_list(rows), undo=undo)
 
 
 BUILDERS = {"seed": build_seed_trainer, "trl": build_trl_trainer, "ours": build_ours_trainer}
@@ -222,11 +224,11 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
     switch_off_levers(list(filter(None, os.environ.get("PARAPHRX_BENCH_WITHOUT", "").split(","))))
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rows = synthetic_examples(EXAMPLES_PER_STEP * (steps + warmup), vocab)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, ExitStack() as undo:
         if recipe_args is not None:  # a variant of ours
-            trainer = build_ours_trainer(model_dir, rows, out, steps + warmup, on_gpu, shlex.split(recipe_args))
+            trainer = build_ours_trainer(model_dir, rows, out, steps + warmup, on_gpu, undo, shlex.split(recipe_args))
         else:
-            trainer = BUILDERS[config](model_dir, rows, out, steps + warmup, on_gpu)
+            trainer = BUILDERS[config](model_dir, rows, out, steps + warmup, on_gpu, undo)
 
         # Real tokens (ids are drawn >= 10, padding is 0), summed on the device: reading them every micro-step would
         # synchronize and stop the CPU from queueing ahead, which is not what training does.
@@ -279,22 +281,23 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
 
 
 # Levers of ours that `PARAPHRX_BENCH_WITHOUT=name,...` (a variant's environment word) switches off in its process,
-# so each one's gain is measured side by side; the library itself has no such switches.
-LEVERS = ("positions", "lm_head", "walks", "workers")
+# so each one's gain is measured side by side: a change of paraphrx/fast_path.py's CHANGES left out, or (lm_head) the
+# LM head's one-pass gradient replaced by TRL's kernel. The library itself has no such switches.
+LEVERS = {"positions": "trained positions from the collator", "walks": "module walks listed once",
+          "workers": "collation in a dataloader worker", "lm_head": None}
 
 
 def switch_off_levers(names: list[str]) -> None:
     """positions: TRL's boolean-index LM head (host waits); lm_head: TRL's kernel with its backward recomputation;
     walks: Trainer's per-step module walks; workers: collation in the main process."""
+    import paraphrx.fast_path as fast_path
     import paraphrx.lm_head
-    import paraphrx.trainer_factory as factory
-    from paraphrx.trainer_factory import ParaphrxSFTTrainer
 
     unknown = sorted(set(names) - set(LEVERS))
     if unknown:
         raise SystemExit(f"PARAPHRX_BENCH_WITHOUT: unknown {unknown}; choose from {list(LEVERS)}")
-    if "positions" in names:
-        factory.add_position_lm_head = lambda model: False
+    left_out = {LEVERS[name] for name in names}
+    fast_path.CHANGES = tuple(change for change in fast_path.CHANGES if change.name not in left_out)
     if "lm_head" in names:
 
         class TrlHead:
@@ -303,18 +306,6 @@ def switch_off_levers(names: list[str]) -> None:
                 return paraphrx.lm_head.trl_log_probs(hidden, weight, None, targets, softcap)
 
         paraphrx.lm_head.LogProbsWithGradient = TrlHead
-    if "walks" in names:
-        factory.cache_module_walks = lambda model: None
-        ParaphrxSFTTrainer.floating_point_ops = ParaphrxSFTTrainer.__mro__[1].floating_point_ops
-    if "workers" in names:
-        adapt = factory.adapt_training_args
-
-        def adapt_without_workers(training_args):
-            max_length = adapt(training_args)
-            training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
-            return max_length
-
-        factory.adapt_training_args = adapt_without_workers
 
 
 def _profile_callback(warmup: int, marks: dict):

@@ -10,6 +10,9 @@ import torch
 from loguru import logger
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from paraphrx.checkpoints import CheckpointMarkerCallback
+from paraphrx.resume import RunTotalsCallback
+
 
 def peak_memory_metrics() -> dict[str, float]:
     """Peak GPU memory allocated by torch on CUDA; peak resident set size of this process on the CPU."""
@@ -66,7 +69,8 @@ class LoggingEarlyStoppingCallback(EarlyStoppingCallback):
 
 
 def build_callbacks(training_args) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [LoguruCallback()]
+    # a checkpoint is marked verified after every save; the run's totals travel in it (paraphrx/resume.py)
+    callbacks: list[TrainerCallback] = [LoguruCallback(), CheckpointMarkerCallback(), RunTotalsCallback()]
     if training_args.early_stopping_patience is not None:
         callbacks.append(
             LoggingEarlyStoppingCallback(

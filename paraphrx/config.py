@@ -1,4 +1,5 @@
-"""The training recipe's dataclasses: TRL's ScriptArguments / SFTConfig / ModelConfig plus only what paraphrx adds.
+"""The training recipe's dataclasses: TRL's ScriptArguments / SFTConfig / ModelConfig plus only what paraphrx adds,
+and what a recipe resolves to on this machine (the fast-path decision, made once).
 
 A recipe is one flat YAML whose keys are the fields of these three classes (TRL's `TrlParser` maps each key to
 its dataclass), so every TRL and transformers option works unchanged and an unknown key is an error.
@@ -6,11 +7,51 @@ its dataclass), so every TRL and transformers option works unchanged and an unkn
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+import torch
+from loguru import logger
 from trl import ModelConfig, ScriptArguments, SFTConfig
 
-from paraphrx.fast_path import fast_path_enabled
+from paraphrx import library_internals
+
+FAST_PATH_CHOICES = ("auto", "on", "off")
+
+
+def sharded_launch() -> str | None:
+    """FSDP or DeepSpeed, as `accelerate launch` announces them to the training process."""
+    for engine in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() in ("1", "true"):
+            return engine
+    return None
+
+
+def fast_path_enabled(choice: str, use_cpu: bool = False) -> bool:
+    """Resolve a recipe's `fast_path` for this process. `auto` is on exactly when a CUDA device is present and the
+    recipe trains on it (not `use_cpu`), the launch is not sharded (FSDP-QLoRA and ZeRO-3 exist to shard the 4-bit base, which the fast path would dequantize) and
+    this TRL / transformers / torch has every private name the fast path uses (library_internals.py; if not, one
+    warning line says which); `on` refuses where `auto` would be off; `off` is off."""
+    if choice not in FAST_PATH_CHOICES:
+        raise ValueError(f"fast_path must be one of {FAST_PATH_CHOICES}, got {choice!r}")
+    if choice == "off":
+        return False
+    sharded, missing = sharded_launch(), library_internals.MISSING
+    if not torch.cuda.is_available():
+        why, unexpected = "it needs a CUDA GPU", False
+    elif use_cpu:
+        why, unexpected = "the recipe trains on the CPU (use_cpu: true)", False
+    elif sharded:
+        why, unexpected = f"a {sharded} launch shards the 4-bit base", False
+    elif missing:  # a GPU run that could be faster: worth a warning
+        why, unexpected = f"this TRL/transformers/torch lacks {', '.join(missing)}", True
+    else:
+        return True
+    if choice == "on":
+        raise ValueError(f"fast_path: on is not possible here: {why}; use auto or off")
+    if unexpected:
+        logger.warning("fast_path: auto trains on the plain path: {}", why)
+    return False
 
 
 @dataclass
@@ -49,14 +90,21 @@ class ParaphrxSFTConfig(SFTConfig):
         metadata={"help": "Keep checkpoint-* folders after a successful run (default: delete, keep the adapter)."},
     )
     log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
+    # transformers saves callback state (early stopping's counter, the run's loss total) in every checkpoint but
+    # restores it only when asked; a resumed run must end where the uninterrupted one would (paraphrx/resume.py).
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "Restore callback states (early stopping, run totals) when resuming."}
+    )
     fast_path: str = field(
         default="auto",
         metadata={
             "help": "GPU fast path (paraphrx/fast_path.py): NF4 dequantized once, padding-free flex attention, compiled "
             "layers; same model, loss and examples per step. auto = on when CUDA is available; on; off.",
-            "choices": ["auto", "on", "off"],
+            "choices": list(FAST_PATH_CHOICES),
         },
     )
+    # Not a recipe key: `fast_path` resolved for this machine, once, when the recipe is parsed.
+    use_fast_path: bool = field(default=False, init=False)
 
     def __post_init__(self):
         if isinstance(self.fast_path, bool):  # YAML 1.1 reads a bare on/off as a boolean
@@ -64,7 +112,8 @@ class ParaphrxSFTConfig(SFTConfig):
         if self.hub_token:  # it would be pickled into training_args.bin in every checkpoint
             raise ValueError("hub_token: give the Hub token through the HF_TOKEN environment variable, not the recipe")
         super().__post_init__()
-        fast_path_enabled(self.fast_path)  # `on` without CUDA: a one-line recipe error now, not a traceback later
+        # `on` without CUDA: a one-line recipe error, now
+        self.use_fast_path = fast_path_enabled(self.fast_path, use_cpu=self.use_cpu)
         # transformers' EarlyStoppingCallback would only assert this once training starts.
         if self.early_stopping_patience is not None and not (
             self.load_best_model_at_end and self.metric_for_best_model and self.eval_strategy != "no"
@@ -74,5 +123,25 @@ class ParaphrxSFTConfig(SFTConfig):
             )
 
 
+@dataclass
+class ParaphrxModelConfig(ModelConfig):
+    """TRL's ModelConfig, checked for the launch it runs under."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        # FSDP and ZeRO-3 flatten each wrapped block's parameters into one tensor of one dtype, so 4-bit weights must be
+        # stored in the model's dtype; with bitsandbytes' default (uint8) the run fails deep inside FSDP's wrapping,
+        # after the model has loaded. Say so before anything loads.
+        engine = sharded_launch()
+        if engine is None or not self.load_in_4bit:
+            return
+        wanted = self.dtype if self.dtype not in (None, "auto") else "bfloat16"
+        if self.bnb_4bit_quant_storage != wanted:
+            raise ValueError(
+                f"bnb_4bit_quant_storage: a {engine} launch shards the 4-bit base, which needs it stored as the model's "
+                f"dtype: add --bnb_4bit_quant_storage {wanted} (got {self.bnb_4bit_quant_storage or 'the default uint8'})"
+            )
+
+
 # The order TrlParser parses into; train_sft.py and the label-mask view unpack in this order.
-RECIPE_DATACLASSES = (ParaphrxScriptArguments, ParaphrxSFTConfig, ModelConfig)
+RECIPE_DATACLASSES = (ParaphrxScriptArguments, ParaphrxSFTConfig, ParaphrxModelConfig)

@@ -8,9 +8,11 @@ reads it from the environment itself); nothing here logs it.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
+
 
 def local_splits(folder: Path) -> dict[str, list[str]]:
     """The splits of a prepared folder, from its shard names (`data/<split>-00000-of-00001.parquet`)."""
@@ -25,7 +27,7 @@ def load_prepared(dataset: str, split: str, revision: str | None = None, buckets
     local = Path(dataset)
     if local.exists():
         if not (local / "README.md").exists():
-            raise FileNotFoundError(f"{dataset}: folder has no README.md dataset card; build it with `make prep`")
+            raise FileNotFoundError(errno.ENOENT, "no README.md dataset card; build it with `make prep`", dataset)
         splits = local_splits(local)
         if split not in splits:
             raise ValueError(f"{dataset}: no split {split!r} (it has: {', '.join(sorted(splits)) or 'none'})")

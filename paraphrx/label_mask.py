@@ -10,31 +10,22 @@ prompt→completion boundary, and with `--show_tokens` one line per token (`+` t
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 from loguru import logger
-from trl import SFTTrainer
+
+from paraphrx.config import RECIPE_DATACLASSES
+from paraphrx.errors import loading, run_cli
+from paraphrx.library_internals import prepare_sft_dataset
+from paraphrx.logs import run_logging
+from paraphrx.modeling import ModelLoadError, load_tokenizer
+from paraphrx.recipe_cli import parse_recipe_or_exit
+from paraphrx.training_data import load_training_splits
 
 IGNORE_INDEX = -100
 _ROW = "__label_mask_row"  # pairs prepared rows with their source rows
-
-
-def sft_prepare(dataset: Dataset, tokenizer, training_args) -> Dataset:
-    """Run SFTTrainer's dataset preparation without building a model.
-
-    `_prepare_dataset` only reads the tokenizer, the completion-only switch and the training chat template from the
-    trainer; tests/test_label_mask.py checks that its output equals a real trainer's `train_dataset`.
-    """
-    trainer = SFTTrainer.__new__(SFTTrainer)
-    trainer._tokenizer = tokenizer
-    trainer.completion_only_loss = (
-        training_args.completion_only_loss
-        if training_args.completion_only_loss is not None
-        else {"prompt", "completion"} <= set(dataset.column_names)
-    )
-    trainer.chat_template = None
-    return trainer._prepare_dataset(dataset, tokenizer, training_args, False, None, "label-mask")
 
 
 def mask_runs(input_ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
@@ -80,7 +71,7 @@ def render_label_mask(
     rows = dataset.select(range(min(num_examples, len(dataset))))
     # SFTTrainer drops rows left without a trained token (a prompt that fills max_length); the index keeps the rest
     # paired with their source row.
-    prepared = sft_prepare(rows.add_column(_ROW, list(range(len(rows)))), tokenizer, training_args)
+    prepared = prepare_sft_dataset(rows.add_column(_ROW, list(range(len(rows)))), tokenizer, training_args, "label-mask")
     by_row = {row[_ROW]: row for row in prepared}
     blocks = []
     for i, raw in enumerate(rows):
@@ -100,28 +91,20 @@ class LabelMaskArguments:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from paraphrx.config import RECIPE_DATACLASSES
-    from paraphrx.logs import setup_logging
-    from paraphrx.modeling import load_tokenizer
-    from paraphrx.recipe_cli import parse_recipe_or_exit
-    from paraphrx.training_data import TrainingDataError, load_training_splits
-
+    """The view for the recipe on the command line, logged; returns its text."""
     script_args, training_args, model_args, view_args = parse_recipe_or_exit(
         argv, (*RECIPE_DATACLASSES, LabelMaskArguments)
     )
-    setup_logging(f"{training_args.run_name}-label-mask", training_args.log_dir)
-    try:
+    with run_logging(f"{training_args.run_name}-label-mask", training_args.log_dir):
         train, _, record = load_training_splits(script_args, training_args.seed, with_eval=False)
-    except TrainingDataError as err:
-        logger.error("{}", err)
-        raise SystemExit(1) from None
-    tokenizer = load_tokenizer(model_args, training_args)
-    text = render_label_mask(train, tokenizer, training_args, view_args.num_examples, view_args.show_tokens)
-    logger.info(
-        "label mask of {}:{} ({})\n{}", record["dataset"], record["train_split"], model_args.model_name_or_path, text
-    )
+        with loading(f"base model {model_args.model_name_or_path}", ModelLoadError):
+            tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+        text = render_label_mask(train, tokenizer, training_args, view_args.num_examples, view_args.show_tokens)
+        logger.info(
+            "label mask of {}:{} ({})\n{}", record["dataset"], record["train_split"], model_args.model_name_or_path, text
+        )
     return text
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -6,25 +6,18 @@ online-logsumexp statistics, and its backward computes every tile again to turn 
 logits again, gradient: three GEMMs of tokens x 2304 x 256,000). `LogProbsWithGradient` tiles by blocks of tokens
 across the whole vocabulary instead, so a block's log-normaliser is complete while its logits are still in memory:
 the tile becomes d log p / d logits at once and one more GEMM gives d log p / d hidden for each token, kept
-([tokens, hidden] in fp32: 31 MB at 3.4k tokens). The backward only scales those rows by the incoming per-token
-gradient. The per-element math is TRL's own kernels (soft-capping, online statistics, gradient in place).
+([tokens, hidden] in fp32). The backward only scales those rows by the incoming per-token gradient. The per-element
+math is TRL's own kernels (soft-capping, online statistics, gradient in place), reached through library_internals.
 It serves frozen LM heads (Gemma-2's tied embedding under LoRA): a trained head needs TRL's weight gradient.
 """
 
 from __future__ import annotations
 
 import torch
-from trl.kernels.chunked_logprob import (
-    _BLOCK_SIZE,
-    _addmm_fp32,
-    _backward_kernel,
-    _backward_tile,
-    _forward_kernel,
-    _forward_tile,
-    _use_triton,
-)
 
-# Tokens per tile: [1024, 256000] bf16 logits are 0.5 GB, twice TRL's [4096, 32768] tile (peak +0.2 GiB measured).
+from paraphrx import library_internals as internals
+
+# Tokens per tile: [1024, 256000] bf16 logits are 0.5 GB, twice TRL's [4096, 32768] tile.
 TOKEN_BLOCK = 1024
 OUTPUTS = ("log_probs", "entropy", "is_top1")
 
@@ -32,10 +25,9 @@ OUTPUTS = ("log_probs", "entropy", "is_top1")
 def trl_log_probs(hidden, weight, bias, targets, softcap):
     """The same three outputs from TRL's own `ChunkedLogProbFunction` (which also differentiates the weight)."""
     from trl.kernels import ChunkedLogProbFunction
-    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
     log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
-        hidden, weight, bias, targets, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, softcap, 1.0, OUTPUTS)
+        hidden, weight, bias, targets, 1.0, internals.TRL_LOGPROB_CHUNK_SIZE, softcap, 1.0, OUTPUTS)
     return log_probs, entropy, is_top1
 
 
@@ -62,22 +54,22 @@ class LogProbsWithGradient(torch.autograd.Function):
         log_z = torch.empty_like(sum_exp)
         grad_hidden = torch.zeros((n_tokens, hidden.shape[1]), device=device, dtype=torch.float32)
         tiles = torch.empty((min(n_tokens, token_block), vocab), device=device, dtype=dtype)
-        triton = _use_triton(device)
+        triton, block = internals.use_triton(device), internals.LOGPROB_BLOCK_SIZE
         for start in range(0, n_tokens, token_block):
             end = min(start + token_block, n_tokens)
             rows, tile = slice(start, end), tiles[: end - start]
             torch.mm(hidden[rows].to(dtype), weight.t(), out=tile)
-            fold = _forward_kernel[(end - start,)] if triton else _forward_tile
+            fold = internals.forward_kernel[(end - start,)] if triton else internals.forward_tile
             fold(tile, tile.stride(0), targets[rows], running_max[rows], sum_exp[rows], x_sum_exp[rows], unused[rows],
                  unused[rows], max_before_target[rows], target_logit[rows], 0, vocab, HAS_ENTROPY=True,
-                 HAS_LOG_SUM_SQ_PROBS=False, HAS_MEAN_LOGITS=False, HAS_IS_TOP1=True, BLOCK_SIZE=_BLOCK_SIZE,
+                 HAS_LOG_SUM_SQ_PROBS=False, HAS_MEAN_LOGITS=False, HAS_IS_TOP1=True, BLOCK_SIZE=block,
                  **kernel_args)
             torch.add(running_max[rows], torch.log(sum_exp[rows]), out=log_z[rows])
             # the whole vocabulary of these tokens is in the tile: turn it into d log p / d logits in place
-            fold = _backward_kernel[(end - start, -(-vocab // _BLOCK_SIZE))] if triton else _backward_tile
+            fold = internals.backward_kernel[(end - start, -(-vocab // block))] if triton else internals.backward_tile
             fold(tile, tile.stride(0), targets[rows], log_z[rows], log_z[rows], ones[rows], ones[rows], 0, vocab,
-                 HAS_LOGPROB_GRAD=True, HAS_ENTROPY_GRAD=False, BLOCK_SIZE=_BLOCK_SIZE, **kernel_args)
-            _addmm_fp32(grad_hidden[rows], tile, weight)
+                 HAS_LOGPROB_GRAD=True, HAS_ENTROPY_GRAD=False, BLOCK_SIZE=block, **kernel_args)
+            internals.addmm_fp32(grad_hidden[rows], tile, weight)
 
         log_probs = target_logit - log_z
         entropy = log_z - x_sum_exp / sum_exp

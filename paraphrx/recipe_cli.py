@@ -1,13 +1,15 @@
-"""Command line → recipe dataclasses, with one-line errors.
+"""Command line → dataclasses, with one-line errors: the one argument parser of every entry point (training,
+evaluation, prep and the small tools), TRL's `TrlParser`.
 
-Accepts the three launch forms the README shows, each with `--any_key value` overrides on top:
+Accepts the three launch forms docs/training.md shows, each with `--any_key value` overrides on top:
 
     accelerate launch train_sft.py recipes/bucket1-4.yaml --learning_rate 1e-4
     python train_sft.py recipes/bucket1-4.yaml
     python train_sft.py --config recipes/bucket1-4.yaml
 
 `TrlParser` only reads YAML from `--config`, so a leading positional `.yaml` is rewritten into that form. A bad
-recipe (missing file, broken YAML, unknown key, wrong type) becomes one line naming the file and key, exit code 2.
+recipe or flag (missing file, broken YAML, unknown key, wrong type, a check of the dataclasses' own) becomes one line
+naming the file and key, exit code 2. Importing this module is cheap (no torch): `python -m prep` starts quickly.
 """
 
 from __future__ import annotations
@@ -18,15 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from trl import ModelConfig, TrlParser
+from trl import TrlParser
 
-from paraphrx.config import RECIPE_DATACLASSES
-from paraphrx.fast_path import sharded_launch
-
-EXIT_BAD_RECIPE = 2
+from paraphrx.errors import EXIT_BAD_INPUT, UserError
+from paraphrx.limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe or command line that cannot be parsed; the message is one line meant for the user."""
 
 
@@ -58,17 +58,48 @@ def recipe_path(argv: Sequence[str]) -> Path | None:
     return Path(argv[i + 1])
 
 
-def read_recipe(path: Path, known_keys: set[str], collection_keys: set[str] = frozenset()) -> dict:
-    """Load a flat recipe YAML and reject what TrlParser would reject with a long message or a traceback."""
+class _FlatYamlLoader(yaml.SafeLoader):
+    """`yaml.safe_load` without aliases and with bounded nesting. A recipe is flat; an alias (`*name`) is how a 2 KB
+    file expands to gigabytes (the "billion laughs"), and deep nesting would exhaust the composer's recursion."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here",
+                                              self.peek_event().start_mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def load_yaml_file(path: Path):
+    """A recipe-like YAML file (a recipe, an evaluation config, an adapter's recipe.yaml), bounded in size, nesting
+    and expansion; anything else is a one-line RecipeError naming the file (and line)."""
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {size:,} bytes, more than a recipe's limit of {MAX_RECIPE_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_FlatYamlLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 (invalid byte at position {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
+
+
+def read_recipe(path: Path, known_keys: set[str], collection_keys: set[str] = frozenset()) -> dict:
+    """Load a flat recipe YAML and reject what TrlParser would reject with a long message or a traceback."""
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -95,10 +126,13 @@ def collection_fields(dataclass_types) -> set[str]:
     return names
 
 
-def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
-    """Parse argv (default sys.argv[1:]) into `dataclass_types` instances; raises RecipeError on bad input."""
+def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=None, **parser_kwargs) -> tuple:
+    """Parse argv (default sys.argv[1:]) into `dataclass_types` instances (default: the training recipe's); raises
+    RecipeError on bad input. `parser_kwargs` go to argparse (`prog`, `description` for --help)."""
+    if dataclass_types is None:
+        from paraphrx.config import RECIPE_DATACLASSES as dataclass_types
     argv = normalize_argv(sys.argv[1:] if argv is None else argv)
-    parser = _RecipeParser(dataclass_types)
+    parser = _RecipeParser(dataclass_types, **parser_kwargs)
     known = {action.dest for action in parser._actions}
     path = recipe_path(argv)
     if path is not None:
@@ -111,33 +145,14 @@ def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATAC
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
         raise RecipeError(f"{path or 'command line'}: {message}") from None
     if remaining:
-        raise RecipeError(f"unknown option {remaining[0]!r} (not a field of the recipe dataclasses)")
-    for args in parsed:
-        if isinstance(args, ModelConfig):
-            check_sharded_4bit_storage(args, path)
+        raise RecipeError(f"unknown option {remaining[0]!r}")
     return tuple(parsed)
 
 
-def check_sharded_4bit_storage(model_args: ModelConfig, path: Path | None) -> None:
-    """FSDP and ZeRO-3 flatten each wrapped block's parameters into one tensor of one dtype, so 4-bit weights must be
-    stored in the model's dtype; with bitsandbytes' default (uint8) the run fails deep inside FSDP's wrapping, after
-    the model has loaded. Say so before anything loads."""
-    engine = sharded_launch()
-    if engine is None or not model_args.load_in_4bit:
-        return
-    wanted = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"
-    if model_args.bnb_4bit_quant_storage != wanted:
-        raise RecipeError(
-            f"{path or 'command line'}: bnb_4bit_quant_storage: a {engine} launch shards the 4-bit base, which needs "
-            f"it stored as the model's dtype: add --bnb_4bit_quant_storage {wanted} "
-            f"(got {model_args.bnb_4bit_quant_storage or 'the default uint8'})"
-        )
-
-
-def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=RECIPE_DATACLASSES) -> tuple:
+def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=None, **parser_kwargs) -> tuple:
     """`parse_recipe` for entry points: a bad recipe prints one line to stderr and exits with code 2."""
     try:
-        return parse_recipe(argv, dataclass_types)
+        return parse_recipe(argv, dataclass_types, **parser_kwargs)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_RECIPE) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None

@@ -1,10 +1,12 @@
 """The run folder `outputs/<run_name>/`: resume or refuse before training, write the final artifacts after it.
 
-While training, `checkpoint-*` folders live in it; a rerun after a kill resumes from the newest one. A finished run
-holds only what a user needs — the adapter (`adapter_config.json`, `adapter_model.safetensors`), tokenizer files,
-`trainer_state.json`, `recipe.yaml` (every parsed value after overrides, relaunchable as a recipe), `dataset.json`
-(id/path, revision, splits, fingerprints), a `README.md` model card — and `run_complete.json`, written last, which
-marks it finished: a finished run is only replaced with `--overwrite_output_dir true`.
+One run per folder (paraphrx/run_lock.py). While training, `checkpoint-*` folders live in it; a rerun after a kill
+resumes from the newest verified one (paraphrx/checkpoints.py). A finished run holds only what a user needs — the
+adapter (`adapter_config.json`, `adapter_model.safetensors`), tokenizer files, `trainer_state.json`, `recipe.yaml`
+(every parsed value after overrides, relaunchable as a recipe), `dataset.json` (id/path, revision, splits,
+fingerprints), a `README.md` model card — and `run_complete.json`, written last, which marks it finished: a finished
+run is only replaced with `--overwrite_output_dir true`, by a new run that trains beside it and is swapped in whole
+once complete (a replacing run killed midway starts over when relaunched; the previous run is untouched).
 """
 
 from __future__ import annotations
@@ -13,101 +15,132 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
 import yaml
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from loguru import logger
 from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
+
+from paraphrx.atomic_folder import clean_leftovers, leftover_prefix, owned_folder, swap_in, write_json_atomic
+from paraphrx.checkpoints import CHECKPOINT_MARKER, checkpoint_problem, newest_verified_checkpoint
+from paraphrx.errors import EXIT_FAILED, UserError
+from paraphrx.run_lock import FolderInUseError, FolderLock
 
 COMPLETE_MARKER = "run_complete.json"
 RECIPE_FILE = "recipe.yaml"
 DATASET_FILE = "dataset.json"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError):
     """The output folder is in a state this run must not touch; the message is one line meant for the user."""
 
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary file in the same folder, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    exit_code = EXIT_FAILED
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+@dataclasses.dataclass
+class RunFolder:
+    """Where a run writes: `output_dir` is the run folder users see; `train_dir` is where Trainer writes (the same
+    folder, or a hidden sibling while a finished run in `output_dir` waits to be replaced); `checkpoint` is the
+    verified checkpoint to resume from (None: a fresh start)."""
+
+    output_dir: Path
+    train_dir: Path
+    checkpoint: str | None = None
 
 
-def resolve_checkpoint_or_refuse(training_args) -> str | None:
-    """The checkpoint to resume from, or None for a fresh start; refuses to touch a finished run.
+@contextmanager
+def claim_run_folder(training_args) -> Iterator[RunFolder]:
+    """Hold `output_dir` for this run, decide where it trains and what it resumes from, and point
+    `training_args.output_dir` there. Refuses a folder another live run holds, a finished run (unless
+    `--overwrite_output_dir`) and a folder paraphrx did not write.
 
-    An explicit `resume_from_checkpoint` wins. `overwrite_output_dir` wipes the folder (a fresh start even if
-    checkpoints exist). Otherwise the newest `checkpoint-*` in `output_dir` is resumed.
-    """
-    out = Path(training_args.output_dir)
+    Only the main process locks and looks at the folder; the others receive its decision, so that in a multi-process
+    launch no rank waits for a lock it does not need."""
     state = PartialState()
-    finished = (out / COMPLETE_MARKER).exists()
-    if training_args.overwrite_output_dir and out.exists() and any(out.iterdir()) and not is_run_folder(out):
-        raise RunFolderError(
-            f"{out} is not a paraphrx run folder (no {RECIPE_FILE}, {COMPLETE_MARKER} or checkpoint-*); "
-            "--overwrite_output_dir only replaces runs, so choose another --output_dir"
-        )
-    if training_args.overwrite_output_dir and out.exists():
-        state.wait_for_everyone()  # everyone has looked at the folder before the main process wipes it
-        if state.is_main_process:
-            logger.warning("overwrite_output_dir: removing the previous run in {}", out)
-            shutil.rmtree(out)
-        state.wait_for_everyone()
-        return None
-    if finished:
+    out = Path(training_args.output_dir)
+    lock, staging_fd, decision, failure = None, None, [None], None
+    if state.is_main_process:
+        try:
+            lock = FolderLock(out)
+            decision[0], staging_fd = _plan(training_args, out)
+        except (FolderInUseError, RunFolderError) as err:
+            decision[0] = str(err)
+        except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised here
+            decision[0], failure = f"{out}: {type(err).__name__}: {err}", err
+    broadcast_object_list(decision)
+    run = decision[0]
+    try:
+        if failure is not None:
+            raise failure
+        if isinstance(run, str):
+            raise RunFolderError(run)
+        training_args.output_dir = str(run.train_dir)
+        yield run
+    except BaseException:
+        if staging_fd is not None:  # a replacing run that failed: its staging folder goes, the old run stays
+            shutil.rmtree(run.train_dir, ignore_errors=True)
+        raise
+    finally:
+        if isinstance(run, RunFolder):
+            training_args.output_dir = str(run.output_dir)
+        if staging_fd is not None:
+            os.close(staging_fd)
+        if lock is not None:
+            lock.release()
+
+
+def _plan(training_args, out: Path) -> tuple[RunFolder, int | None]:
+    """The main process's decision for `claim_run_folder` (and the fd that owns a staging folder, if any)."""
+    clean_leftovers(out)  # staging folders of killed replacing runs, a folder swap killed midway
+    if training_args.overwrite_output_dir and out.is_dir() and any(out.iterdir()):
+        if not is_run_folder(out):
+            raise RunFolderError(
+                f"{out} is not a paraphrx run folder (no {RECIPE_FILE}, {COMPLETE_MARKER} or checkpoint-*); "
+                "--overwrite_output_dir only replaces runs, so choose another --output_dir"
+            )
+        staging, fd = owned_folder(out.parent, leftover_prefix(out, "tmp"))
+        logger.warning("overwrite_output_dir: a new run trains in {}; the previous one stays in {} until it completes",
+                       staging, out)
+        return RunFolder(out, staging), fd
+    if (out / COMPLETE_MARKER).exists():
         raise RunFolderError(
             f"{out} holds a finished run ({COMPLETE_MARKER}); pass --overwrite_output_dir true to replace it "
             "or choose another --output_dir"
         )
     if training_args.resume_from_checkpoint:
-        return training_args.resume_from_checkpoint
-    last = last_complete_checkpoint(out)
-    if last:
-        logger.info("resuming from {}", last)
-    return last
+        return RunFolder(out, out, checked_checkpoint(Path(training_args.resume_from_checkpoint))), None
+    checkpoint, skipped = newest_verified_checkpoint(out)
+    for path, problem in skipped:  # newer than the resume point: the resumed run saves those steps again
+        logger.warning("skipping {}: {}; removed", path, problem)
+        shutil.rmtree(path)
+    if checkpoint is not None:
+        logger.info("resuming from {}", checkpoint)
+    return RunFolder(out, out, None if checkpoint is None else str(checkpoint)), None
+
+
+def checked_checkpoint(path: Path) -> str:
+    """An explicit `--resume_from_checkpoint`: refused when its files no longer match their marker."""
+    if not path.is_dir():
+        raise RunFolderError(f"--resume_from_checkpoint {path}: not a folder")
+    problem = checkpoint_problem(path)
+    if problem is not None and (path / CHECKPOINT_MARKER).exists():
+        raise RunFolderError(f"--resume_from_checkpoint {path}: {problem}")
+    if problem is not None:
+        logger.warning("resuming from {} unverified: {}", path, problem)
+    return str(path)
 
 
 def is_run_folder(out: Path) -> bool:
-    """A folder a paraphrx run wrote: the only kind `--overwrite_output_dir` may delete."""
+    """A folder a paraphrx run wrote: the only kind `--overwrite_output_dir` may replace."""
     return any((out / name).exists() for name in (RECIPE_FILE, COMPLETE_MARKER, TRAINER_STATE_NAME)) or any(
         out.glob("checkpoint-*")
     )
-
-
-def last_complete_checkpoint(out: str | Path) -> str | None:
-    """The newest `checkpoint-N` that was fully written. Trainer writes `trainer_state.json` last and not atomically,
-    so a run killed while saving leaves a newer folder without it; resuming from that one would fail."""
-    out = Path(out)
-    if not out.is_dir():
-        return None
-    numbered = (p.name.removeprefix("checkpoint-") for p in out.glob("checkpoint-*"))
-    for step in sorted((int(n) for n in numbered if n.isdigit()), reverse=True):
-        checkpoint = out / f"checkpoint-{step}"
-        if (checkpoint / TRAINER_STATE_NAME).is_file():
-            return str(checkpoint)
-        logger.warning("skipping {}: incomplete (no {}), probably killed while saving", checkpoint, TRAINER_STATE_NAME)
-    return None
 
 
 def _plain(value):
@@ -142,18 +175,25 @@ def resolved_recipe(*configs) -> dict:
     return recipe
 
 
-def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: bool = False) -> Path:
-    """Save the final adapter and run records into `output_dir`, each file atomically, the completion marker last.
+def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: bool = False,
+                 output_dir: str | Path | None = None) -> Path:
+    """Save the final adapter and run records into the run folder, each file atomically, the completion marker last.
 
+    `output_dir` is the run folder users see when Trainer trained elsewhere (`RunFolder.train_dir`, a replacing run's
+    staging folder): the finished folder is swapped in there, and only then marked finished.
     Call on every process (saving may gather sharded weights); only the main process writes files.
     """
     out = Path(trainer.args.output_dir)
+    dest = out if output_dir is None else Path(output_dir)
     staging = out / ".final"
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while finishing
     trainer.save_model(str(staging))  # adapter + tokenizer, written by the main process
     if not trainer.is_world_process_zero():
-        return out
+        return dest
+    best = trainer.state.best_model_checkpoint
+    if best and dest != out and Path(best).parent == out:  # where it will be once swapped in
+        trainer.state.best_model_checkpoint = str(dest / Path(best).name)
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
     (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (staging / DATASET_FILE).write_text(json.dumps(dataset_record, indent=2, default=str) + "\n", encoding="utf-8")
@@ -165,6 +205,10 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
     for item in staging.iterdir():
         os.replace(item, out / item.name)  # one rename per file: each appears whole
     staging.rmdir()
+    if dest != out:  # a replacing run: the previous run in `dest` is deleted only now, once this one is complete
+        swap_in(out, dest)
+        trainer.args.output_dir = str(dest)
+        out = dest
     write_json_atomic(
         out / COMPLETE_MARKER,
         {

@@ -10,11 +10,12 @@ pipeline: Gemma's special tokens (`<bos>` added by the tokenizer, `<eos>`, `<pad
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from paraphrx.atomic_folder import atomic_folder
+from paraphrx.recipe_cli import parse_recipe_or_exit
 
 # Gemma-2's special tokens, in Gemma's order for the first five ids (pad=0, eos=1, bos=2, unk=3).
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
@@ -126,13 +127,17 @@ def save_tiny_gemma(output_dir: str | Path, corpus_paths: list[Path] | None = No
     return output_dir
 
 
+@dataclass
+class TinyGemmaArguments:
+    output_dir: str = field(default="models/tiny-gemma2", metadata={"help": "Where to save the model folder."})
+    corpus: list[str] = field(default_factory=lambda: [str(DEFAULT_CORPUS)],
+                              metadata={"help": "Paraphrase JSON files the tokenizer is trained on."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random weights."})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="models/tiny-gemma2")
-    parser.add_argument("--corpus", nargs="+", type=Path, default=[DEFAULT_CORPUS], help="paraphrase JSON files")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    path = save_tiny_gemma(args.output_dir, args.corpus, args.seed)
+    (args,) = parse_recipe_or_exit(argv, (TinyGemmaArguments,))
+    path = save_tiny_gemma(args.output_dir, [Path(p) for p in args.corpus], args.seed)
     print(f"tiny Gemma-2 written to {path}")
 
 

@@ -6,19 +6,20 @@ from __future__ import annotations
 from datasets import Dataset
 from loguru import logger
 
+from paraphrx.buckets import BucketSpecError, buckets_of_split
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
-from prep.buckets import BucketSpecError, buckets_of_split
+from paraphrx.errors import EXIT_FAILED, UserError, loading
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError):
     """The recipe's dataset or split cannot be loaded; the message is one line meant for the user."""
+
+    exit_code = EXIT_FAILED
 
 
 def _load(dataset: str, split: str, revision: str | None, buckets=None) -> Dataset:
-    try:
+    with loading(f"{dataset} (split {split!r})", TrainingDataError):
         return load_prepared(dataset, split, revision=revision, buckets=buckets)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise TrainingDataError(f"{dataset} (split {split!r}): {str(err).splitlines()[0]}") from None
 
 
 def load_training_splits(script_args, seed: int = 42, with_eval: bool = True) -> tuple[Dataset, Dataset | None, dict]:

@@ -2,8 +2,9 @@
 
 Steps: parse flags -> stream and validate every row (nothing is written before all rows pass) -> split prompts ->
 pick each split's rows -> write parquet + card into a temporary folder -> rename into place -> push. Bad input ends
-with one error line naming file, row and field, exit code 2, and no output folder. A file system error (e.g. an
-`--output_dir` under a file) is one line naming the path, exit code 2; a failed push is one line, exit code 1.
+with one error line naming file, row and field, exit code 2, and no output folder. An `--output_dir` that cannot be
+made (e.g. under a file) is one line naming the path, exit code 2; a failed push is one line, exit code 1; anything
+else (a full disk) is a short line with its traceback in the log file, exit code 1 (paraphrx/errors.py).
 """
 
 from __future__ import annotations
@@ -17,45 +18,25 @@ from pathlib import Path
 from loguru import logger
 
 from paraphrx.atomic_folder import atomic_folder
-from paraphrx.logs import setup_logging
+from paraphrx.errors import EXIT_FAILED, UserError, describe, one_line, run_cli
+from paraphrx.logs import run_logging
+from paraphrx.recipe_cli import parse_recipe_or_exit
 from prep.card import render_card
 from prep.config import ConfigError, PrepConfig
 from prep.push import push_folder
 from prep.rows import read_sources
-from prep.schema import ValidationError
 from prep.split import assign_sides, held_out_prompts, select_rows, split_stats
 from prep.writer import ensure_replaceable, write_splits
 
-EXIT_BAD_INPUT = 2
-EXIT_PUSH_FAILED = 1
 
-
-class PushError(RuntimeError):
+class PushError(UserError):
     """The upload to the Hub failed (network, token, permissions); the local dataset is complete."""
 
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (Hub and transformers errors span several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-
-
-def os_error_line(err: OSError) -> str:
-    """`<path>: <what>` for a file system error, e.g. `afile: File exists`."""
-    if err.filename is not None and err.strerror:
-        paths = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
-        return f"{paths}: {err.strerror}"
-    return one_line(err)
-
-
-def parse_args(argv: list[str] | None = None) -> PrepConfig:
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(PrepConfig, prog="python -m prep", description=__doc__.split("\n\n")[0])
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
-    return config
+    exit_code = EXIT_FAILED
 
 
 def run(config: PrepConfig, command: str) -> Path:
+    """Build the dataset folder `config.output_dir` (and push it); returns the folder."""
     bucket_splits = config.bucket_splits()
     fractions = config.split_fractions()
     max_shard_mb = config.shard_mb()
@@ -94,6 +75,10 @@ def run(config: PrepConfig, command: str) -> Path:
         logger.info("{}: {} rows, {} prompts, by bucket {}", split, st["rows"], st["prompts"], st["by_bucket"])
 
     out = Path(config.output_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. an --output_dir below a file: a flag to fix, not a crash
+        raise ConfigError(f"--output_dir: {describe(err)}") from None
     with atomic_folder(out) as tmp:
         split_files = write_splits(
             tmp, data, split_rows, config.template, config.use_paraphrase_answer, max_shard_mb
@@ -124,25 +109,15 @@ def run(config: PrepConfig, command: str) -> Path:
     return out
 
 
+def prepare(config: PrepConfig, command: str) -> Path:
+    """`run`, logged to stderr and logs/prep_*.log."""
+    with run_logging("prep", log_dir=config.log_dir):
+        logger.info("{}", command)
+        return run(config, command)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line: the process's exit code (a bad flag is one line `error: ...`, exit 2)."""
     args = sys.argv[1:] if argv is None else argv
-    config = parse_args(args)
-    try:
-        setup_logging("prep", log_dir=config.log_dir)
-    except OSError as e:
-        print(f"error: --log_dir: {os_error_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    command = "python -m prep " + shlex.join(args)
-    logger.info("{}", command)
-    try:
-        run(config, command)
-    except (ValidationError, ConfigError) as e:
-        logger.error("{}", e)
-        return EXIT_BAD_INPUT
-    except PushError as e:
-        logger.error("{}", e)
-        return EXIT_PUSH_FAILED
-    except OSError as e:  # e.g. --output_dir below a file, a full disk, an unreadable input
-        logger.error("{}", os_error_line(e))
-        return EXIT_BAD_INPUT
-    return 0
+    (config,) = parse_recipe_or_exit(args, (PrepConfig,), prog="python -m prep", description=__doc__.split("\n\n")[0])
+    return run_cli(prepare, config, "python -m prep " + shlex.join(args))

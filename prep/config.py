@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from prep.buckets import DEFAULT_SPECS, BucketSpecError, parse_bucket_spec, split_name
+from paraphrx.buckets import DEFAULT_SPECS, BucketSpecError, parse_bucket_spec, split_name
+from paraphrx.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad option value: one line naming the flag."""
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 import re
 
+from paraphrx.errors import UserError
+from paraphrx.limits import MAX_LABEL_CHARS, MAX_TEXT_CHARS
+
 ROW_FIELDS = {
     "prompt_count": int,
     "instruction_original": str,
@@ -26,11 +29,13 @@ PARAPHRASE_FIELDS = {
     "ranking_for_buckets": int,
     "bucket": int,
 }
+# Longest text accepted per field (README "Input limits"): evaluation memory grows with the square of a prompt.
+MAX_CHARS = {"instruct_type": MAX_LABEL_CHARS}  # every other text field: MAX_TEXT_CHARS
 _INDEX = re.compile(r"\[\d+\]")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
 
 
-class ValidationError(ValueError):
+class ValidationError(UserError):
     """Bad input, located: `file: row N: field: what is wrong` (row and field when known)."""
 
     def __init__(
@@ -89,6 +94,10 @@ def _check(obj: dict, fields: dict, prefix: str = "") -> None:
                 field=prefix + name,
                 kind="wrong type",
             )
+        limit = MAX_CHARS.get(name, MAX_TEXT_CHARS)
+        if expected is str and len(value) > limit:
+            raise ValidationError(f"{len(value):,} characters, more than the limit of {limit:,}", field=prefix + name,
+                                  kind="too long")
 
 
 def validate_row(row) -> None:

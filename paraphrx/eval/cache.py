@@ -5,8 +5,9 @@ resolves its revision to after loading, so the first run and later ones agree; o
 weights), the adapter (sha256 of its weights and config), how the base was loaded
 (dtype, 4-bit, attention, merged or not) and the generation settings. Inside, answers are keyed by the prompt's
 sha256. So a re-run generates only what is new, and a changed adapter or setting never reuses stale text.
-Batch size is not part of the key: greedy text should not depend on it (in bf16 it rarely can; see README).
-Lines are appended after every batch, so an interrupted run keeps its progress; a torn last line is skipped.
+Batch size is not part of the key: greedy text should not depend on it (in bf16 it rarely can; see docs/evaluation.md).
+Lines are appended after every batch, so an interrupted run keeps its progress; a torn or corrupt line (cut inside
+a character, not JSON, wrong types) is skipped and its prompt answered again, never fatal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 from pathlib import Path
 
 from loguru import logger
+
+from paraphrx.atomic_folder import write_text_atomic
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -90,22 +93,20 @@ class GenerationCache:
         self._answers = self._read()
 
     def _read(self) -> dict[str, str]:
+        """Every readable line; a torn or corrupt one (cut inside a character, not JSON, wrong types) is skipped, so
+        its prompt is answered again."""
         answers: dict[str, str] = {}
         if not self.path.exists():
             return answers
-        # A torn last line has no newline: start the next append on a fresh line so only that line is lost.
-        with self.path.open("rb") as raw:
-            raw.seek(0, 2)
-            if raw.tell():
-                raw.seek(-1, 2)
-                self._torn_tail = raw.read(1) != b"\n"
-        with self.path.open(encoding="utf-8") as handle:
+        with self.path.open("rb") as handle:
             for line_no, line in enumerate(handle, 1):
-                try:
-                    entry = json.loads(line)
-                    answers[entry["prompt_sha256"]] = entry["generation"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                # A torn last line has no newline: the next append starts on a fresh line, so only that one is lost.
+                self._torn_tail = not line.endswith(b"\n")
+                entry = _cache_entry(line)
+                if entry is None:
                     logger.warning("{}:{}: unreadable cache line skipped (interrupted write?)", self.path, line_no)
+                else:
+                    answers[entry[0]] = entry[1]
         return answers
 
     def get(self, prompt: str) -> str | None:
@@ -119,15 +120,30 @@ class GenerationCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         identity_file = self.dir / f"{self.key}.json"
         if not identity_file.exists():
-            tmp = identity_file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.identity, indent=2, sort_keys=True), encoding="utf-8")
-            tmp.replace(identity_file)
-        with self.path.open("a", encoding="utf-8") as handle:
-            if self._torn_tail:
-                handle.write("\n")
-                self._torn_tail = False
-            for prompt, text in zip(prompts, generations):
-                sha = sha256_text(prompt)
-                self._answers[sha] = text
-                handle.write(json.dumps({"prompt_sha256": sha, "generation": text}, ensure_ascii=False) + "\n")
-            handle.flush()
+            write_text_atomic(identity_file, json.dumps(self.identity, indent=2, sort_keys=True))
+        lines = ["\n"] if self._torn_tail else []
+        for prompt, text in zip(prompts, generations):
+            sha = sha256_text(prompt)
+            self._answers[sha] = text
+            lines.append(json.dumps({"prompt_sha256": sha, "generation": text}, ensure_ascii=False) + "\n")
+        with self.path.open("ab") as handle:  # one write per batch: an appending neighbour cannot split a line
+            handle.write("".join(lines).encode("utf-8"))
+        self._torn_tail = False
+
+
+def _cache_entry(line: bytes) -> tuple[str, str] | None:
+    """(prompt sha256, generation) of one cache line, or None when the line is not one we wrote."""
+    try:
+        entry = json.loads(line)
+    except ValueError:  # includes UnicodeDecodeError: a line cut inside a multibyte character
+        return None
+    if not isinstance(entry, dict):
+        return None
+    sha, text = entry.get("prompt_sha256"), entry.get("generation")
+    if not (isinstance(sha, str) and len(sha) == 64 and isinstance(text, str)):
+        return None
+    try:
+        text.encode("utf-8")  # json.loads lets lone surrogates through; the results files could not hold them
+    except UnicodeEncodeError:
+        return None
+    return sha, text

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
+from paraphrx.limits import MAX_PROMPT_TOKENS
+
 
 @dataclass
 class EvalArguments:
@@ -47,6 +49,10 @@ class EvalArguments:
     )
     batch_size: int = field(default=32, metadata={"help": "HF generate: prompts per generate() call (left-padded)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Greedy answer length limit in tokens."})
+    max_prompt_tokens: int = field(
+        default=MAX_PROMPT_TOKENS,
+        metadata={"help": "Refuse a prompt longer than this many tokens (a batch's memory grows with its square)."},
+    )
     max_prompts: int | None = field(
         default=None, metadata={"help": "Quick runs: keep only the first N prompts of each source."}
     )
@@ -70,12 +76,45 @@ class EvalArguments:
                           "loads no model and generates nothing."},
     )
     log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
+    # The report's statistics (README "Evaluation": intervals, paired comparisons, seeds).
+    bootstrap_replicates: int = field(
+        default=1000, metadata={"help": "Bootstrap replicates over prompts for the 95% intervals (0: no intervals)."}
+    )
+    bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap draws: same seed, same intervals."})
+    # The LLM judge (optional scorer; README "Evaluation", judge).
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "Also score every answer with this LLM judge (its model name at the endpoint) on the "
+                          "ten-criterion rubric; off unless given."},
+    )
+    judge_base_url: str | None = field(
+        default=None,
+        metadata={"help": "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, transformers serve); "
+                          "default: OPENAI_BASE_URL, else api.openai.com."},
+    )
+    judge_api_key: str | None = field(
+        default=None,
+        metadata={"help": "Key of the judge endpoint; better set JUDGE_API_KEY (or OPENAI_API_KEY) in the "
+                          "environment. Never logged or written."},
+    )
+    judge_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once."})
+    judge_max_retries: int = field(
+        default=5, metadata={"help": "Retries per judge request (exponential back-off, by the openai client)."}
+    )
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds per judge request attempt."})
+    judge_max_tokens: int = field(default=256, metadata={"help": "Length limit of a judge reply in tokens."})
 
     def __post_init__(self):
-        for name in ("batch_size", "engine_slots", "max_new_tokens", "max_prompts", "max_paraphrases_per_prompt"):
+        for name in ("batch_size", "engine_slots", "max_new_tokens", "max_prompt_tokens", "max_prompts",
+                     "max_paraphrases_per_prompt", "judge_concurrency", "judge_max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
+        for name in ("bootstrap_replicates", "judge_max_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")
+        if not self.judge_timeout > 0:
+            raise ValueError(f"--judge_timeout must be more than 0 seconds, got {self.judge_timeout}")
 
 
 @dataclass

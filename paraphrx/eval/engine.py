@@ -3,7 +3,7 @@
 HF `generate` spends ~40 ms of host work per decode step whatever the batch, and a 4-bit base dequantizes every
 weight on every step, so the GPU mostly waits. This engine, built from a loaded `Gemma2ForCausalLM`:
 
-- **dequantizes an NF4 base once** (`paraphrx.fast_path.dequantize_frozen_base`, bitsandbytes' own dequantization:
+- **dequantizes an NF4 base once** (`paraphrx.modeling.dequantize_frozen_base`, bitsandbytes' own dequantization:
   the NF4-rounded values the adapters trained on) and fuses q|k|v and gate|up into one matmul each;
 - runs **every model in one batch**: each row carries its adapter's mask (`lora_batch.py`), so the base and all
   adapters share each weight read;
@@ -180,7 +180,7 @@ class GemmaDecodeEngine:
         config = model.config
         four_bit = bool(getattr(model, "is_loaded_in_4bit", False))
         if four_bit:
-            from paraphrx.fast_path import dequantize_frozen_base
+            from paraphrx.modeling import dequantize_frozen_base
 
             dequantize_frozen_base(model, dtype=model.get_input_embeddings().weight.dtype)
         self.model = model

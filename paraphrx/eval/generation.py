@@ -1,4 +1,5 @@
-"""Load the base model once, attach the adapters, and answer prompts greedily in left-padded batches.
+"""Attach the adapters to the base (loaded once by modeling.load_base_model, as training loads it) and answer
+prompts greedily in left-padded batches.
 
 The upstream code cut each output at its attention-mask length, which in a left-padded batch lands inside the
 prompt for every row shorter than the longest; here every row of a batch is cut at `input_ids.shape[1]`, the padded
@@ -11,47 +12,20 @@ import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from loguru import logger
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-if TYPE_CHECKING:  # TRL only for loading: the benchmark imports this module where TRL may be absent
-    from trl import ModelConfig
 
 BASE = "base"
 
 
-def load_tokenizer(model_args: ModelConfig):
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=getattr(model_args, "trust_remote_code", False)
-    )
-    tokenizer.padding_side = "left"  # generated tokens must follow the prompt directly in every row
+def for_generation(tokenizer):
+    """The tokenizer set up for batched generation: generated tokens must follow the prompt directly in every row,
+    so pad on the left (with `<eos>` where the tokenizer has no pad token)."""
+    tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def load_base_model(model_args: ModelConfig):
-    """The base as the adapters were trained on it: TRL's ModelConfig decides dtype, 4-bit NF4 and attention."""
-    from trl import get_quantization_config
-
-    quantization_config = get_quantization_config(model_args)
-    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype),
-        # Gemma-2 needs eager attention for logit soft-capping; transformers 5.24 refuses sdpa for it anyway.
-        attn_implementation=model_args.attn_implementation or "eager",
-        quantization_config=quantization_config,
-        device_map=device_map,
-        trust_remote_code=getattr(model_args, "trust_remote_code", False),
-    )
-    model.eval()
-    return model
 
 
 def attach_adapters(model, adapters: dict[str, Path]):
@@ -154,10 +128,3 @@ def generate_per_example(model, tokenizer, prompts: list[str], max_new_tokens: i
             output = model.generate(**inputs, generation_config=config, **extra)
         answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     return answers
-
-
-def log_model(model_args: ModelConfig) -> None:
-    quant = "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "no quantization"
-    logger.info("base {} ({}, dtype {}, attention {})", model_args.model_name_or_path, quant, model_args.dtype,
-                model_args.attn_implementation or "eager")
-

@@ -21,13 +21,18 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import sacrebleu
-from rouge_score import rouge_scorer, tokenizers
 from nltk.stem.porter import PorterStemmer  # the stemmer rouge-score itself uses
+from rouge_score import rouge_scorer, tokenizers
 
 # The score each source is judged by in the robustness tables (the others are reported alongside).
 PRIMARY_METRIC = {"alpaca": "rougeL", "gsm8k": "gsm8k_flexible", "mmlu": "mmlu_letter"}
 TEXT_METRICS = ("exact_match", "rouge1", "rougeL", "sentence_bleu")
 SOURCE_METRICS = {"gsm8k": ("gsm8k_strict", "gsm8k_flexible"), "mmlu": ("mmlu_letter",)}
+METRIC_LABELS = {
+    "exact_match": "EM", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "sentence_bleu": "sent. BLEU",
+    "corpus_bleu": "BLEU", "gsm8k_strict": "GSM8K strict", "gsm8k_flexible": "GSM8K flexible",
+    "mmlu_letter": "MMLU letter", "judge_task": "judge task score",
+}
 
 
 def primary_metric(source: str) -> str:

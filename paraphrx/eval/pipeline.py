@@ -8,35 +8,40 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
 from loguru import logger
 from tqdm.auto import tqdm
 
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.errors import UserError, loading, one_line
 from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.engine import GemmaDecodeEngine, generate_texts, unsupported_reason
 from paraphrx.eval.generation import (
-    BASE, active_model, attach_adapters, generate_batched, load_base_model, load_tokenizer, log_model, merge_adapter,
+    BASE,
+    active_model,
+    attach_adapters,
+    for_generation,
+    generate_batched,
+    merge_adapter,
 )
+from paraphrx.eval.judge import JudgeError, JudgeSettings, judge_records
 from paraphrx.eval.metrics import score_answer
 from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
 from paraphrx.eval.robustness import ORIGINAL
+from paraphrx.eval.seeds import seed_groups
+from paraphrx.modeling import DEFAULT_ATTN_IMPLEMENTATION, load_base_model, load_tokenizer
+from paraphrx.recipe_cli import RecipeError, load_yaml_file
 
 REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
-ROW_FIELDS = REQUIRED_COLUMNS + ("task_score",)
+ROW_FIELDS = REQUIRED_COLUMNS + ("task_score", "paraphrase", "input")  # the last two: what the judge reads
+JUDGE_FIELDS = ("judge_status", "judge_scores", "judge_task", "judge_error", "judge_reply")
 # The recipe keys that decide how the base is loaded (TRL ModelConfig fields).
 RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
                      "use_bnb_nested_quant", "bnb_4bit_quant_storage")
 
 
-class EvalError(Exception):
-    """Bad input: the message names the file, row and field; the entry point prints it on one line."""
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (transformers' and the Hub's errors span several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+class EvalError(UserError):
+    """Bad input: the message names the file, row and field (or the model or dataset that cannot be loaded)."""
 
 
 def check_base_model(name: str, origin: str) -> None:
@@ -68,9 +73,9 @@ def discover_adapters(paths: list[str] | None, default_glob: str = "outputs/buck
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise EvalError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = load_yaml_file(path) or {}
+    except RecipeError as err:
+        raise EvalError(str(err)) from None
     if not isinstance(data, dict):
         raise EvalError(f"{path}: expected a mapping of recipe keys")
     return data
@@ -115,10 +120,8 @@ def resolve_model_config(model_args: EvalModelConfig, adapters: dict[str, Path],
 def load_rows(eval_args: EvalArguments) -> list[dict]:
     """The split's rows as dicts, checked field by field, then cut down by --max_prompts / --max_paraphrases_..."""
     where = f"{eval_args.dataset} split {eval_args.split!r}"
-    try:
+    with loading(where, EvalError):  # a Hub dataset that cannot be reached too
         ds = load_prepared(eval_args.dataset, eval_args.split, revision=eval_args.dataset_revision)
-    except (FileNotFoundError, ValueError) as err:
-        raise EvalError(f"{where}: {str(err).splitlines()[0]}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise EvalError(f"{where}: missing column(s) {missing}; rebuild it with `make prep`")
@@ -166,7 +169,7 @@ def loading_settings(model_args: EvalModelConfig, eval_args: EvalArguments) -> d
     """Everything besides the weights that decides a greedy answer (part of the cache key and the summary)."""
     return {
         **{k: getattr(model_args, k) for k in RECIPE_MODEL_KEYS},
-        "attn_implementation": model_args.attn_implementation or "eager",
+        "attn_implementation": model_args.attn_implementation or DEFAULT_ATTN_IMPLEMENTATION,
         "merged": eval_args.merge_adapters,
         "max_new_tokens": eval_args.max_new_tokens,
         "decoding": "greedy",
@@ -193,13 +196,14 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     caches, todo = open_caches(base)
     unresolved = base.get("commit", "") is None
     if unresolved or any(todo.values()):
-        log_model(model_args)
-        tokenizer = _loading(load_tokenizer, model_args)
+        tokenizer = for_generation(_loading(load_tokenizer, model_args))
         model = _loading(load_base_model, model_args)
         loaded = loaded_base_identity(model_args.model_name_or_path, model_args.model_revision)
         if loaded != base:
             caches, todo = open_caches(loaded)
         _log_cached(prompts, todo)
+        check_prompt_lengths(tokenizer, list(dict.fromkeys(p for missing in todo.values() for p in missing)),
+                             eval_args.max_prompt_tokens)
         if eval_args.merge_adapters:
             for name, path in models.items():
                 if todo[name]:
@@ -219,12 +223,25 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     return answers, identities
 
 
+class PromptTooLongError(EvalError):
+    def __init__(self, prompt: str, tokens: int, limit: int):
+        super().__init__(f"a prompt of {tokens:,} tokens, more than --max_prompt_tokens {limit:,}")
+        self.prompt, self.tokens, self.limit = prompt, tokens, limit
+
+
+def check_prompt_lengths(tokenizer, prompts: list[str], limit: int) -> None:
+    """Refuse a prompt longer than `limit` tokens before generating: a batch's attention memory grows with the
+    square of its longest prompt (a 100k-character paraphrase asked for ~10 GB)."""
+    for prompt, ids in zip(prompts, tokenizer(prompts)["input_ids"] if prompts else []):
+        if len(ids) > limit:
+            raise PromptTooLongError(prompt, len(ids), limit)
+
+
 def _loading(load, model_args: EvalModelConfig):
-    """`load(model_args)` (tokenizer or base model); a missing, unreachable or gated model becomes one EvalError."""
-    try:
-        return load(model_args)
-    except (OSError, ValueError) as err:  # OSError covers the Hub's HTTP, connection, offline and token errors
-        raise EvalError(f"base model {model_args.model_name_or_path}: {type(err).__name__}: {one_line(err)}") from None
+    """`load(model_args, trust_remote_code)`, the tokenizer or the base (modeling.py: the loader training uses); a
+    missing, unreachable or gated model becomes one EvalError."""
+    with loading(f"base model {model_args.model_name_or_path}", EvalError):
+        return load(model_args, model_args.trust_remote_code)
 
 
 def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
@@ -311,16 +328,19 @@ def read_generations(path: Path) -> list[dict]:
     if not path.exists():
         raise EvalError(f"{path}: not found; run the evaluation once without --recompute_metrics_only")
     records = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:
         for line_no, line in enumerate(handle, 1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{line_no}: not JSON ({err.msg})") from None
+            except ValueError as err:  # not JSON, or not UTF-8 (a line cut inside a character)
+                raise EvalError(f"{path}:{line_no}: not JSON ({getattr(err, 'msg', None) or err.reason})") from None
+            if not isinstance(record, dict):
+                raise EvalError(f"{path}:{line_no}: expected an object")
             for key in ("model", "generation") + REQUIRED_COLUMNS:
                 if key not in record:
                     raise EvalError(f"{path}:{line_no}: missing field {key!r}")
-            records.append({k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)})
+            records.append({**{k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)},
+                            **{k: record[k] for k in JUDGE_FIELDS if k in record}})
     return records
 
 
@@ -337,19 +357,54 @@ def read_run_context(path: Path) -> dict:
     return summary.get("run", {})
 
 
+def judge_answers(records: list[dict], eval_args: EvalArguments) -> tuple[list[dict], dict]:
+    """With --judge_model, every record scored by the judge (cached beside the generations); also the judge's
+    entry of the run context (never its key)."""
+    if not eval_args.judge_model:
+        return records, {}
+    settings = JudgeSettings(
+        model=eval_args.judge_model, base_url=eval_args.judge_base_url, api_key=eval_args.judge_api_key,
+        concurrency=eval_args.judge_concurrency, max_retries=eval_args.judge_max_retries,
+        timeout=eval_args.judge_timeout, max_tokens=eval_args.judge_max_tokens,
+    )
+    try:
+        if eval_args.use_cache:
+            records = judge_records(records, settings, Path(eval_args.cache_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="paraphrx-judge-") as scratch:
+                records = judge_records(records, settings, Path(scratch))
+    except JudgeError as err:
+        raise EvalError(str(err)) from None
+    return records, {"judge": {**settings.identity(), "base_url": settings.base_url}}
+
+
+def find_seed_groups(adapters: dict[str, Path]) -> dict[str, dict[str, int | None]]:
+    """Adapters whose recipe.yaml differ only in seed (averaged in the report): {model name: {run: seed}}."""
+    recipes = {name: _read_yaml(path / "recipe.yaml") if (path / "recipe.yaml").is_file() else None
+               for name, path in adapters.items()}
+    groups = seed_groups(recipes)
+    for group, runs in groups.items():
+        logger.info("{}: runs {} differ only in seed; the report averages them", group, list(runs))
+    return groups
+
+
 # --- the run ---------------------------------------------------------------------------------------------------------
 def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Path:
     """Evaluate and write `<output_dir>/<output_name>/`; returns that folder."""
     name = eval_args.output_name or Path(eval_args.dataset.rstrip("/")).name
     out_dir = Path(eval_args.output_dir) / name
+    bootstrap = {"replicates": eval_args.bootstrap_replicates, "seed": eval_args.bootstrap_seed}
     if eval_args.recompute_metrics_only:
         context = read_run_context(out_dir / "summary.json")
         records = [score_record(r) for r in read_generations(out_dir / GENERATIONS_FILE)]
         models = list(dict.fromkeys(r["model"] for r in records))
         logger.info("re-scoring {} generations of {} models from {}", len(records), len(models), out_dir)
-        return write_results(out_dir, records, build_summary(records, models, {**context, "recomputed": True}))
+        records, judge = judge_answers(records, eval_args)
+        context = {**context, **judge, "recomputed": True}
+        return write_results(out_dir, records, build_summary(records, models, context, **bootstrap))
 
     adapters = discover_adapters(eval_args.adapters)
+    groups = find_seed_groups(adapters)
     given = model_args.model_name_or_path
     model_args = resolve_model_config(model_args, adapters, eval_args.use_recipe_model_config)
     origin = ("--model_name_or_path" if given is not None
@@ -362,12 +417,18 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     logger.info("{} rows ({} distinct prompts) x {} models: {}", len(rows), len(prompts), len(models), list(models))
 
-    if eval_args.use_cache:
-        answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(eval_args.cache_dir))
-    else:
-        with tempfile.TemporaryDirectory(prefix="paraphrx-eval-") as scratch:
-            answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
-    records = score_records(rows, answers)
+    try:
+        if eval_args.use_cache:
+            answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(eval_args.cache_dir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="paraphrx-eval-") as scratch:
+                answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
+    except PromptTooLongError as err:  # name the row: its prompt's source, prompt_count and phrasing
+        row = next(r for r in rows if r["prompt"] == err.prompt)
+        raise EvalError(f"{eval_args.dataset} split {eval_args.split!r}: {row['source']} prompt_count "
+                        f"{row['prompt_count']} ({row['instruct_type']}): field 'prompt': {err.tokens:,} tokens, "
+                        f"more than --max_prompt_tokens {err.limit:,}") from None
+    records, judge = judge_answers(score_records(rows, answers), eval_args)
     context = {
         "dataset": dataset_fingerprint(eval_args.dataset, eval_args.dataset_revision),
         "split": eval_args.split,
@@ -378,5 +439,7 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
         "identities": identities,
         "max_prompts": eval_args.max_prompts,
         "max_paraphrases_per_prompt": eval_args.max_paraphrases_per_prompt,
+        "seed_groups": groups,
+        **judge,
     }
-    return write_results(out_dir, records, build_summary(records, list(models), context))
+    return write_results(out_dir, records, build_summary(records, list(models), context, **bootstrap))

@@ -1,7 +1,7 @@
-"""The results folder: generations.jsonl (every answer with its scores), summary.json, report.md and two plots.
+"""The results folder: generations.jsonl (every answer with its scores), summary.json, report.md and three plots.
 
-The folder is built under a temporary name beside the target and swapped in at the end, so a failed run never
-leaves half a report.
+summary.json is the machine-readable source of every number in report.md. The folder is built under a temporary
+name beside the target and swapped in at the end, so a failed run never leaves half a report.
 """
 
 from __future__ import annotations
@@ -14,54 +14,93 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from paraphrx.atomic_folder import atomic_folder
-from paraphrx.eval.metrics import corpus_bleu_by_group, metrics_for, primary_metric
-from paraphrx.eval.robustness import consistency, robustness_report
-from prep.buckets import BUCKETS
+from paraphrx.buckets import BUCKETS
+from paraphrx.eval.analysis import analyse, report_metrics
+from paraphrx.eval.bootstrap import LEVEL, MIN_PROMPTS
+from paraphrx.eval.judge import CRITERIA, FAILED, JUDGE_METRIC, SCORED, UNPARSEABLE
+from paraphrx.eval.metrics import METRIC_LABELS, corpus_bleu_by_group, metrics_for, primary_metric
+from paraphrx.eval.plots import (
+    BUCKET_PLOT,
+    GAP_PLOT,
+    STYLE_PLOT,
+    plot_bucket_gap,
+    plot_score_by_bucket,
+    plot_style_heatmap,
+)
+from paraphrx.eval.robustness import robustness_report
 
 GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
-BUCKET_PLOT = "score_by_bucket.png"
-GAP_PLOT = "bucket_gap.png"
-CONSISTENCY_SOURCES = ("gsm8k", "mmlu")
-METRIC_LABELS = {
-    "exact_match": "EM", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "sentence_bleu": "sent. BLEU",
-    "corpus_bleu": "BLEU", "gsm8k_strict": "GSM8K strict", "gsm8k_flexible": "GSM8K flexible",
-    "mmlu_letter": "MMLU letter",
-}
+DEFAULT_REPLICATES = 1000
+ROBUSTNESS_COLUMNS = {"mean": "mean", "spread": "spread", "std": "std", "worst_case": "worst case", "pdr": "PDR",
+                      "cps": "CPS", "consistency": "consistency"}
 
 
 # --- numbers ---------------------------------------------------------------------------------------------------------
-def build_summary(records: list[dict], models: list[str], context: dict) -> dict:
-    """Per model and source: mean of every metric, corpus BLEU overall and per bucket, robustness on every metric."""
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def judge_counts(records: list[dict]) -> dict | None:
+    """{model: {source: answers, scored, unparseable, failed}} of judged records; None when nothing was judged."""
+    counts: dict = defaultdict(dict)
+    for record in records:
+        if record.get("judge_status"):
+            cell = counts[record["model"]].setdefault(
+                record["source"], {"answers": 0, SCORED: 0, UNPARSEABLE: 0, FAILED: 0})
+            cell["answers"] += 1
+            cell[record["judge_status"]] += 1
+    return dict(counts) or None
+
+
+def build_summary(records: list[dict], models: list[str], context: dict, replicates: int = DEFAULT_REPLICATES,
+                  seed: int = 0) -> dict:
+    """Per model and source: mean of every metric, corpus BLEU overall and per bucket, robustness on every metric
+    (point estimates); and `analysis`: the reported metrics with bootstrap intervals, paired differences against
+    the base, the breakdown by style and seed averages (`paraphrx.eval.analysis`; `context["seed_groups"]`:
+    {model name: {run: seed}} of runs that differ only in seed)."""
+    seed_groups = context.get("seed_groups") or {}
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for record in records:
         groups[(record["model"], record["source"])].append(record)
     bleu = corpus_bleu_by_group(records, ("model", "source"))
     bleu_by_bucket = corpus_bleu_by_group(records, ("model", "source", "bucket"))
     sources = sorted({source for _, source in groups})
+    judge = judge_counts(records)
     scores: dict = {m: {} for m in models}
     robustness: dict = {m: {} for m in models}
     for (model, source), rows in sorted(groups.items()):
-        names = metrics_for(source)
+        judged = JUDGE_METRIC in report_metrics(source, rows)
+        names = metrics_for(source) + ((JUDGE_METRIC,) if judged else ())
         scores[model][source] = {
             "n": len(rows),
-            **{k: statistics.fmean(r[k] for r in rows) for k in names},
+            "n_prompts": len({r["prompt_count"] for r in rows}),
+            **{k: _mean_of(rows, k) for k in names},
             "corpus_bleu": bleu[(model, source)],
             "corpus_bleu_by_bucket": {b: bleu_by_bucket.get((model, source, b)) for b in BUCKETS},
         }
+        if judged:
+            scored = [r for r in rows if r.get("judge_scores")]
+            scores[model][source]["judge_criteria"] = {
+                c: statistics.fmean(r["judge_scores"][c] for r in scored) if scored else None for c in CRITERIA}
         robustness[model][source] = {
             "primary_metric": primary_metric(source),
             "metrics": {k: robustness_report(rows, k) for k in names},
-            "consistency": consistency(rows) if source in CONSISTENCY_SOURCES else None,
         }
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": context,
         "models": models,
         "sources": sources,
+        "bootstrap": {"unit": "prompt", "replicates": replicates, "seed": seed, "level": LEVEL,
+                      "interval": "percentile", "min_prompts": MIN_PROMPTS},
+        "seed_groups": seed_groups,
         "scores": scores,
         "robustness": robustness,
+        "judge": None if judge is None else {**context.get("judge", {}), "counts": judge},
+        "analysis": analyse(records, models, seed_groups, replicates, seed),
     }
 
 
@@ -76,6 +115,7 @@ def write_results(out_dir: Path, records: list[dict], summary: dict) -> Path:
                                         encoding="utf-8")
         plot_score_by_bucket(summary, tmp / BUCKET_PLOT)
         plot_bucket_gap(summary, tmp / GAP_PLOT)
+        plot_style_heatmap(summary, tmp / STYLE_PLOT)
         (tmp / REPORT_FILE).write_text(render_markdown(summary), encoding="utf-8")
     return Path(out_dir)
 
@@ -100,15 +140,34 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _cell(stat: dict | None, counts: bool = True) -> str:
+    """`value ± sd across seeds [95% interval] (answers/prompts)`, bold when a paired interval excludes 0."""
+    if stat is None:
+        return "–"
+    text = _fmt(stat["value"])
+    if stat["value"] is not None:
+        if stat.get("sd") is not None:
+            text += f" ± {_fmt(stat['sd'])}"
+        if stat["ci"]:
+            text += f" [{_fmt(stat['ci'][0])}, {_fmt(stat['ci'][1])}]"
+        if stat.get("excludes_zero"):
+            text = f"**{text}**"
+    return text + (f" ({stat['answers']}/{stat['prompts']})" if counts else "")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def render_markdown(summary: dict) -> str:
+def _label(model: str, summary: dict) -> str:
+    runs = summary["seed_groups"].get(model)
+    return f"{model} ({len(runs)} seeds)" if runs else model
+
+
+def _header(summary: dict) -> list[str]:
     run = summary.get("run", {})
-    out = ["# paraphrx robustness report", ""]
     dataset = run.get("dataset", {})
     facts = [f"dataset `{dataset.get('dataset', '?')}`" + (f" @ {dataset['revision']}" if dataset.get("revision") else ""),
              f"split `{run.get('split', '?')}`", f"base `{run.get('base_model', '?')}`"]
@@ -117,112 +176,130 @@ def render_markdown(summary: dict) -> str:
         facts.append("4-bit NF4" if settings.get("load_in_4bit") else f"dtype {settings.get('dtype')}")
         facts.append("merged adapters" if settings.get("merged") else "unmerged adapters")
         facts.append(f"greedy, max {settings.get('max_new_tokens')} new tokens")
-    out += ["; ".join(facts) + f". Created {summary['created']}.", ""]
-    models = summary["models"]
+    boot = summary["bootstrap"]
+    lines = ["# paraphrx robustness report", "", "; ".join(facts) + f". Created {summary['created']}.", "",
+             f"Cells read `value [95% interval] (answers/prompts)`: the interval is a percentile bootstrap over "
+             f"prompts ({boot['replicates']} replicates, seed {boot['seed']}), none where a number rests on fewer "
+             f"than {boot['min_prompts']} prompts; answers/prompts are the scored answers and the prompts the number "
+             "rests on. Paired tables give adapter − base on the same resampled prompts; **bold**: the interval "
+             "excludes 0."]
+    if summary["seed_groups"]:
+        lines += ["", "Runs that differ only in `seed` are averaged: `mean ± sd across seeds [interval of the "
+                      "seed average]`; each seed's numbers are listed under Seeds."]
+    return lines + [""]
+
+
+def _bucket_note(source: str, analysis: dict) -> list[str]:
+    empty, worst = analysis["empty_buckets"], analysis["gap_bucket"]
+    notes = []
+    if empty:
+        notes.append(f"No test rows in bucket {', '.join(map(str, empty))} for {source}.")
+    if worst is None:
+        notes.append("No gap: it needs rows in bucket 1 and in a later bucket.")
+    elif worst != 5:
+        notes.append(f"The gap is bucket 1 − bucket {worst}, the worst bucket with rows.")
+    return [" ".join(notes), ""] if notes else []
+
+
+def _metric_sections(summary: dict, source: str, metric: str, result: dict) -> list[str]:
+    analysis = summary["analysis"][source]
+    name, worst = METRIC_LABELS[metric], analysis["gap_bucket"]
+    title = name[:1].upper() + name[1:]
+    gap = f"gap 1−{worst}" if worst else "gap"
+    models = list(result["models"])
+    out = [f"### {title} by bucket (1 = phrasings the base model handled best)", ""]
+    rows = [[_label(m, summary), *(_cell(result["models"][m]["by_bucket"][b]) for b in BUCKETS),
+             _cell(result["models"][m]["gap"])] for m in models]
+    out += [_table(["model", *(f"bucket {b}" for b in BUCKETS), gap], rows), ""]
+    if result["vs_base"]:
+        out += [f"### {title} by bucket: adapter − base, paired", ""]
+        rows = [[_label(m, summary), *(_cell(d["by_bucket"][b]) for b in BUCKETS), _cell(d["gap"])]
+                for m, d in result["vs_base"].items()]
+        out += [_table(["adapter", *(f"Δ bucket {b}" for b in BUCKETS), f"Δ {gap}"], rows), "",
+                "A negative Δ gap: the adapter narrowed the gap between easy and hard phrasings.", ""]
+    columns = [k for k in ROBUSTNESS_COLUMNS if k in result["models"][models[0]]]
+    out += [f"### Robustness on {name}", ""]
+    rows = [[_label(m, summary), *(_cell(result["models"][m][k]) for k in columns)] for m in models]
+    out += [_table(["model", *(ROBUSTNESS_COLUMNS[k] for k in columns)], rows), ""]
+    if result["vs_base"]:
+        out += [f"### Robustness on {name}: adapter − base, paired", ""]
+        rows = [[_label(m, summary), *(_cell(d[k]) for k in columns)] for m, d in result["vs_base"].items()]
+        out += [_table(["adapter", *(f"Δ {ROBUSTNESS_COLUMNS[k]}" for k in columns)], rows), ""]
+    out += [f"### {title} by paraphrase style", "",
+            "Cells read `mean / drop [interval of the drop] (answers/prompts of the style)`; drop = mean(original "
+            "wording) − mean(style) on the prompts that have both (positive: the style does worse). Sorted by the "
+            f"base model's drop, largest first; figure: `{STYLE_PLOT}`.", ""]
+    rows = []
+    for style in result["style_order"]:
+        cells = []
+        for m in models:
+            mean, drop = result["models"][m]["by_style"][style]["mean"], result["models"][m]["by_style"][style]["drop"]
+            counts = "" if mean is None else f" ({mean['answers']}/{mean['prompts']})"
+            cells.append("–" if mean is None else f"{_fmt(mean['value'])} / {_cell(drop, counts=False)}{counts}")
+        rows.append([f"`{style}`", *cells])
+    out += [_table(["style", *(_label(m, summary) for m in models)], rows), ""]
+    return out
+
+
+def _scores_section(summary: dict, source: str) -> list[str]:
+    names = [k for k in metrics_for(source) if k != "sentence_bleu"]
+    rows = []
+    for model in summary["models"]:
+        s = summary["scores"][model].get(source)
+        if s:
+            rows.append([model, str(s["n"]), str(s["n_prompts"]), *(_fmt(s[k]) for k in names),
+                         _fmt(s["corpus_bleu"], 2)])
+    return ["### Scores per run (mean per answer; BLEU is corpus BLEU, 0-100)", "",
+            _table(["run", "answers", "prompts", *(METRIC_LABELS[k] for k in names), "BLEU"], rows), ""]
+
+
+def _judge_section(summary: dict, source: str) -> list[str]:
+    counts = summary["judge"]["counts"]
+    rows = [[m, *(str(counts[m][source][k]) for k in ("answers", SCORED, UNPARSEABLE, FAILED))]
+            for m in summary["models"] if source in counts.get(m, {})]
+    out = [f"### Judge `{summary['judge'].get('judge', '?')}`: answers it could not score", "",
+           "Unparseable: the reply held no valid JSON scores; failed: no reply after the retries (asked again on the "
+           "next run). Both are left out of the judge's numbers; each is in `generations.jsonl` with its reason.", "",
+           _table(["run", "answers", "scored", "unparseable", "failed"], rows), "",
+           "### Judge: mean of each criterion (0–10, scored answers)", ""]
+    rows = [[m, *(_fmt(summary["scores"][m][source]["judge_criteria"][c], 2) for c in CRITERIA)]
+            for m in summary["models"] if "judge_criteria" in summary["scores"][m].get(source, {})]
+    return out + [_table(["run", *CRITERIA], rows), ""]
+
+
+def _seeds_section(summary: dict) -> list[str]:
+    out = ["## Seeds", "", "Each seed's own value (the tables above show their average).", ""]
+    rows = []
+    for source, analysis in summary["analysis"].items():
+        for metric, result in analysis["metrics"].items():
+            for model, runs in summary["seed_groups"].items():
+                stats = result["models"].get(model)
+                if stats is None:
+                    continue
+                for run, seed in runs.items():
+                    mean, gap = stats["mean"], stats["gap"]
+                    rows.append([source, METRIC_LABELS[metric], model, run, _fmt(seed),
+                                 _fmt(mean["per_seed"].get(run)) if mean else "–",
+                                 _fmt(gap["per_seed"].get(run)) if gap else "–"])
+    return out + [_table(["source", "metric", "model", "run", "seed", "mean", "gap"], rows), ""]
+
+
+def render_markdown(summary: dict) -> str:
+    out = _header(summary)
     for source in summary["sources"]:
-        metric = primary_metric(source)
-        names = [k for k in metrics_for(source) if k != "sentence_bleu"]
-        out += [f"## {source}", "", f"### Scores (mean per answer; BLEU is corpus BLEU, 0-100)", ""]
-        rows = []
-        for model in models:
-            s = summary["scores"][model].get(source)
-            if s:
-                rows.append([model, str(s["n"]), *(_fmt(s[k]) for k in names), _fmt(s["corpus_bleu"], 2)])
-        out += [_table(["model", "answers", *(METRIC_LABELS[k] for k in names), "BLEU"], rows), ""]
-
-        out += [f"### {METRIC_LABELS[metric]} by bucket (1 = phrasings the base model handled best)", ""]
-        rows = []
-        for model in models:
-            r = summary["robustness"][model].get(source)
-            if r:
-                rep = r["metrics"][metric]
-                rows.append([model, *(_fmt(rep["mean_by_bucket"].get(b)) for b in BUCKETS), _fmt(rep["bucket_gap"])])
-        out += [_table(["model", *(f"bucket {b}" for b in BUCKETS), "gap 1−5"], rows), ""]
-
-        out += [f"### Robustness on {METRIC_LABELS[metric]}", ""]
-        header = ["model", "mean", "spread", "std", "worst case", "PDR", "CPS"]
-        with_consistency = source in CONSISTENCY_SOURCES
-        header += ["consistency"] if with_consistency else []
-        rows = []
-        for model in models:
-            r = summary["robustness"][model].get(source)
-            if r:
-                rep = r["metrics"][metric]
-                row = [model, *(_fmt(rep[k]) for k in ("mean", "spread", "std", "worst_case", "pdr", "cps"))]
-                rows.append(row + ([_fmt(r["consistency"])] if with_consistency else []))
-        out += [_table(header, rows), ""]
+        analysis = summary["analysis"][source]
+        out += [f"## {source}", "", f"{analysis['prompts']} test prompts, {analysis['answers_per_model']} answers per "
+                "run.", ""]
+        out += _bucket_note(source, analysis)
+        out += _scores_section(summary, source)
+        for metric, result in analysis["metrics"].items():
+            out += _metric_sections(summary, source, metric, result)
+        if summary["judge"] and any(source in c for c in summary["judge"]["counts"].values()):
+            out += _judge_section(summary, source)
+    if summary["seed_groups"]:
+        out += _seeds_section(summary)
     out += ["## Plots", "", f"![score by bucket]({BUCKET_PLOT})", "", f"![bucket gap]({GAP_PLOT})", "",
-            "Definitions: README.md, section Evaluation. Every answer with its scores: "
+            f"![drop by style]({STYLE_PLOT})", "",
+            "Definitions: docs/evaluation.md in the paraphrx repository. Every answer with its scores: "
             f"`{GENERATIONS_FILE}`; all numbers (every metric's robustness too): `{SUMMARY_FILE}`.", ""]
     return "\n".join(out)
-
-
-# --- plots -----------------------------------------------------------------------------------------------------------
-def _styles(models: list[str]) -> dict[str, dict]:
-    """One colour per model: the adapters along viridis (ordered like their bucket ranges), the base in black."""
-    from matplotlib import colormaps
-
-    adapters = [m for m in models if m != "base"]
-    cmap = colormaps["viridis"]
-    styles = {m: {"color": cmap(0.85 * i / max(1, len(adapters) - 1)), "linestyle": "-", "marker": "o"}
-              for i, m in enumerate(adapters)}
-    styles["base"] = {"color": "black", "linestyle": "--", "marker": "s"}
-    return styles
-
-
-def _plot_per_source(summary: dict, path: Path, draw) -> None:
-    """One panel per source, `draw(ax, source, metric, styles)` fills it; saved as a PNG with the Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sources = summary["sources"]
-    fig, axes = plt.subplots(1, max(1, len(sources)), figsize=(5.5 * max(1, len(sources)), 4.2), squeeze=False)
-    styles = _styles(summary["models"])
-    for ax, source in zip(axes[0], sources):
-        draw(ax, source, primary_metric(source), styles)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_score_by_bucket(summary: dict, path: Path) -> None:
-    def draw(ax, source, metric, styles):
-        for model in summary["models"]:
-            r = summary["robustness"][model].get(source)
-            if not r:
-                continue
-            means = r["metrics"][metric]["mean_by_bucket"]
-            xs = [b for b in BUCKETS if means.get(b) is not None]
-            ax.plot(xs, [means[b] for b in xs], label=model, linewidth=2.4 if model == "base" else 1.8,
-                    zorder=3 if model == "base" else 2, **styles[model])
-        ax.set_title(f"{source}: {METRIC_LABELS[metric]} by bucket")
-        ax.set_xlabel("bucket (1 = easiest phrasings for the base model, 5 = hardest)")
-        ax.set_ylabel(f"mean {METRIC_LABELS[metric]}")
-        ax.set_xticks(BUCKETS)
-        ax.grid(alpha=0.3)
-        ax.legend(title="model", fontsize=8)
-
-    _plot_per_source(summary, path, draw)
-
-
-def plot_bucket_gap(summary: dict, path: Path) -> None:
-    def draw(ax, source, metric, styles):
-        shown = [m for m in summary["models"] if summary["robustness"][m].get(source)]
-        gaps = [summary["robustness"][m][source]["metrics"][metric]["bucket_gap"] for m in shown]
-        # the base bar: light grey with hatching, so it reads as the reference, not as one more adapter
-        bars = ax.bar(shown, [0.0 if g is None else g for g in gaps],
-                      color=["0.8" if m == "base" else styles[m]["color"] for m in shown], edgecolor="black",
-                      hatch=["//" if m == "base" else "" for m in shown])
-        for bar, gap in zip(bars, gaps):
-            ax.annotate(_fmt(gap), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom" if bar.get_height() >= 0 else "top", fontsize=8)
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_title(f"{source}: gap bucket 1 − bucket 5 ({METRIC_LABELS[metric]})")
-        ax.set_xlabel("model")
-        ax.set_ylabel("gap (lower = more robust)")
-        ax.tick_params(axis="x", rotation=30)
-        ax.grid(axis="y", alpha=0.3)
-
-    _plot_per_source(summary, path, draw)

@@ -1,115 +1,179 @@
-"""Robustness of one model's scores across the paraphrases of each prompt (definitions: README "Evaluation").
+"""Robustness of one model's scores across the paraphrases of each prompt (definitions: docs/evaluation.md).
 
-Pure functions over a list of row dicts (one model, usually one source), each with `source`, `prompt_count`, `bucket`,
-`instruct_type` and a score in [0, 1] under the metric's name. A prompt is (source, prompt_count). Empty inputs give
-None rather than a made-up number.
+A `ScoreTable` holds one model's scored answers on one metric over the prompts of one source as parallel arrays;
+each statistic is computed for every row of a weight matrix (`paraphrx.eval.bootstrap`): row 0 is the sample, the
+others bootstrap replicates, so the point estimate and its interval come from one code path. Rows without a score
+(an answer the judge could not score) are left out of the table, and counted by the caller. A statistic with no
+rows to rest on is None rather than a made-up number.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
-from prep.buckets import BUCKETS
+import numpy as np
+
+from paraphrx.buckets import BUCKETS
+from paraphrx.eval.bootstrap import Stat, ratio
 
 ORIGINAL = "instruction_original"  # the `instruct_type` of a prompt's own wording (the pipeline's too)
+PER_PROMPT = ("spread", "std", "worst_case", "cps")
 
 
-def _mean(values) -> float | None:
-    values = list(values)
-    return statistics.fmean(values) if values else None
+@dataclass(frozen=True)
+class ScoreTable:
+    """One model's scores on one metric; `prompt` indexes the source's prompts (0..n_prompts-1)."""
+
+    prompt: np.ndarray
+    bucket: np.ndarray
+    style: np.ndarray
+    score: np.ndarray
+    answer: np.ndarray  # the extracted answer (GSM8K number, MMLU letter) or None
+    n_prompts: int
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], metric: str, prompt_index: dict[tuple, int] | None = None) -> ScoreTable:
+        """Rows with a score under `metric`; a prompt is (source, prompt_count), indexed in sorted order by default."""
+        rows = [r for r in rows if r.get(metric) is not None]
+        if prompt_index is None:
+            prompt_index = {p: i for i, p in enumerate(sorted({(r["source"], r["prompt_count"]) for r in rows}))}
+        return cls(
+            prompt=np.array([prompt_index[(r["source"], r["prompt_count"])] for r in rows], dtype=np.int64),
+            bucket=np.array([int(r["bucket"]) for r in rows], dtype=np.int64),
+            style=np.array([r["instruct_type"] for r in rows], dtype=object),
+            score=np.array([float(r[metric]) for r in rows], dtype=np.float64),
+            answer=np.array([r.get("answer") for r in rows], dtype=object),
+            n_prompts=len(prompt_index),
+        )
+
+    def prompts_where(self, mask: np.ndarray) -> np.ndarray:
+        """Bool per prompt: has at least one row in `mask`."""
+        return np.bincount(self.prompt[mask], minlength=self.n_prompts) > 0
 
 
-def by_prompt(rows: list[dict], metric: str) -> dict[tuple, list[float]]:
-    """Scores grouped per prompt, keyed by (source, prompt_count)."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for row in rows:
-        groups[(row["source"], row["prompt_count"])].append(float(row[metric]))
-    return dict(groups)
+def mean(table: ScoreTable, weights: np.ndarray, mask: np.ndarray | None = None) -> Stat | None:
+    """Mean score over the rows in `mask` (all rows by default), pooled over prompts."""
+    mask = np.ones(len(table.score), dtype=bool) if mask is None else mask
+    sums = np.bincount(table.prompt[mask], weights=table.score[mask], minlength=table.n_prompts)
+    counts = np.bincount(table.prompt[mask], minlength=table.n_prompts).astype(np.float64)
+    return ratio(weights, sums, counts, int(mask.sum()))
 
 
-def mean_by_bucket(rows: list[dict], metric: str) -> dict[int, float | None]:
-    """Mean score over all rows of each bucket 1..5 (None where a bucket has no rows)."""
-    groups: dict[int, list[float]] = defaultdict(list)
-    for row in rows:
-        groups[int(row["bucket"])].append(float(row[metric]))
-    return {b: _mean(groups.get(b, [])) for b in BUCKETS}
+def mean_by_bucket(table: ScoreTable, weights: np.ndarray) -> dict[int, Stat | None]:
+    return {b: mean(table, weights, table.bucket == b) for b in BUCKETS}
 
 
-def bucket_gap(rows: list[dict], metric: str) -> float | None:
-    """mean(bucket 1) - mean(bucket 5): how much worse the phrasings the base model found hardest still do."""
-    means = mean_by_bucket(rows, metric)
-    if means[1] is None or means[5] is None:
+def gap_bucket(buckets) -> int | None:
+    """The bucket the gap is measured against: the worst (highest) bucket that has rows, if it is not bucket 1."""
+    present = sorted(set(int(b) for b in buckets))
+    return present[-1] if present and present[0] == 1 and present[-1] > 1 else None
+
+
+def bucket_gap(table: ScoreTable, weights: np.ndarray, worst: int | None) -> Stat | None:
+    """mean(bucket 1) - mean(bucket `worst`): how much worse the phrasings the base model found hardest still do."""
+    if worst is None:
         return None
-    return means[1] - means[5]
+    first, last = mean(table, weights, table.bucket == 1), mean(table, weights, table.bucket == worst)
+    return None if first is None or last is None else first - last
 
 
-def spread(rows: list[dict], metric: str) -> dict[str, float | None]:
-    """Per prompt: max - min and the population std of its paraphrases' scores, each averaged over prompts."""
-    groups = by_prompt(rows, metric).values()
-    return {
-        "spread": _mean(max(s) - min(s) for s in groups),
-        "std": _mean(statistics.pstdev(s) for s in groups),
-    }
+def per_prompt(table: ScoreTable) -> dict[str, np.ndarray]:
+    """Per prompt (NaN where it has no rows): spread = max - min, std (population), worst case = min, and CPS
+    (Mizrahi et al. 2024) = MaxP * (1 - (MaxP - AvgP))."""
+    p, s, n = table.prompt, table.score, table.n_prompts
+    count = np.bincount(p, minlength=n).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        avg = np.bincount(p, weights=s, minlength=n) / count
+        var = np.bincount(p, weights=s * s, minlength=n) / count - avg**2
+    high, low = np.full(n, -np.inf), np.full(n, np.inf)
+    np.maximum.at(high, p, s)
+    np.minimum.at(low, p, s)
+    high[count == 0] = low[count == 0] = np.nan
+    return {"spread": high - low, "std": np.sqrt(np.maximum(var, 0.0)), "worst_case": low,
+            "cps": high * (1.0 - (high - avg))}
 
 
-def worst_case(rows: list[dict], metric: str) -> float | None:
-    """Mean over prompts of the lowest score among its paraphrases."""
-    return _mean(min(s) for s in by_prompt(rows, metric).values())
+def mean_over_prompts(values: np.ndarray, weights: np.ndarray, answers: int) -> Stat | None:
+    """The mean over prompts of a per-prompt value (NaN = the prompt does not count)."""
+    present = ~np.isnan(values)
+    return ratio(weights, np.where(present, values, 0.0), present.astype(np.float64), answers)
 
 
-def pdr(rows: list[dict], metric: str) -> float | None:
-    """Performance drop rate against the original wording: 1 - mean(paraphrases) / mean(originals).
-
-    Pooled over the prompts that have an original row; None when the originals score 0 on average (undefined).
-    """
-    with_original = {(r["source"], r["prompt_count"]) for r in rows if r["instruct_type"] == ORIGINAL}
-    rows = [r for r in rows if (r["source"], r["prompt_count"]) in with_original]
-    original = _mean(float(r[metric]) for r in rows if r["instruct_type"] == ORIGINAL)
-    paraphrased = _mean(float(r[metric]) for r in rows if r["instruct_type"] != ORIGINAL)
-    if not original or paraphrased is None:
+def pdr(table: ScoreTable, weights: np.ndarray) -> Stat | None:
+    """Performance drop rate against the original wording: 1 - mean(paraphrases) / mean(originals), pooled over the
+    prompts that have an original row; undefined (NaN) where the originals score 0 on average."""
+    original = table.style == ORIGINAL
+    with_original = table.prompts_where(original)[table.prompt]
+    originals = mean(table, weights, original)
+    paraphrased = mean(table, weights, ~original & with_original)
+    if originals is None or paraphrased is None:
         return None
-    return 1.0 - paraphrased / original
+    return paraphrased.combine(originals, lambda para, orig: np.where(orig > 0, 1.0 - para / orig, np.nan))
 
 
-def cps(rows: list[dict], metric: str) -> float | None:
-    """Combined Performance Score (Mizrahi et al. 2024) per prompt, MaxP * (1 - (MaxP - AvgP)), averaged over prompts."""
-    values = []
-    for scores in by_prompt(rows, metric).values():
-        max_p, avg_p = max(scores), statistics.fmean(scores)
-        values.append(max_p * (1.0 - (max_p - avg_p)))
-    return _mean(values)
-
-
-def consistency(rows: list[dict], answer_key: str = "answer") -> float | None:
+def consistency(table: ScoreTable, weights: np.ndarray) -> Stat | None:
     """Share of paraphrase pairs of a prompt that extracted the same answer, averaged over prompts with >= 2 rows.
 
-    A missing answer (None: nothing extracted) never agrees with anything, not even another None.
-    """
-    groups: dict[tuple, list] = defaultdict(list)
-    for row in rows:
-        groups[(row["source"], row["prompt_count"])].append(row.get(answer_key))
-    shares = []
-    for answers in groups.values():
+    A missing answer (None: nothing extracted) never agrees with anything, not even another None."""
+    groups: dict[int, list] = defaultdict(list)
+    for prompt, answer in zip(table.prompt.tolist(), table.answer.tolist()):
+        groups[prompt].append(answer)
+    shares = np.full(table.n_prompts, np.nan)
+    for prompt, answers in groups.items():
         n = len(answers)
         if n >= 2:
             # Counting equal answers instead of listing pairs: 300 paraphrases are 45k pairs per prompt.
             same = sum(c * (c - 1) // 2 for c in Counter(a for a in answers if a is not None).values())
-            shares.append(same / (n * (n - 1) // 2))
-    return _mean(shares)
+            shares[prompt] = same / (n * (n - 1) // 2)
+    counted = ~np.isnan(shares)
+    return mean_over_prompts(shares, weights, int(np.isin(table.prompt, np.flatnonzero(counted)).sum()))
+
+
+def robustness_stats(table: ScoreTable, weights: np.ndarray, worst: int | None) -> dict[str, Stat | None]:
+    """Every robustness statistic of one model on one metric (consistency is added per source by the caller)."""
+    values = per_prompt(table)
+    stats = {"mean": mean(table, weights), "gap": bucket_gap(table, weights, worst)}
+    stats.update({k: mean_over_prompts(values[k], weights, len(table.score)) for k in PER_PROMPT})
+    stats["pdr"] = pdr(table, weights)
+    return stats
+
+
+def by_style(table: ScoreTable, weights: np.ndarray, styles: list[str] | None = None) -> dict[str, dict]:
+    """Per `instruct_type` (`styles`, default the table's): its mean, and its drop against the original wording =
+    mean(originals) - mean(style), both on the prompts that have the style and an original row (positive: the
+    style does worse)."""
+    original = table.style == ORIGINAL
+    has_original = table.prompts_where(original)
+    out = {}
+    for style in styles if styles is not None else sorted(set(table.style.tolist())):
+        rows = table.style == style
+        if style == ORIGINAL:
+            out[style] = {"mean": mean(table, weights, rows), "drop": None}
+            continue
+        both = (has_original & table.prompts_where(rows))[table.prompt]
+        drop = None
+        if both.any():
+            base, styled = mean(table, weights, original & both), mean(table, weights, rows & both)
+            drop = base - styled
+        out[style] = {"mean": mean(table, weights, rows), "drop": drop}
+    return out
 
 
 def robustness_report(rows: list[dict], metric: str) -> dict:
-    """Every robustness number for one model on one metric, as stored in summary.json."""
+    """Every robustness number of one model on one metric (point estimates), as stored in summary.json."""
+    table = ScoreTable.from_rows(rows, metric)
+    sample = np.ones((1, table.n_prompts))
+    worst = gap_bucket(table.bucket)
+    stats = robustness_stats(table, sample, worst)
+    value = {k: None if s is None else s.value for k, s in stats.items()}
     return {
         "metric": metric,
-        "n_rows": len(rows),
-        "n_prompts": len(by_prompt(rows, metric)),
-        "mean": _mean(float(r[metric]) for r in rows),
-        "mean_by_bucket": mean_by_bucket(rows, metric),
-        "bucket_gap": bucket_gap(rows, metric),
-        **spread(rows, metric),
-        "worst_case": worst_case(rows, metric),
-        "pdr": pdr(rows, metric),
-        "cps": cps(rows, metric),
+        "n_rows": len(table.score),
+        "n_prompts": table.n_prompts,
+        "mean": value.pop("mean"),
+        "mean_by_bucket": {b: None if s is None else s.value for b, s in mean_by_bucket(table, sample).items()},
+        "bucket_gap": value.pop("gap"),
+        "gap_bucket": worst,
+        **value,
     }
