@@ -463,6 +463,9 @@ def main(argv=None) -> dict:
         f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
         f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}"
     )
+    same_as_today, n_today_answers = identical(ours, today)  # every answer both paths gave, not only the references
+    agreement["ours_vs_today"] = same_as_today / n_today_answers
+    line += f"; ours identical to today's batched path on {same_as_today}/{n_today_answers} answers"
     if dequant_reference is not None:
         agreement["ours_vs_dequantize_matmul"] = identical(ours, dequant_reference)[0] / n_ref
         line += (
