@@ -24,15 +24,18 @@ def tiny_recipe(name: str = "bucket1") -> str:
     return str(REPO / "recipes" / "tiny" / f"{name}.yaml")
 
 
-def make_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
-    """A LoRA adapter on the tiny model whose B weights are random, so it visibly changes the answers."""
+def make_adapter(model_dir: Path, out_dir: Path, seed: int, targets=("q_proj", "v_proj", "down_proj"), r: int = 4,
+                 **lora_kwargs) -> Path:
+    """A LoRA adapter on the tiny model whose B weights are random (A is PEFT's random init, seeded), so it visibly
+    changes the answers."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  task_type="CAUSAL_LM"))
+    torch.manual_seed(seed)  # PEFT draws A from the global generator
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
+                                                  task_type="CAUSAL_LM", **lora_kwargs))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, weight in peft_model.named_parameters():

@@ -13,13 +13,19 @@ from collections.abc import Callable
 
 import numpy as np
 
+from paraphrx.buckets import BUCKETS
 from paraphrx.eval.bootstrap import Stat, resampling_weights, seed_average
 from paraphrx.eval.judge import JUDGE_METRIC
 from paraphrx.eval.metrics import primary_metric
 from paraphrx.eval.robustness import (
-    ORIGINAL, ScoreTable, by_style, consistency, gap_bucket, mean_by_bucket, robustness_stats,
+    ORIGINAL,
+    ScoreTable,
+    by_style,
+    consistency,
+    gap_bucket,
+    mean_by_bucket,
+    robustness_stats,
 )
-from paraphrx.buckets import BUCKETS
 
 BASE = "base"
 CONSISTENCY_SOURCES = ("gsm8k", "mmlu")

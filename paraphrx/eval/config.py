@@ -36,7 +36,18 @@ class EvalArguments:
         default=True,
         metadata={"help": "Load the base as the adapter's recipe.yaml did (dtype, 4-bit, attention) when present."},
     )
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generate() call (left-padded)."})
+    generation_engine: str = field(
+        default="auto",
+        metadata={"help": "auto: the decode engine (every model in one batch, paraphrx/eval/engine.py) when it covers "
+                          "the base and adapters, else HF generate; engine: the engine or a one-line error; hf: HF "
+                          "generate in left-padded batches, one model at a time.",
+                  "choices": ["auto", "engine", "hf"]},
+    )
+    engine_slots: int | None = field(
+        default=None,
+        metadata={"help": "Engine: rows decoded together (default: as many as fit in free GPU memory, at most 512)."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "HF generate: prompts per generate() call (left-padded)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Greedy answer length limit in tokens."})
     max_prompt_tokens: int = field(
         default=MAX_PROMPT_TOKENS,
@@ -94,8 +105,8 @@ class EvalArguments:
     judge_max_tokens: int = field(default=256, metadata={"help": "Length limit of a judge reply in tokens."})
 
     def __post_init__(self):
-        for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "max_prompts", "max_paraphrases_per_prompt",
-                     "judge_concurrency", "judge_max_tokens"):
+        for name in ("batch_size", "engine_slots", "max_new_tokens", "max_prompt_tokens", "max_prompts",
+                     "max_paraphrases_per_prompt", "judge_concurrency", "judge_max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")

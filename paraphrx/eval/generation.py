@@ -86,11 +86,13 @@ def generate_batched(
     max_new_tokens: int = 256,
     on_batch: Callable[[list[str], list[str]], None] | None = None,
     desc: str = "generate",
+    batch_generate_kwargs: Callable[[list[str]], dict] | None = None,
     **generate_kwargs,
 ) -> list[str]:
     """Greedy answers to `prompts`, in their order. Prompts are sorted by length so batches carry little padding;
     the longest go first so an out-of-memory batch size fails at once. `on_batch(prompts, answers)` sees each batch
-    as it finishes (the cache appends there)."""
+    as it finishes (the cache appends there). `batch_generate_kwargs(prompts)` gives extra `generate()` arguments
+    for one batch (the benchmark's per-row logits processor)."""
     if tokenizer.padding_side != "left":
         raise ValueError("generate_batched needs tokenizer.padding_side == 'left'")
     config = greedy_config(model, tokenizer, max_new_tokens, **generate_kwargs)
@@ -102,8 +104,9 @@ def generate_batched(
         index = order[start:start + batch_size]
         batch = [prompts[i] for i in index]
         inputs = tokenizer(batch, padding=True, return_tensors="pt").to(device)
+        extra = batch_generate_kwargs(batch) if batch_generate_kwargs is not None else {}
         with torch.inference_mode():
-            output = model.generate(**inputs, generation_config=config)
+            output = model.generate(**inputs, generation_config=config, **extra)
         texts = tokenizer.batch_decode(cut_at_input_length(output, inputs["input_ids"]), skip_special_tokens=True)
         for i, text in zip(index, texts):
             answers[i] = text
@@ -112,14 +115,16 @@ def generate_batched(
     return answers
 
 
-def generate_per_example(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, **generate_kwargs) -> list[str]:
+def generate_per_example(model, tokenizer, prompts: list[str], max_new_tokens: int = 256,
+                         batch_generate_kwargs: Callable[[list[str]], dict] | None = None, **generate_kwargs) -> list[str]:
     """The reference path: one unpadded `generate` call per prompt (what the batched path must reproduce)."""
     config = greedy_config(model, tokenizer, max_new_tokens, **generate_kwargs)
     device = next(model.parameters()).device
     answers = []
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt").to(device)
+        extra = batch_generate_kwargs([prompt]) if batch_generate_kwargs is not None else {}
         with torch.inference_mode():
-            output = model.generate(**inputs, generation_config=config)
+            output = model.generate(**inputs, generation_config=config, **extra)
         answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     return answers

@@ -21,8 +21,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import sacrebleu
-from rouge_score import rouge_scorer, tokenizers
 from nltk.stem.porter import PorterStemmer  # the stemmer rouge-score itself uses
+from rouge_score import rouge_scorer, tokenizers
 
 # The score each source is judged by in the robustness tables (the others are reported alongside).
 PRIMARY_METRIC = {"alpaca": "rougeL", "gsm8k": "gsm8k_flexible", "mmlu": "mmlu_letter"}

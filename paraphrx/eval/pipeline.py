@@ -9,13 +9,20 @@ from collections import defaultdict
 from pathlib import Path
 
 from loguru import logger
+from tqdm.auto import tqdm
 
 from paraphrx.dataset_io import dataset_fingerprint, load_prepared
 from paraphrx.errors import UserError, loading, one_line
 from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
+from paraphrx.eval.engine import GemmaDecodeEngine, generate_texts, unsupported_reason
 from paraphrx.eval.generation import (
-    BASE, active_model, attach_adapters, for_generation, generate_batched, merge_adapter,
+    BASE,
+    active_model,
+    attach_adapters,
+    for_generation,
+    generate_batched,
+    merge_adapter,
 )
 from paraphrx.eval.judge import JudgeError, JudgeSettings, judge_records
 from paraphrx.eval.metrics import score_answer
@@ -202,15 +209,11 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
                 if todo[name]:
                     model = model if model is not None else _loading(load_base_model, model_args)
                     model = merge_adapter(model, path) if path else model
-                    _generate(model, tokenizer, name, todo[name], caches[name], eval_args)
+                    _generate_models(model, tokenizer, {name: None}, todo, caches, eval_args)
                     model = None
                     _free_memory()
         else:
-            model = attach_adapters(model, {n: p for n, p in models.items() if p is not None and todo[n]})
-            for name in models:
-                if todo[name]:
-                    with active_model(model, name) as active:
-                        _generate(active, tokenizer, name, todo[name], caches[name], eval_args)
+            _generate_models(model, tokenizer, models, todo, caches, eval_args)
         del model
         _free_memory()
     else:
@@ -244,6 +247,52 @@ def _loading(load, model_args: EvalModelConfig):
 def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
     for name, missing in todo.items():
         logger.info("{}: {} of {} prompts cached", name, len(prompts) - len(missing), len(prompts))
+
+
+def _generate_models(model, tokenizer, models: dict[str, Path | None], todo: dict[str, list[str]],
+                     caches: dict[str, GenerationCache], eval_args: EvalArguments) -> None:
+    """Each model's missing answers on this loaded base; `models` maps a name to its adapter folder, or to None for
+    the loaded model itself (the base, or a merged adapter). The engine answers them all in one batch, HF generate
+    one model after another."""
+    adapters = {n: p for n, p in models.items() if p is not None and todo[n]}
+    engine = _engine(model, adapters, eval_args)
+    if engine is None:
+        model = attach_adapters(model, adapters)
+        for name in models:
+            if todo[name]:
+                with active_model(model, name) as active:
+                    _generate(active, tokenizer, name, todo[name], caches[name], eval_args)
+        return
+    as_engine_model = {name: name if path else BASE for name, path in models.items()}
+    jobs = {as_engine_model[n]: todo[n] for n in models if todo[n]}
+    _generate_with_engine(engine, tokenizer, jobs, {as_engine_model[n]: caches[n] for n in models}, eval_args)
+
+
+def _engine(model, adapters: dict[str, Path], eval_args: EvalArguments) -> GemmaDecodeEngine | None:
+    """The decode engine for this base and these adapters, or None for HF generate (`--generation_engine`)."""
+    if eval_args.generation_engine == "hf":
+        return None
+    reason = unsupported_reason(model, adapters)
+    if reason is not None:
+        if eval_args.generation_engine == "engine":
+            raise EvalError(f"--generation_engine engine: {reason}")
+        logger.info("generating with HF generate, one model at a time: the engine does not cover this ({})", reason)
+        return None
+    return GemmaDecodeEngine(model, adapters, max_slots=eval_args.engine_slots)
+
+
+def _generate_with_engine(engine, tokenizer, jobs: dict[str, list[str]], caches: dict[str, GenerationCache],
+                          eval_args: EvalArguments) -> None:
+    """Every model's missing answers in one engine run; each answer reaches its cache as its row finishes."""
+    total = sum(len(prompts) for prompts in jobs.values())
+    logger.info("generating {} answers of {} models in one batch (max {} new tokens)", total, len(jobs),
+                eval_args.max_new_tokens)
+    with tqdm(total=total, desc="generate", unit="answer") as progress:
+        def on_answers(name: str, prompts: list[str], texts: list[str]) -> None:
+            caches[name].add(prompts, texts)
+            progress.update(len(prompts))
+
+        generate_texts(engine, tokenizer, jobs, eval_args.max_new_tokens, on_answers=on_answers)
 
 
 def _generate(model, tokenizer, name, prompts, cache, eval_args) -> None:
@@ -385,6 +434,7 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
         "split": eval_args.split,
         "base_model": model_args.model_name_or_path,
         "settings": loading_settings(model_args, eval_args),
+        "generation_engine": eval_args.generation_engine,
         "adapters": {n: str(p) for n, p in adapters.items()},
         "identities": identities,
         "max_prompts": eval_args.max_prompts,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from paraphrx.buckets import BUCKETS
 from paraphrx.eval.analysis import BASE
 from paraphrx.eval.metrics import METRIC_LABELS
 from paraphrx.eval.robustness import ORIGINAL
-from paraphrx.buckets import BUCKETS
 
 BUCKET_PLOT = "score_by_bucket.png"
 GAP_PLOT = "bucket_gap.png"

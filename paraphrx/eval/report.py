@@ -20,7 +20,12 @@ from paraphrx.eval.bootstrap import LEVEL, MIN_PROMPTS
 from paraphrx.eval.judge import CRITERIA, FAILED, JUDGE_METRIC, SCORED, UNPARSEABLE
 from paraphrx.eval.metrics import METRIC_LABELS, corpus_bleu_by_group, metrics_for, primary_metric
 from paraphrx.eval.plots import (
-    BUCKET_PLOT, GAP_PLOT, STYLE_PLOT, plot_bucket_gap, plot_score_by_bucket, plot_style_heatmap,
+    BUCKET_PLOT,
+    GAP_PLOT,
+    STYLE_PLOT,
+    plot_bucket_gap,
+    plot_score_by_bucket,
+    plot_style_heatmap,
 )
 from paraphrx.eval.robustness import robustness_report
 
@@ -256,7 +261,7 @@ def _judge_section(summary: dict, source: str) -> list[str]:
            "Unparseable: the reply held no valid JSON scores; failed: no reply after the retries (asked again on the "
            "next run). Both are left out of the judge's numbers; each is in `generations.jsonl` with its reason.", "",
            _table(["run", "answers", "scored", "unparseable", "failed"], rows), "",
-           f"### Judge: mean of each criterion (0–10, scored answers)", ""]
+           "### Judge: mean of each criterion (0–10, scored answers)", ""]
     rows = [[m, *(_fmt(summary["scores"][m][source]["judge_criteria"][c], 2) for c in CRITERIA)]
             for m in summary["models"] if "judge_criteria" in summary["scores"][m].get(source, {})]
     return out + [_table(["run", *CRITERIA], rows), ""]

@@ -1,12 +1,43 @@
-"""Smoke test of benchmarks/bench_eval.py on the CPU: it runs both paths and they agree (no timing asserted)."""
+"""Smoke run of benchmarks/bench_eval.py on the CPU (tiny Gemma-2, the tiny NF4 recipe): every part runs, the
+engine answers what HF answers in float32, and the numbers it reports are consistent (no speed asserted)."""
 
 from benchmarks import bench_eval
 
 
-def test_bench_eval_tiny_runs_both_paths_with_identical_text(capsys):
-    bench_eval.main(["--tiny", "--device", "cpu", "--num_prompts", "6", "--baseline_prompts", "3", "--batch_size", "4",
-                "--max_new_tokens", "4"])
+def test_bench_eval_tiny_runs_every_part(capsys, tmp_path):
+    results = bench_eval.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--work_dir",
+            str(tmp_path),
+            "--today_prompts",
+            "2",
+            "--steady_prompts",
+            "3",
+            "--lever_prompts",
+            "2",
+            "--max_new_tokens",
+            "6",
+            "--fp32_tokens",
+            "6",
+            "--levers",
+            "graphs=off,batching=static,slots=2,lora=fused",
+        ]
+    )
     out = capsys.readouterr().out
-    assert "per-example 3 prompts" in out and "batched     6 prompts, batch 4" in out
-    assert "speed-up" in out
-    assert "identical greedy text on the 3 shared prompts: 100%" in out
+    for line in (
+        "today       6 models x 2 prompts, batch 32",
+        "ours        the same 12 answers",
+        "ratio       ",
+        "steady      ours, 6 models x 3 prompts",
+        "  lora=fused",
+        "float32     ours vs one-at-a-time",
+    ):
+        assert line in out
+    assert results["fp32_check"] == {"identical": 6, "answers": 6}  # one prompt per model, exact in float32
+    assert results["agreement"]["answers"] == 6 and results["agreement"]["cold_equals_warm"] is True
+    assert results["today"]["tokens"] >= 12 and results["ratio"]["cold"] > 0
+    assert set(results["levers"]) == {"default", "graphs=off", "batching=static", "slots=2", "lora=fused"}
+    assert (tmp_path / "outputs" / "bucket1-4" / "recipe.yaml").is_file()  # the user's setup: recipe next to adapter

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -214,6 +215,89 @@ def test_hub_errors_are_one_line(tmp_path, prepared_dataset_dir, monkeypatch, ca
     assert len(errors) == 1 and errors[0].endswith(expected) and "Traceback" not in err
     assert not (tmp_path / "eval").exists()
 
+
+def _generations(out: Path) -> list[tuple[str, str, str]]:
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [(r["model"], r["prompt"], r["generation"]) for r in records]
+
+
+def _refuse(what):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} was used")
+
+    return refuse
+
+
+def test_engine_gives_the_same_generations_as_hf_generate(tmp_path, prepared_dataset_dir, eval_adapters, monkeypatch):
+    """float32: the engine (every model in one batch) and HF generate (one model at a time) write the same texts;
+    so does the engine on merged adapters."""
+    def run(name, *extra):
+        argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "40", "--output_name", name,
+                     "--cache_dir", str(tmp_path / "cache" / name), *extra)
+        assert evaluate_paraphrx.main(argv) == 0
+        return _generations(tmp_path / "eval" / name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "generate_batched", _refuse("HF generate"))
+        engine = run("engine")
+        merged = run("merged", "--merge_adapters")
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "GemmaDecodeEngine", _refuse("the engine"))
+        hf = run("hf", "--generation_engine", "hf")
+    assert engine == hf and merged == hf
+    assert len({g for _, _, g in engine}) > len(engine) // 2  # real, mostly distinct answers
+    summary = json.loads((tmp_path / "eval" / "hf" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["run"]["generation_engine"] == "hf"
+
+
+def test_an_interrupted_engine_run_keeps_the_answers_that_finished(tmp_path, prepared_dataset_dir, eval_adapters,
+                                                                   monkeypatch):
+    from paraphrx.eval.cache import GenerationCache
+
+    argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "12", "--engine_slots", "3")
+    real_add, calls = GenerationCache.add, []
+
+    def add_then_die(self, prompts, texts):
+        real_add(self, prompts, texts)
+        calls.append(len(prompts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed mid-run, after three groups of answers reached their caches
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GenerationCache, "add", add_then_die)
+        assert evaluate_paraphrx.main(argv) == 130  # Ctrl-C: the shared error path's exit code
+    kept = sum(len(f.read_text().splitlines()) for f in (tmp_path / "cache").glob("*.jsonl"))
+    assert kept == sum(calls) > 0
+
+    generated = []
+    real_generate = pipeline.generate_texts
+
+    def counting(engine, tokenizer, jobs, *args, **kwargs):
+        generated.append(sum(len(p) for p in jobs.values()))
+        return real_generate(engine, tokenizer, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_texts", counting)
+    assert evaluate_paraphrx.main(argv) == 0
+    resumed = _generations(tmp_path / "eval" / "run")
+    assert generated == [len(resumed) - kept]  # only what the interrupted run had not finished
+    fresh = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "12", "--output_name", "fresh",
+                  "--cache_dir", str(tmp_path / "fresh-cache"))
+    assert evaluate_paraphrx.main(fresh) == 0
+    assert resumed == _generations(tmp_path / "eval" / "fresh")
+
+
+def test_adapters_the_engine_does_not_cover_fall_back_or_fail_in_one_line(tmp_path, prepared_dataset_dir,
+                                                                           tiny_model_dir, capfd):
+    dora = make_adapter(tiny_model_dir, tmp_path / "outputs" / "dora", 3, use_dora=True)
+    argv = _argv(tmp_path, prepared_dataset_dir, [dora], "--max_prompts", "1", "--max_paraphrases_per_prompt", "2")
+    assert evaluate_paraphrx.main(argv) == 0
+    err = capfd.readouterr().err
+    assert "generating with HF generate, one model at a time" in err and "use_dora" in err
+    assert evaluate_paraphrx.main(argv + ["--generation_engine", "engine", "--output_name", "forced",
+                                          "--cache_dir", str(tmp_path / "cache2")]) == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and "--generation_engine engine:" in errors[0] and "'use_dora' = True" in errors[0]
+    assert not (tmp_path / "eval" / "forced").exists()
 
 def test_an_adapters_hostile_recipe_yaml_is_one_line(eval_adapters):
     from tests.paraphrx.test_recipe_cli import ALIAS_BOMB

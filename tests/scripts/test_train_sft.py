@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 import train_sft
 from paraphrx.modeling import load_model_and_tokenizer
@@ -136,6 +137,37 @@ def test_run_folder_holds_the_adapter_and_records(tiny_run, tiny_model_dir, prep
     assert record["dataset"] == str(prepared_dataset_dir) and record["train_split"] == "bucket1_2"
     assert record["eval_split"] == "validation" and record["eval_buckets"] == [1, 2] and record["card_sha256"]
     assert "## paraphrx run" in (out / "README.md").read_text()
+
+
+def test_adapter_folder_holds_only_what_a_lora_loader_accepts(tiny_run, tiny_model_dir):
+    """What PEFT's and vLLM's LoRA loaders (`vllm serve --enable-lora --lora-modules name=path`) take: the config
+    naming the base, plain LoRA (no DoRA, bias, modules_to_save), and A/B of the 7 projections of every layer:
+    no embedding or LM-head weights. The evaluation's engine reads the same folder (it refuses anything else)."""
+    from peft import LoraConfig
+    from safetensors import safe_open
+
+    from paraphrx.eval.engine import projection_modules
+    from paraphrx.eval.lora_batch import read_lora_adapter
+
+    _, out, _ = tiny_run
+    config = LoraConfig.from_pretrained(str(out))
+    assert config.peft_type == "LORA" and config.base_model_name_or_path == str(tiny_model_dir)
+    assert (config.r, config.use_dora, config.bias, config.modules_to_save) == (16, False, "none", None)
+    with safe_open(out / "adapter_model.safetensors", "pt") as weights:
+        shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+    projections = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
+                   "gate_proj": (64, 128), "up_proj": (64, 128), "down_proj": (128, 64)}  # (in, out), tiny Gemma-2
+    expected = {}
+    for layer in range(2):
+        for name, (fan_in, fan_out) in projections.items():
+            group = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            key = f"base_model.model.model.layers.{layer}.{group}.{name}"
+            expected |= {f"{key}.lora_A.weight": (16, fan_in), f"{key}.lora_B.weight": (fan_out, 16)}
+    assert shapes == expected  # nothing else: no embed_tokens, no lm_head, no bias or magnitude vectors
+    weight_files = [p.name for p in out.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
+    assert sorted(weight_files) == ["adapter_model.safetensors", "training_args.bin"]  # the latter: Trainer's args
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert read_lora_adapter("run", out, projection_modules(model)).rank == 16
 
 
 def test_resolved_recipe_reruns_as_a_recipe(tiny_run):

@@ -1,0 +1,616 @@
+"""Greedy decoding of Gemma-2 for the base model and any number of LoRA adapters at once, at the GPU's speed.
+
+HF `generate` spends ~40 ms of host work per decode step whatever the batch, and a 4-bit base dequantizes every
+weight on every step, so the GPU mostly waits. This engine, built from a loaded `Gemma2ForCausalLM`:
+
+- **dequantizes an NF4 base once** (`paraphrx.modeling.dequantize_frozen_base`, bitsandbytes' own dequantization:
+  the NF4-rounded values the adapters trained on) and fuses q|k|v and gate|up into one matmul each;
+- runs **every model in one batch**: each row carries its adapter's mask (`lora_batch.py`), so the base and all
+  adapters share each weight read;
+- keeps a **static KV cache** [layers, slots, kv_heads, max_len, head_dim] with per-slot positions; a decode step
+  attends over the first L cache columns (L from a few buckets) with a per-slot valid-length mask, so every step has
+  static shapes;
+- **continuous batching**: one queue of (model, prompt) requests; every `chunk_steps` decode steps the host reads
+  the new tokens once, retires finished rows and prefills queued prompts into the freed slots (length-sorted
+  batches); when the queue runs dry the live rows are compacted into fewer slots;
+- on CUDA, each decode step of a (slots, L) shape is **captured once as a CUDA graph** and replayed (no host work
+  per kernel, no `.item()` inside a step); eager on the CPU.
+
+The arithmetic follows `transformers.models.gemma2.modeling_gemma2` op for op (embedding scaled in the model dtype,
+RMSNorm in fp32 as x * (1 + w), RoPE from the model's own rotary module, `query_pre_attn_scalar`, attention logits
+soft-capped before the mask, softmax in fp32, sliding window on the model's `sliding_attention` layers, GeGLU, final
+norm, logits soft-capped in the model dtype), and the LoRA update as PEFT computes it (`lora_batch.py`), so in
+float32 the greedy text equals HF's one prompt at a time, and in bf16 on a bf16 base the logits are PEFT's.
+Greedy stops at any id of `generation_config.eos_token_id`, at `max_new_tokens`, or at a request's own limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from loguru import logger
+
+from paraphrx.eval.generation import BASE
+from paraphrx.eval.lora_batch import (
+    LoraAdapter,
+    StackedLora,
+    UnsupportedAdapter,
+    adapter_masks,
+    apply_lora,
+    read_lora_adapter,
+    stack_lora,
+)
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+class UnsupportedModel(ValueError):
+    """A model or adapter the engine does not compute exactly; the message is one line."""
+
+
+@dataclass
+class Request:
+    """One answer to generate: `model` is BASE or an adapter's name; `max_new_tokens` caps this answer."""
+
+    model: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    key: object = None  # the caller's handle (e.g. the prompt text)
+
+
+@dataclass
+class _Row:
+    request: Request
+    tokens: list[int] = field(default_factory=list)
+    fresh: bool = True  # prefilled since the last read: its first token is in `first`, not yet read
+
+
+def unsupported_reason(model, adapters: dict[str, Path]) -> str | None:
+    """Why the engine cannot generate for `model` (+ `adapters`) exactly, or None when it can."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) != "gemma2" or not hasattr(model, "lm_head"):
+        return f"{type(model).__name__} is not a plain Gemma2ForCausalLM"
+    if getattr(model, "is_loaded_in_8bit", False):
+        return "8-bit bases are not supported (4-bit NF4/FP4 and float bases are)"
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope != "default":
+        return f"rope_type {rope!r} is not supported"
+    quant = getattr(config, "quantization_config", None)
+    compute = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
+    if compute is not None and compute != model.get_input_embeddings().weight.dtype:
+        return f"4-bit compute dtype {compute} differs from the model dtype {model.get_input_embeddings().weight.dtype}"
+    modules = projection_modules(model)
+    for name, path in adapters.items():
+        try:
+            read_lora_adapter(name, path, modules)
+        except UnsupportedAdapter as err:
+            return str(err)
+    return None
+
+
+def projection_modules(model) -> set[str]:
+    """The names PEFT gives the 7 projections of every decoder layer ('model.layers.3.self_attn.q_proj', ...)."""
+    return {
+        f"model.layers.{i}.{group}.{proj}"
+        for i in range(len(model.model.layers))
+        for group, projs in (("self_attn", ATTENTION), ("mlp", MLP))
+        for proj in projs
+    }
+
+
+def rms_norm(x: torch.Tensor, weight_plus_one: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma2RMSNorm: normalised in fp32, times (1 + w) in fp32, back to the input dtype."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight_plus_one).type_as(x)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary_pos_emb` of one tensor: x * cos + rotate_half(x) * sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+@dataclass
+class _Projection:
+    weight: torch.Tensor  # [out, in]
+    lora: StackedLora | None
+    round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add)
+
+
+@dataclass
+class _Layer:
+    qkv: _Projection
+    o: _Projection
+    gate_up: _Projection
+    down: _Projection
+    norms: tuple[torch.Tensor, ...]  # (1 + w) in fp32: input, post-attention, pre-feedforward, post-feedforward
+    sliding: bool
+
+
+def _fuse(modules: list[torch.nn.Linear]) -> torch.Tensor:
+    """One weight for several projections of the same input; the modules are pointed at slices of it (no copy)."""
+    fused = torch.cat([m.weight.data for m in modules])
+    row = 0
+    for m in modules:
+        m.weight = torch.nn.Parameter(fused[row : row + m.out_features], requires_grad=False)
+        row += m.out_features
+    return fused
+
+
+class GemmaDecodeEngine:
+    """Built once from a loaded Gemma-2 (see the module doc); `generate` answers any mix of models' requests.
+
+    `max_slots` caps the rows decoded together (default: as many as fit in free GPU memory, at most 512; 64 on the
+    CPU), `chunk_steps` is the number of decode steps between two host reads, `kv_bucket` the step between KV-length
+    buckets, `prefill_tokens` the padded prompt tokens per prefill batch, `cuda_graphs` replays captured decode steps
+    on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
+    `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch)."""
+
+    def __init__(
+        self,
+        model,
+        adapters: dict[str, str | Path] | None = None,
+        *,
+        max_slots: int | None = None,
+        chunk_steps: int = 8,
+        kv_bucket: int = 64,
+        prefill_tokens: int = 8192,
+        cuda_graphs: bool = True,
+        continuous: bool = True,
+        exact_lora: bool = True,
+    ):
+        adapters = dict(adapters or {})
+        reason = unsupported_reason(model, {})
+        if reason is not None:
+            raise UnsupportedModel(reason)
+        config = model.config
+        four_bit = bool(getattr(model, "is_loaded_in_4bit", False))
+        if four_bit:
+            from paraphrx.modeling import dequantize_frozen_base
+
+            dequantize_frozen_base(model, dtype=model.get_input_embeddings().weight.dtype)
+        self.model = model
+        self.embed = model.get_input_embeddings()
+        self.dtype = self.embed.weight.dtype
+        self.device = self.embed.weight.device
+        self.rotary = model.model.rotary_emb
+        self.act = model.model.layers[0].mlp.act_fn
+        self.lm_head = model.lm_head.weight
+        self.final_norm = (1.0 + model.model.norm.weight.float()).detach()
+        self.eps = config.rms_norm_eps
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.scaling = config.query_pre_attn_scalar**-0.5
+        self.attn_cap, self.final_cap = config.attn_logit_softcapping, config.final_logit_softcapping
+        self.sliding_window = config.sliding_window
+        self.intermediate = config.intermediate_size
+        self.vocab = self.lm_head.shape[0]
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = config.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+
+        try:
+            loaded = [read_lora_adapter(name, path, projection_modules(model)) for name, path in adapters.items()]
+        except UnsupportedAdapter as err:
+            raise UnsupportedModel(str(err)) from None
+        self.models = [BASE] + [a.name for a in loaded]
+        lora_dtype = torch.float32 if exact_lora else self.dtype
+        self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
+        self.layers = [
+            self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
+            for i, layer in enumerate(model.model.layers)
+        ]
+
+        self.max_slots = max_slots
+        self.chunk_steps = chunk_steps
+        self.kv_bucket = kv_bucket
+        self.prefill_tokens = prefill_tokens
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.continuous = continuous
+        self._state: dict | None = None
+        self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0, "capture_s": 0.0}
+        logger.info(
+            "decode engine: {} models ({}), {} decoder layers in {}, {}",
+            len(self.models),
+            ", ".join(self.models),
+            len(self.layers),
+            self.dtype,
+            "CUDA graphs" if self.cuda_graphs else "eager",
+        )
+
+    def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        prefix = f"model.layers.{i}"
+
+        def projection(modules: list[str], linears: list[torch.nn.Linear]) -> _Projection:
+            weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
+            lora = stack_lora(
+                adapters, modules, linears[0].in_features, [m.out_features for m in linears], lora_dtype, self.device
+            )
+            return _Projection(weight, lora, four_bit)
+
+        def names(group: str, projs: tuple[str, ...]) -> list[str]:
+            return [f"{prefix}.{group}.{p}" for p in projs]
+
+        norms = tuple(
+            (1.0 + n.weight.float()).detach()
+            for n in (
+                layer.input_layernorm,
+                layer.post_attention_layernorm,
+                layer.pre_feedforward_layernorm,
+                layer.post_feedforward_layernorm,
+            )
+        )
+        return _Layer(
+            qkv=projection(names("self_attn", ATTENTION[:3]), [attn.q_proj, attn.k_proj, attn.v_proj]),
+            o=projection(names("self_attn", ("o_proj",)), [attn.o_proj]),
+            gate_up=projection(names("mlp", MLP[:2]), [mlp.gate_proj, mlp.up_proj]),
+            down=projection(names("mlp", ("down_proj",)), [mlp.down_proj]),
+            norms=norms,
+            sliding=config.layer_types[i] == "sliding_attention" and self.sliding_window is not None,
+        )
+
+    # --- the model --------------------------------------------------------------------------------------------------
+    def _layer(self, layer: _Layer, h: torch.Tensor, masks: tuple, cos, sin, attend: Callable) -> torch.Tensor:
+        """One decoder layer on tokens h [N, hidden]; `masks` = each token's adapter mask tiled 1x, 2x, 3x."""
+        n = h.shape[0]
+        mask, mask2, mask3 = masks
+        x = rms_norm(h, layer.norms[0], self.eps)
+        qkv = layer.qkv(x, mask3).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+        qk = rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+        q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
+        attention = attend(layer, q, k, v).reshape(n, self.heads * self.head_dim)
+        h = h + rms_norm(layer.o(attention, mask), layer.norms[1], self.eps)
+        x = rms_norm(h, layer.norms[2], self.eps)
+        gate, up = layer.gate_up(x, mask2).split(self.intermediate, dim=-1)
+        return h + rms_norm(layer.down(self.act(gate) * up, mask), layer.norms[3], self.eps)
+
+    def _attention(self, q, keys, values, mask) -> torch.Tensor:
+        """Eager Gemma-2 attention, GQA without copies: q [B, kv, g*T, d] against keys/values [B, kv, S, d]."""
+        scores = soft_cap(torch.matmul(q, keys.transpose(-1, -2)) * self.scaling, self.attn_cap)
+        probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, values)
+
+    def _greedy(self, h: torch.Tensor) -> torch.Tensor:
+        """Argmax of the soft-capped logits: computed in the model dtype as HF's forward does (generate then casts
+        them to fp32, which changes no comparison)."""
+        logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
+        return soft_cap(logits, self.final_cap).argmax(dim=-1)
+
+    def _token_masks(self, model_index: torch.Tensor) -> tuple:
+        """Each token's adapter mask by model index, tiled for the fused q|k|v and gate|up updates."""
+        mask = self.row_masks[model_index]
+        return mask, mask.repeat(1, 2), mask.repeat(1, 3)
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """HF's eager mask: 0 where a key is visible, the dtype's minimum where not."""
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
+            ~allowed, torch.finfo(self.dtype).min
+        )
+
+    def _rope(self, h: torch.Tensor, positions: torch.Tensor):
+        cos, sin = self.rotary(h, positions.view(1, -1))
+        return cos.view(-1, 1, self.head_dim), sin.view(-1, 1, self.head_dim)
+
+    # --- prefill ----------------------------------------------------------------------------------------------------
+    def _run_prompts(self, prompts: list[list[int]], models: list[str], slots: list[int] | None = None):
+        """The decoder on prompts right-padded to one length p: final hidden states [m * p, hidden] and the rows'
+        model indices. With `slots`, each prompt's keys/values are written into that slot of the cache."""
+        st = self._state
+        lengths = [len(ids) for ids in prompts]
+        m, p = len(prompts), _round_up(max(lengths), 8)
+        ids = torch.full((m, p), self.pad_id, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : lengths[i]] = torch.tensor(prompt)
+        model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
+        token_masks = self._token_masks(model_index.repeat_interleave(p))
+        h = self.embed(ids.to(self.device)).view(m * p, -1)
+        cos, sin = self._rope(h, torch.arange(p, device=self.device).repeat(m))
+        # Right padding: a real token never sees a pad (causal), so one [p, p] mask serves every row.
+        at = torch.arange(p, device=self.device)
+        causal = at[None, :] <= at[:, None]
+        window = causal & (at[None, :] > at[:, None] - (self.sliding_window or p))
+        additive = {False: self._additive(causal), True: self._additive(window)}
+        slot_idx = None if slots is None else torch.tensor(slots, device=self.device)
+        g = self.heads // self.kv_heads
+        for index, layer in enumerate(self.layers):
+
+            def attend(layer, q, k, v, index=index):
+                k = k.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
+                v = v.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
+                if slot_idx is not None:
+                    st["k"][index, slot_idx, :, :p] = k
+                    st["v"][index, slot_idx, :, :p] = v
+                q = q.reshape(m, p, self.kv_heads, g, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, p, d]
+                out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
+                return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
+
+            h = self._layer(layer, h, token_masks, cos, sin, attend)
+        return h, model_index
+
+    def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
+        """Soft-capped logits [m, p, vocab] of each prompt under its model (rows right-padded to p; a check of the
+        engine's arithmetic against HF's forward)."""
+        with torch.inference_mode():
+            h, _ = self._run_prompts(prompts, models)
+            logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
+            return soft_cap(logits, self.final_cap).view(len(prompts), -1, self.vocab)
+
+    def _prefill(self, slots: list[int], rows: list[_Row]) -> None:
+        """Prefill `rows` into `slots`: cache, first generated token, position and adapter mask of each slot."""
+        st = self._state
+        prompts = [r.request.prompt_ids for r in rows]
+        h, model_index = self._run_prompts(prompts, [r.request.model for r in rows], slots)
+        p = h.shape[0] // len(rows)
+        lengths = torch.tensor([len(ids) for ids in prompts], device=self.device)
+        first = self._greedy(h[lengths - 1 + torch.arange(len(rows), device=self.device) * p])
+        slot_idx = torch.tensor(slots, device=self.device)
+        st["tokens"][slot_idx] = first
+        st["first"][slot_idx] = first
+        st["pos"][slot_idx] = lengths
+        st["model"][slot_idx] = model_index
+        self.stats["prefill_batches"] += 1
+
+    # --- decode -----------------------------------------------------------------------------------------------------
+    def _decode_step(self, width: int, kv_len: int) -> None:
+        """One greedy step of slots [0, width): reads tokens/pos, writes the next token to tokens and advances pos.
+        Shapes depend only on (width, kv_len), and nothing here reads a value back to the host."""
+        st = self._state
+        tokens, pos = st["tokens"][:width], st["pos"][:width]
+        token_masks = self._token_masks(st["model"][:width])
+        h = self.embed(tokens)
+        cos, sin = self._rope(h, pos)
+        keys_at = torch.arange(kv_len, device=self.device)
+        valid = keys_at[None, :] <= pos[:, None]
+        allowed = {False: valid}
+        if self.sliding_window is not None:
+            allowed[True] = valid & (keys_at[None, :] > (pos - self.sliding_window)[:, None])
+        additive = {s: self._additive(a).view(width, 1, 1, kv_len) for s, a in allowed.items()}
+        at = pos.view(width, 1, 1, 1).expand(width, self.kv_heads, 1, self.head_dim)  # each slot's cache column
+        g = self.heads // self.kv_heads
+
+        for index, layer in enumerate(self.layers):
+
+            def attend(layer, q, k, v, index=index):
+                k_cache, v_cache = st["k"][index, :width], st["v"][index, :width]
+                k_cache.scatter_(2, at, k.unsqueeze(2))
+                v_cache.scatter_(2, at, v.unsqueeze(2))
+                q = q.reshape(width, self.kv_heads, g, self.head_dim)
+                return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
+
+            h = self._layer(layer, h, token_masks, cos, sin, attend)
+        tokens.copy_(self._greedy(h))
+        pos.add_(1).clamp_(max=st["max_len"] - 1)
+
+    def _run_step(self, width: int, kv_len: int) -> None:
+        if not self.cuda_graphs:
+            self._decode_step(width, kv_len)
+            return
+        graph = self._state["graphs"].get((width, kv_len))
+        if graph is None:
+            graph = self._capture(width, kv_len)
+        graph.replay()
+
+    def _capture(self, width: int, kv_len: int):
+        """Capture one decode step of this shape. The warm-up run writes keys/values only at the slots' current
+        positions (rewritten by the real step before anything reads them); tokens and positions are restored."""
+        st = self._state
+        start = time.perf_counter()
+        saved = st["tokens"].clone(), st["pos"].clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._decode_step(width, kv_len)
+        torch.cuda.current_stream().wait_stream(stream)
+        st["tokens"].copy_(saved[0])
+        st["pos"].copy_(saved[1])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=st["pool"]):
+            self._decode_step(width, kv_len)
+        st["tokens"].copy_(saved[0])
+        st["pos"].copy_(saved[1])
+        st["graphs"][(width, kv_len)] = graph
+        self.stats["graphs_captured"] += 1
+        self.stats["capture_s"] += time.perf_counter() - start
+        return graph
+
+    # --- memory -----------------------------------------------------------------------------------------------------
+    def _plan(self, requests: list[Request]) -> tuple[int, int]:
+        """(slots, max_len) for these requests: every prompt plus its answer plus one chunk of overrun fits, and the
+        cache with its per-row working set fits in free GPU memory."""
+        longest = max(len(r.prompt_ids) + r.max_new_tokens for r in requests)
+        max_len = _round_up(longest + self.chunk_steps + 1, self.kv_bucket)
+        limit = self.max_slots or (512 if self.device.type == "cuda" else 64)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            item = torch.finfo(self.dtype).bits // 8
+            kv = 2 * len(self.layers) * self.kv_heads * max_len * self.head_dim * item
+            logits = self.vocab * (3 * item + 4)  # logits, their soft-capped copies, argmax workspace
+            prefill = self.prefill_tokens * (6 * self.intermediate + 8 * self.heads * self.head_dim) * item * 2
+            fit = int((free * 0.85 - prefill) // (kv + logits))
+            if fit < limit:
+                logger.info("decode engine: {} slots fit in {:.1f} GiB free", fit, free / 2**30)
+            limit = min(limit, max(fit, 1))
+        return min(limit, len(requests)), max_len
+
+    def _allocate(self, slots: int, max_len: int) -> None:
+        st = self._state
+        if st is not None and st["slots"] >= slots and st["max_len"] >= max_len:
+            return
+        self._state = None  # free the old cache and its graphs first
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        shape = (len(self.layers), slots, self.kv_heads, max_len, self.head_dim)
+        zeros = dict(device=self.device, dtype=self.dtype)
+        self._state = {
+            "slots": slots,
+            "max_len": max_len,
+            "k": torch.zeros(shape, **zeros),
+            "v": torch.zeros(shape, **zeros),
+            "tokens": torch.full((slots,), self.pad_id, dtype=torch.long, device=self.device),
+            "first": torch.zeros(slots, dtype=torch.long, device=self.device),
+            "pos": torch.zeros(slots, dtype=torch.long, device=self.device),
+            "model": torch.zeros(slots, dtype=torch.long, device=self.device),
+            "out": torch.zeros(slots, self.chunk_steps, dtype=torch.long, device=self.device),
+            "graphs": {},
+            "pool": torch.cuda.graph_pool_handle() if self.cuda_graphs else None,
+        }
+        logger.info(
+            "decode engine: {} slots x {} positions, KV cache {:.2f} GiB",
+            slots,
+            max_len,
+            2 * self._state["k"].numel() * self._state["k"].element_size() / 2**30,
+        )
+
+    def _compact(self, live: dict[int, _Row], width: int) -> dict[int, int]:
+        """Move the live rows into slots [0, width) (cache rows, tokens, positions, models); {old: new slot}."""
+        st = self._state
+        movers = sorted(s for s in live if s >= width)
+        free = sorted(set(range(width)) - set(live))[: len(movers)]
+        if movers:
+            src, dst = (torch.tensor(x, device=self.device) for x in (movers, free))
+            for name in ("k", "v"):
+                st[name][:, dst] = st[name][:, src]
+            for buffer in (st["tokens"], st["first"], st["pos"], st["model"]):
+                buffer[dst] = buffer[src]
+        self.stats["compactions"] += 1
+        return dict(zip(movers, free))
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+    def generate(self, requests: list[Request]) -> Iterator[list[tuple[Request, list[int]]]]:
+        """Greedy answers of `requests` (token ids, ending with the stop token when one was generated), yielded in
+        groups as rows finish."""
+        unknown = {r.model for r in requests} - set(self.models)
+        if unknown:
+            raise ValueError(f"no such model(s) in the engine: {sorted(unknown)}; have {self.models}")
+        if not requests:
+            return
+        slots, max_len = self._plan(requests)
+        self._allocate(slots, max_len)
+        # Longest prompts first: prefill batches of similar length, and an out-of-memory shape fails at once.
+        queue = sorted(requests, key=lambda r: -len(r.prompt_ids))
+        queue.reverse()  # pop() from the end
+        live: dict[int, _Row] = {}
+        width = slots
+        host_pos = [0] * slots
+        with torch.inference_mode():
+            while queue or live:
+                if queue and (self.continuous or not live):
+                    width = width if live else slots
+                    free = [s for s in range(width) if s not in live][: len(queue)]
+                    self._refill(free, queue, live, host_pos)
+                if not live:
+                    continue
+                kv_len = min(
+                    _round_up(max(host_pos[s] for s in live) + self.chunk_steps + 1, self.kv_bucket),
+                    self._state["max_len"],
+                )
+                out = self._state["out"]
+                for step in range(self.chunk_steps):
+                    self._run_step(width, kv_len)
+                    out[:width, step].copy_(self._state["tokens"][:width])
+                self.stats["decode_steps"] += self.chunk_steps
+                first_and_out = torch.cat([self._state["first"][:width, None], out[:width]], dim=1).tolist()
+                finished = []
+                for slot in list(live):
+                    row = live[slot]
+                    new = first_and_out[slot] if row.fresh else first_and_out[slot][1:]
+                    row.fresh = False
+                    host_pos[slot] += self.chunk_steps
+                    if _extend(row, new, self.eos_ids):
+                        finished.append((row.request, row.tokens))
+                        del live[slot]
+                if finished:
+                    yield finished
+                # Tail (nothing left to refill): fewer slots decode faster; move the live rows down.
+                if live and (not queue or not self.continuous) and _next_width(len(live), width) < width:
+                    width = _next_width(len(live), width)
+                    for old, new in self._compact(live, width).items():
+                        live[new], host_pos[new] = live.pop(old), host_pos[old]
+
+    def _refill(self, free: list[int], queue: list[Request], live: dict[int, _Row], host_pos: list[int]) -> None:
+        """Prefill the next queued requests into the free slots, in batches of at most `prefill_tokens` tokens."""
+        rows = [_Row(queue.pop()) for _ in free]
+        batch: list[tuple[int, _Row]] = []
+        for slot, row in zip(free, rows):
+            longest = max([len(row.request.prompt_ids)] + [len(r.request.prompt_ids) for _, r in batch])
+            if batch and _round_up(longest, 8) * (len(batch) + 1) > self.prefill_tokens:
+                self._prefill([s for s, _ in batch], [r for _, r in batch])
+                batch = []
+            batch.append((slot, row))
+        if batch:
+            self._prefill([s for s, _ in batch], [r for _, r in batch])
+        for slot, row in zip(free, rows):
+            live[slot] = row
+            host_pos[slot] = len(row.request.prompt_ids)
+
+
+def _extend(row: _Row, new: list[int], eos_ids: set[int]) -> bool:
+    """Append new tokens to a row up to and including its stop token (as `generate` returns it; decoding with
+    `skip_special_tokens` drops it); True when the row is finished."""
+    for token in new:
+        row.tokens.append(token)
+        if token in eos_ids or len(row.tokens) >= row.request.max_new_tokens:
+            return True
+    return False
+
+
+def _round_up(x: int, step: int) -> int:
+    return int(math.ceil(x / step) * step)
+
+
+def _next_width(live: int, width: int) -> int:
+    """The smallest power of two >= live (at least 8), or the current width when that is not smaller."""
+    new = 8
+    while new < live:
+        new *= 2
+    return min(new, width)
+
+
+def generate_texts(
+    engine: GemmaDecodeEngine,
+    tokenizer,
+    jobs: dict[str, list[str]],
+    max_new_tokens: int,
+    on_answers: Callable[[str, list[str], list[str]], None] | None = None,
+    limits: dict[tuple[str, str], int] | None = None,
+) -> dict[str, dict[str, str]]:
+    """{model: {prompt: answer}} for every (model, prompt) of `jobs`, decoded like `generate_batched`
+    (`skip_special_tokens=True`). `on_answers(model, prompts, answers)` sees each group as it finishes (the cache
+    appends there); `limits` caps single answers below `max_new_tokens` (the benchmark's forced lengths)."""
+    limits = limits or {}
+    prompts = list(dict.fromkeys(p for texts in jobs.values() for p in texts))
+    ids = dict(zip(prompts, tokenizer(prompts)["input_ids"])) if prompts else {}
+    requests = [
+        Request(model, ids[p], min(max_new_tokens, limits.get((model, p), max_new_tokens)), key=p)
+        for model, texts in jobs.items()
+        for p in texts
+    ]
+    answers: dict[str, dict[str, str]] = {model: {} for model in jobs}
+    for group in engine.generate(requests):
+        by_model: dict[str, tuple[list[str], list[str]]] = {}
+        for request, tokens in group:
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            answers[request.model][request.key] = text
+            done = by_model.setdefault(request.model, ([], []))
+            done[0].append(request.key)
+            done[1].append(text)
+        if on_answers is not None:
+            for model, (keys, texts) in by_model.items():
+                on_answers(model, keys, texts)
+    return answers

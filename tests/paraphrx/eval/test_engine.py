@@ -1,0 +1,199 @@
+"""The decode engine on the tiny Gemma-2 in float32: HF's logits and HF's one-prompt-at-a-time greedy text, for the
+base and several adapters mixed in one batch, also on an NF4 base (bitsandbytes on the CPU)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from paraphrx.eval.engine import BASE, GemmaDecodeEngine, Request, UnsupportedModel, generate_texts, unsupported_reason
+from paraphrx.eval.generation import active_model, attach_adapters, for_generation, generate_per_example
+from paraphrx.modeling import load_tokenizer
+from tests.conftest import make_adapter
+from tests.paraphrx.eval.test_generation import PROMPTS
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """Three adapters with random non-zero A and B on all 7 projections; different ranks, one with rsLoRA."""
+    root = tmp_path_factory.mktemp("engine-adapters")
+    return {
+        "a1": make_adapter(tiny_model_dir, root / "a1", 1, ALL_PROJECTIONS, r=4),
+        "a2": make_adapter(tiny_model_dir, root / "a2", 2, ALL_PROJECTIONS, r=8, use_rslora=True),
+        "a3": make_adapter(tiny_model_dir, root / "a3", 3, ("q_proj", "v_proj", "down_proj"), r=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def load(model_dir, nf4=False, device="cpu"):
+    quant = (
+        BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+        if nf4
+        else None
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, quantization_config=quant, device_map={"": device}
+    ).eval()
+
+
+def reference_answers(model_dir, adapters, jobs, max_new_tokens, nf4=False, eos=None, device="cpu"):
+    """HF `generate`, one prompt at a time, the adapter active and unmerged (PEFT), the base under disable_adapter."""
+    model = load(model_dir, nf4, device)
+    if eos is not None:
+        model.generation_config.eos_token_id = eos
+    model = attach_adapters(model, adapters)
+    tokenizer = for_generation(load_tokenizer(type("Args", (), {"model_name_or_path": str(model_dir), "model_revision": None})()))
+    answers = {}
+    for name, prompts in jobs.items():
+        with active_model(model, name) as active:
+            answers[name] = dict(zip(prompts, generate_per_example(active, tokenizer, prompts, max_new_tokens)))
+    return answers
+
+
+def test_prefill_logits_equal_hf_with_unmerged_peft_adapters(tiny_model_dir, adapters, tokenizer):
+    engine = GemmaDecodeEngine(load(tiny_model_dir), adapters)
+    models = ["a1", BASE, "a2", "a3", "a1"]
+    ids = tokenizer(PROMPTS[:5])["input_ids"]
+    ours = engine.prompt_logits(ids, models)
+    peft_model = attach_adapters(load(tiny_model_dir), adapters)
+    for i, name in enumerate(models):
+        with active_model(peft_model, name) as active, torch.no_grad():
+            expected = active(torch.tensor([ids[i]])).logits[0]
+        torch.testing.assert_close(ours[i, : len(ids[i])], expected, rtol=0, atol=2e-5)
+    with active_model(peft_model, BASE) as base, torch.no_grad():
+        plain = base(torch.tensor([ids[0]])).logits[0]
+    assert (ours[0, : len(ids[0])] - plain).abs().max() > 1e-2  # the adapter really changes the logits
+
+
+def test_bf16_prefill_logits_are_bitwise_peft_on_a_bf16_base(tiny_model_dir, adapters, tokenizer):
+    """In bf16 the LoRA update is computed as PEFT does (fp32, added to the base output in fp32, rounded once), so on
+    a bf16 base the engine's logits are HF's bit for bit (all of them on the development VM; a little slack for
+    another CPU's GEMM kernels). The update fused in bf16 is not: most logits differ in the last bits."""
+
+    def bf16():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+
+    models, ids = [BASE, "a1", "a2"], tokenizer(PROMPTS[:3])["input_ids"]
+    ours = GemmaDecodeEngine(bf16(), adapters).prompt_logits(ids, models)
+    fused = GemmaDecodeEngine(bf16(), adapters, exact_lora=False).prompt_logits(ids, models)
+    peft_model = attach_adapters(bf16(), adapters)
+    for i, name in enumerate(models):
+        with active_model(peft_model, name) as active, torch.no_grad():
+            expected = active(torch.tensor([ids[i]])).logits[0]
+        assert (ours[i, : len(ids[i])] == expected).float().mean() > 0.99
+        if name != BASE:
+            assert (fused[i, : len(ids[i])] == expected).float().mean() < 0.9
+
+
+def _eos_that_fires(engine, tokenizer, jobs):
+    """A token id some answers produce early and others never: made a stop id, it ends some rows mid-answer."""
+    requests = [Request(m, ids, 12) for m, ps in jobs.items() for ids in tokenizer(ps)["input_ids"]]
+    answers = [tokens for group in engine.generate(requests) for _, tokens in group]
+    counts = {}
+    for tokens in answers:
+        for t in set(tokens[2:8]):
+            counts[t] = counts.get(t, 0) + 1
+    return min(counts, key=lambda t: abs(counts[t] - len(answers) / 3))
+
+
+def test_greedy_text_equals_per_example_generation(tiny_model_dir, adapters, tokenizer):
+    """Base + three adapters in one run, prompts of different lengths, 12 slots for 20 requests (refills, then the
+    tail compacted into 8 slots), answers long enough to pass the sliding window (64), some rows stopped by an eos
+    id."""
+    jobs = {BASE: PROMPTS, "a1": PROMPTS[::-1], "a2": PROMPTS[1:5], "a3": PROMPTS[2:4]}
+    model = load(tiny_model_dir)
+    extra_eos = _eos_that_fires(GemmaDecodeEngine(load(tiny_model_dir), adapters), tokenizer, jobs)
+    eos = [tokenizer.eos_token_id, extra_eos]
+    model.generation_config.eos_token_id = eos
+    engine = GemmaDecodeEngine(model, adapters, max_slots=12, chunk_steps=4)
+    ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=72)
+    expected = reference_answers(tiny_model_dir, adapters, jobs, 72, eos=eos)
+    assert ours == expected
+    lengths = [
+        len(tokenizer(a, add_special_tokens=False)["input_ids"]) for texts in ours.values() for a in texts.values()
+    ]
+    assert min(lengths) < 40 and max(lengths) > 64  # some rows stopped at the eos, others ran past the window
+    assert engine.stats["prefill_batches"] >= 2 and engine.stats["compactions"] >= 1  # refilled, then compacted
+    assert len({ours["a1"][p] for p in PROMPTS} & {ours[BASE][p] for p in PROMPTS}) == 0  # adapters change text
+
+
+def test_static_batches_and_one_slot_give_the_same_text(tiny_model_dir, adapters, tokenizer):
+    jobs = {BASE: PROMPTS[:3], "a2": PROMPTS[2:5]}
+    expected = generate_texts(GemmaDecodeEngine(load(tiny_model_dir), adapters), tokenizer, jobs, 20)
+    static = GemmaDecodeEngine(load(tiny_model_dir), adapters, max_slots=4, continuous=False, chunk_steps=3)
+    assert generate_texts(static, tokenizer, jobs, 20) == expected
+    single = GemmaDecodeEngine(load(tiny_model_dir), adapters, max_slots=1)
+    assert generate_texts(single, tokenizer, jobs, 20) == expected
+
+
+def test_nf4_base_dequantized_once_equals_peft_on_linear4bit(tiny_model_dir, adapters, tokenizer):
+    import bitsandbytes as bnb
+
+    jobs = {BASE: PROMPTS[:4], "a1": PROMPTS[2:6], "a2": PROMPTS[:2]}
+    model = load(tiny_model_dir, nf4=True)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    engine = GemmaDecodeEngine(model, adapters, max_slots=4)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())  # dequantized once
+    ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=24)
+    assert ours == reference_answers(tiny_model_dir, adapters, jobs, 24, nf4=True)
+    assert (
+        ours[BASE] != generate_texts(GemmaDecodeEngine(load(tiny_model_dir)), tokenizer, {BASE: PROMPTS[:4]}, 24)[BASE]
+    )  # NF4 rounding changes the answers: the base really is NF4
+
+
+def test_request_limits_and_answers_as_they_finish(tiny_model_dir, tokenizer):
+    engine = GemmaDecodeEngine(load(tiny_model_dir), max_slots=2, chunk_steps=2)
+    ids = tokenizer(PROMPTS[:4])["input_ids"]
+    limits = [1, 9, 3, 5]
+    groups = list(engine.generate([Request(BASE, x, n, key=i) for i, (x, n) in enumerate(zip(ids, limits))]))
+    finished = {request.key: tokens for group in groups for request, tokens in group}
+    assert [len(finished[i]) for i in range(4)] == limits
+    assert len(groups) >= 3  # yielded as rows finish, not all at the end
+    full = dict((r.key, t) for g in engine.generate([Request(BASE, ids[1], 9, key=1)]) for r, t in g)
+    assert full[1] == finished[1]
+
+
+def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, adapters):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=32,
+        )
+    )
+    assert "not a plain Gemma2ForCausalLM" in unsupported_reason(llama, {})
+    dora = make_adapter(tiny_model_dir, tmp_path / "dora", 0, use_dora=True)
+    reason = unsupported_reason(load(tiny_model_dir), {"a1": adapters["a1"], "dora": dora})
+    assert reason.startswith(str(dora / "adapter_config.json")) and "use_dora" in reason
+    with pytest.raises(UnsupportedModel, match="use_dora"):
+        GemmaDecodeEngine(load(tiny_model_dir), {"dora": dora})
+    with pytest.raises(ValueError, match="no such model"):
+        list(GemmaDecodeEngine(load(tiny_model_dir)).generate([Request("a1", [2, 5], 3)]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+@pytest.mark.parametrize("nf4", [False, True], ids=["float32", "nf4-float32"])
+def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapters, tokenizer, nf4):
+    """On the GPU: decode steps replayed from CUDA graphs (several widths and KV lengths: refills, compaction, the
+    sliding window) give HF's one-at-a-time text in float32, with and without the NF4 base."""
+    jobs = {BASE: PROMPTS, "a1": PROMPTS[::-1], "a2": PROMPTS[1:5], "a3": PROMPTS[2:4]}
+    engine = GemmaDecodeEngine(load(tiny_model_dir, nf4, "cuda"), adapters, max_slots=12, chunk_steps=4, kv_bucket=16)
+    ours = generate_texts(engine, tokenizer, jobs, max_new_tokens=72)
+    assert engine.stats["graphs_captured"] >= 3 and engine.stats["compactions"] >= 1
+    assert ours == reference_answers(tiny_model_dir, adapters, jobs, 72, nf4=nf4, device="cuda")
+    assert generate_texts(engine, tokenizer, jobs, max_new_tokens=72) == ours  # replaying the captured graphs again
