@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+import torch
+
 from paraphrx import library_internals as internals
 from paraphrx.patches import patch_attribute
 
@@ -57,8 +59,8 @@ def position_lm_head(model) -> Iterator[bool]:
     ends; yields whether it did.
 
     Called with `fused_lm_head=True, label_positions=..., label_targets=...`, it returns the compact per-position
-    `log_probs`, `entropy` and `is_top1` (one entry per trained token, in order); every other call goes to TRL's
-    forward unchanged. Yields False (and changes nothing) for a model whose logits TRL scales."""
+    `log_probs`, `entropy` and `is_top1` (one entry per trained token, in order), forward-only under `no_grad`
+    (evaluation); every other call goes to TRL's forward unchanged. Yields False (and changes nothing) for a model whose logits TRL scales."""
     from paraphrx import lm_head
 
     if not _plain_scale(model.config):
@@ -77,6 +79,8 @@ def position_lm_head(model) -> Iterator[bool]:
         hidden, targets = hidden.to(head.weight.device), label_targets.to(head.weight.device)
         if head.weight.requires_grad or head.bias is not None:  # a trained head: TRL's kernel has its gradient
             log_probs, entropy, is_top1 = lm_head.trl_log_probs(hidden, head.weight, head.bias, targets, softcap)
+        elif not torch.is_grad_enabled():  # evaluation: no gradient GEMM
+            log_probs, entropy, is_top1 = lm_head.log_probs_forward_only(hidden, head.weight, targets, softcap)
         else:
             log_probs, entropy, is_top1 = lm_head.LogProbsWithGradient.apply(hidden, head.weight, targets, softcap)
         return internals.FusedCausalLMOutput(loss=None, log_probs=log_probs, entropy=entropy, is_top1=is_top1)

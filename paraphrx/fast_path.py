@@ -16,6 +16,7 @@ no compile (flex attention has no backward on the CPU).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from paraphrx import library_internals as internals
 from paraphrx.completion_positions import score_collated_positions
 from paraphrx.device_loss import keep_loss_metrics_on_device
 from paraphrx.module_walks import list_module_walks_once
+from paraphrx.packed_evaluation import packed_evaluation
 from paraphrx.patches import patch_attribute, patch_attributes
 
 
@@ -89,19 +91,29 @@ def _collate_in_a_worker(args) -> AbstractContextManager:
     return patch_attributes(args, **(workers if args.dataloader_num_workers == 0 else {}))
 
 
+def _evaluate_packed(trainer, recipe_args) -> AbstractContextManager:
+    """Evaluation rows cut like the training rows, scored many per forward (packed_evaluation.py)."""
+    return packed_evaluation(trainer, prepare_rows=lambda rows: truncate_tokenized(rows, recipe_args.max_length))
+
+
 CHANGES: tuple[Change, ...] = (
     Change("padding-free batch", _one_padding_free_batch, _cut_rows),
     Change("no activation checkpointing", _no_activation_checkpointing),
     Change("no host waits around the step", _no_host_waits),
     Change("collation in a dataloader worker", _collate_in_a_worker),
+    Change("compile caches in one folder", to_args=lambda args: compile_cache_folder()),
     Change("compiled decoder layers",
            lambda args: patch_attributes(args, use_liger_kernel=False),  # the compiled layers fuse what Liger would
            lambda trainer, _: compiled_decoder_layers(trainer.model)),
+    Change("one attention mask for every layer",
+           to_trainer=lambda trainer, recipe_args: one_mask_for_every_layer(trainer.model, recipe_args.max_length)),
+    Change("block masks compiled once", to_trainer=lambda trainer, _: block_masks_compiled_once()),
     Change("loss metrics kept on the device", to_trainer=lambda trainer, _: keep_loss_metrics_on_device(trainer)),
     Change("module walks listed once", to_trainer=lambda trainer, _: list_module_walks_once(trainer)),
     Change("trained positions from the collator",  # needs the device-side loss above, which passes them on
            to_trainer=lambda trainer, _: score_collated_positions(trainer)),
     Change("packed mask without a host read", to_trainer=lambda trainer, _: packed_masks_without_host_read()),
+    Change("packed evaluation", to_trainer=_evaluate_packed),
 )
 
 
@@ -159,22 +171,140 @@ def _autocast_off(forward):
 
 
 @contextmanager
-def compiled_decoder_layers(model: nn.Module) -> Iterator[int]:
+def inputs_require_grad_in_training(model: nn.Module) -> Iterator[None]:
+    """The input embeddings' output requires grad whenever grad is on, until the context ends.
+
+    dynamo guards on whether a compiled layer's input requires grad: the first layer's comes from the frozen
+    embedding and would not, every later one's does (LoRA in the layers before), which made the first layer a
+    second training graph (its own compile at start-up). With this, one graph serves all layers; the price is the
+    first layer's input gradient, which the backward computes and drops (~1/26 of the backward's input-gradient
+    GEMMs). Unlike transformers' `enable_input_require_grads`, nothing changes under no_grad, so evaluation keeps a
+    single graph too."""
+
+    def require_grad(module, args, output):
+        if torch.is_grad_enabled():
+            output.requires_grad_(True)
+
+    handle = model.get_input_embeddings().register_forward_hook(require_grad)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def compiled_decoder_layers(model: nn.Module, backend: str = "inductor") -> Iterator[int]:
     """Each decoder layer compiled in place (regional compilation: one graph reused by all identical layers) until
-    the context ends; yields how many."""
+    the context ends; yields how many.
+
+    `dynamic=True`: one graph whose sequence length is symbolic serves every packed length from the first step on
+    (static first, as compile() would, meant a recompilation at the second step and again after a resume), in this
+    process and, through the compile caches, in the next. With the first layer's input requiring grad like the others'
+    (`inputs_require_grad_in_training`) and one mask for all layers (`one_mask_for_every_layer`), that is one graph
+    for training and one for the no-grad evaluation."""
     layers = decoder_layers(model)
     with ExitStack() as undo:
-        # One graph per (sliding | global layer) x (first length | symbolic length) x (train | no-grad eval) is already
-        # dynamo's default limit of 8; past it a layer silently runs eagerly, so leave room.
+        # dynamo's default limit of 8 graphs per function; past it a layer silently runs eagerly, so leave room
         undo.enter_context(internals.recompile_limit_at_least(64))
+        undo.enter_context(internals.floats_specialized())  # the soft-caps stay constants in the symbolic graph
+        undo.enter_context(inputs_require_grad_in_training(model))
         for layer in layers:
             undo.enter_context(patch_attribute(layer, "forward", _autocast_off(layer.forward)))
-            # dynamic=None (compile()'s default): one static graph first, then one symbolic-length graph once a second
-            # length appears. (dynamic=True would also turn Gemma-2's soft-cap constant into a CPU tensor, which flex
-            # attention's lowering rejects.)
-            undo.enter_context(internals.compiled(layer))
+            undo.enter_context(internals.compiled(layer, dynamic=True, backend=backend))
         logger.info("fast path: compiled {} decoder layers", len(layers))
         yield len(layers)
+
+
+@contextmanager
+def one_mask_for_every_layer(model: nn.Module, max_length: int | None) -> Iterator[bool]:
+    """Gemma-2's sliding-window layers get the causal mask its global layers get, until the context ends, when no row
+    can be longer than the window; yields whether they do.
+
+    A global layer lets a token see every earlier token of its row; a sliding one only the last `sliding_window`
+    (4096) of them. In a packed batch a row of n tokens sees only its own keys, all within n - 1 positions, so when
+    every row is at most `sliding_window` tokens (rows are cut at `max_length`: 1024 in the recipes) both masks allow
+    exactly the same keys (tests/paraphrx/test_fast_path.py compares them and a row past the window as a control).
+    Two masks cost a second compiled graph for every decoder layer and for the mask builder (dynamo guards on the
+    mask's function) and a second block mask per forward. Process-wide (the name in the model's modeling module),
+    as only the fast path's training process, whose rows are all cut at `max_length`, does it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    window, builders = getattr(config, "sliding_window", None), internals.mask_builders(base)
+    if builders is None or window is None or "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        yield False
+        return
+    if max_length is None or max_length > window:
+        logger.info("fast path: the sliding-window layers keep their own mask: rows of {} tokens may exceed the "
+                    "window of {}", max_length or "any number of", window)
+        yield False
+        return
+    module, causal_mask = builders
+    with patch_attribute(module, internals.SLIDING_MASK_BUILDER, causal_mask):
+        logger.info("fast path: one attention mask for every layer (rows of at most {} tokens, window {})",
+                    max_length, window)
+        yield True
+
+
+@contextmanager
+def block_masks_compiled_once(backend: str = "inductor") -> Iterator[None]:
+    """Flex attention's block masks built by one length-symbolic compilation of torch's `create_block_mask`, outside
+    autograd and autocast (process-wide, until the context ends).
+
+    transformers compiles `create_block_mask` with static lengths: it compiled again when the packed length first
+    changed (the second step, and again after a resume) and under no_grad (the first evaluation). A block mask is
+    integer work that needs neither a gradient nor autocast, so one graph serves training and evaluation alike."""
+    from torch.nn.attention import flex_attention
+
+    compiled = torch.compile(flex_attention.create_block_mask, dynamic=True, backend=backend)
+
+    def create_block_mask(*args, _compile: bool = False, **kwargs):
+        device = torch.device(kwargs.get("device", "cuda"))
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            return compiled(*args, **kwargs)
+
+    module, name = internals.block_mask_builder()
+    with patch_attribute(module, name, create_block_mask):
+        yield
+
+
+def compile_cache_root() -> str:
+    """Where the fast path's compile caches go unless TORCHINDUCTOR_CACHE_DIR says otherwise: a user cache folder
+    that outlives a reboot, not inductor's default under /tmp."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "paraphrx", "torch_compile")
+
+
+def _chosen_inductor_cache_dir() -> str | None:
+    """TORCHINDUCTOR_CACHE_DIR as the user set it: inductor writes its own default there once imported."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    default = internals.inductor_default_cache_dir()
+    if value is None or (default is not None and os.path.abspath(value) == os.path.abspath(default)):
+        return None
+    return value
+
+
+@contextmanager
+def compile_cache_folder() -> Iterator[str]:
+    """torch.compile's caches (inductor's FX graphs, AOTAutograd's, the Triton kernels, TRL's Triton kernels too) in
+    one folder until the context ends; yields it. A TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR the user set is kept;
+    otherwise `compile_cache_root()`, with Triton's kernels in its `triton/`. The second and later runs (the five of
+    `make train-all`, a resumed run) find the first one's compiled graphs there. Runs sharing the folder at the same
+    time are safe: torch and Triton write every entry under a temporary name and rename it into place, and an
+    entry's key covers the code, shapes, settings and library versions it depends on."""
+    root = _chosen_inductor_cache_dir() or compile_cache_root()
+    values = {"TORCHINDUCTOR_CACHE_DIR": root, "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR")
+              or os.path.join(root, "triton")}
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        logger.info("fast path: compile caches in {}", root)
+        yield root
+    finally:  # inductor writes the variables too; put back what the process had
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def find_packed_sequence_indices(position_ids: torch.Tensor) -> torch.Tensor:

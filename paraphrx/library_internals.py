@@ -3,8 +3,8 @@
 Where no public API does the job, the fast path (fast_path.py) reaches into library internals: TRL's chunked
 log-prob kernels (lm_head.py), the output type of the forward TRL patches onto the model for its fused LM head
 (completion_positions.py), SFTTrainer's per-step metric state (device_loss.py), Trainer's gradient clipping
-(module_walks.py), transformers' packed-sequence check, dynamo's recompile limit and torch's record of a compiled
-module; the label-mask view runs SFTTrainer's dataset preparation without a model (label_mask.py). No other module
+(module_walks.py), transformers' packed-sequence check, its block-mask builder and the mask builders a modeling
+module imports, dynamo's recompile limit and float specialization, and torch's record of a compiled module; the label-mask view runs SFTTrainer's dataset preparation without a model (label_mask.py). No other module
 names them. Each is looked up when paraphrx is imported: one that a TRL, transformers or torch release renamed or
 removed lands in `MISSING` instead of failing an import, so `fast_path: auto` trains on the plain path (one warning
 line) and `fast_path: on` refuses (config.fast_path_enabled). pyproject.toml bounds the versions they were tested on.
@@ -31,7 +31,8 @@ REQUIRED = (
     (_TRL_UTILS, "_CHUNKED_LOGPROB_CHUNK_SIZE"), (_TRL_UTILS, "FusedCausalLMOutput"), (_TRL_UTILS, "add_fused_lm_head"),
     ("trl", "SFTTrainer._prepare_dataset"), ("transformers", "Trainer._clip_grad_norm"),
     ("transformers.masking_utils", "find_packed_sequence_indices"),
-    ("torch._dynamo.config", "recompile_limit"), ("torch.nn", "Module._compiled_call_impl"),
+    ("torch._dynamo.config", "recompile_limit"), ("torch._dynamo.config", "specialize_float"),
+    ("torch.nn", "Module._compiled_call_impl"), ("transformers.masking_utils", "create_block_mask"),
 )  # fmt: skip
 # What SFTTrainer.__init__ sets up for its per-step metrics, which device_loss.py keeps on the device.
 SFT_TRAINER_STATE = ("_metrics", "_total_train_tokens", "_tp_size")
@@ -161,6 +162,37 @@ def packed_sequence_check():
     return masking_utils, "find_packed_sequence_indices"
 
 
+def block_mask_builder():
+    """(module, name) of the function transformers' flex-attention masks call to build a BlockMask (torch's
+    `create_block_mask`, which transformers compiles with static lengths)."""
+    from transformers import masking_utils
+
+    return masking_utils, "create_block_mask"
+
+
+def mask_builders(model: nn.Module):
+    """(the modeling module of `model`, its causal mask builder) where that module also imports the sliding-window
+    one under the name `create_sliding_window_causal_mask` (Gemma-2 and the other models with sliding layers); None
+    otherwise. Its layers get `causal_mask_mapping[layer_type]`, built by these two."""
+    import sys
+
+    module = sys.modules.get(type(model).__module__)
+    causal = getattr(module, "create_causal_mask", None)
+    if causal is None or not callable(getattr(module, SLIDING_MASK_BUILDER, None)):
+        return None
+    return module, causal
+
+
+SLIDING_MASK_BUILDER = "create_sliding_window_causal_mask"
+
+
+def inductor_default_cache_dir() -> str | None:
+    """inductor's own default TORCHINDUCTOR_CACHE_DIR (/tmp/torchinductor_$USER), which it also writes into the
+    environment as soon as transformers' trainer is imported; None where this torch has no such function."""
+    default = _lookup("torch._inductor.runtime.cache_dir_utils", "default_cache_dir")
+    return default() if default is not None else None
+
+
 @contextmanager
 def recompile_limit_at_least(limit: int) -> Iterator[None]:
     """dynamo's process-wide limit of graphs per compiled function, raised to `limit` until the context ends."""
@@ -172,10 +204,20 @@ def recompile_limit_at_least(limit: int) -> Iterator[None]:
 
 
 @contextmanager
-def compiled(module: nn.Module) -> Iterator[nn.Module]:
-    """`module.compile()` until the context ends: torch has no public way to undo it, so the compiled call it
+def floats_specialized() -> Iterator[None]:
+    """dynamo keeps Python floats as constants in a `dynamic=True` graph (process-wide, until the context ends):
+    otherwise Gemma-2's soft-caps become graph inputs, which flex attention's lowering rejects."""
+    import torch._dynamo
+
+    with patch_attribute(torch._dynamo.config, "specialize_float", True):
+        yield
+
+
+@contextmanager
+def compiled(module: nn.Module, **options) -> Iterator[nn.Module]:
+    """`module.compile(**options)` until the context ends: torch has no public way to undo it, so the compiled call it
     records on the module is dropped again."""
-    module.compile()
+    module.compile(**options)
     try:
         yield module
     finally:

@@ -4,6 +4,11 @@ CPU tests run in CI; the CUDA test (flex attention + compiled layers + dequantiz
 `python -m pytest tests/paraphrx/test_fast_path.py`.
 """
 
+import json
+import math
+import os
+import subprocess
+import sys
 from contextlib import ExitStack
 
 import pytest
@@ -14,6 +19,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from paraphrx.completion_positions import LabelPositionsCollator, position_lm_head
 from paraphrx.fast_path import change_arguments, compiled_decoder_layers, packed_masks_without_host_read
 from paraphrx.modeling import dequantize_frozen_base
+from tests.conftest import REPO
 
 PAD = 0
 
@@ -244,3 +250,172 @@ def test_truncate_tokenized_cuts_like_trl_keep_start():
                                   {"input_ids": [2, 5, 6, 7], "labels": [-100, -100, -100, 7]}])
     cut = truncate_tokenized(prepared, 3)
     assert cut["input_ids"] == [[2, 5, 6]] and cut["labels"] == [[-100, -100, 6]]
+
+
+# ------------------------------------------------------------------------------------------------------ CPU: compile once
+
+
+def _packed(lengths, vocab=4000, seed=0):
+    ids = torch.randint(10, vocab, (1, sum(lengths)), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "position_ids": torch.cat([torch.arange(n) for n in lengths])[None], "use_cache": False}
+
+
+def _frames() -> int:
+    """Frames dynamo has compiled in this process: first compilations and recompilations."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """No compiled code cached from an earlier test (dynamo's frame counter keeps counting: compare differences)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("attention", ["eager", "flex_attention"])
+def test_one_mask_for_every_layer_is_exact_when_no_row_exceeds_the_window(tiny_model_dir, attention):
+    """The tiny Gemma-2 alternates sliding (window 64) and global layers. Rows of at most 64 tokens: the sliding
+    layers given the global layers' mask compute bit for bit the same logits. A row of 100: they do not (the
+    control), and the change refuses a max_length past the window."""
+    from paraphrx.fast_path import one_mask_for_every_layer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
+    assert model.config.sliding_window == 64 and "sliding_attention" in model.config.layer_types
+    within, past = _packed([64, 30, 64, 7]), _packed([100, 30])
+    with torch.no_grad():
+        before = {name: model(**batch).logits for name, batch in (("within", within), ("past", past))}
+        with one_mask_for_every_layer(model, max_length=64) as applied:
+            assert applied
+            after = {name: model(**batch).logits for name, batch in (("within", within), ("past", past))}
+        with one_mask_for_every_layer(model, max_length=65) as applied:
+            assert not applied  # a row of 65 tokens could see one key too many
+        with one_mask_for_every_layer(model, max_length=None) as applied:
+            assert not applied
+        again = model(**within).logits
+    assert torch.equal(after["within"], before["within"])
+    assert (after["past"] - before["past"]).abs().max() > 1e-3
+    assert torch.equal(again, before["within"])  # undone: the sliding layers' own mask is back
+
+
+def test_compiled_layers_train_and_evaluate_on_one_graph_each_whatever_the_length(tiny_model_dir, fresh_dynamo):
+    """dynamo guards are the same on every backend, so the CPU (eager attention, aot_eager) shows them: the layers
+    compile once for training and once for no-grad evaluation, however the packed length changes. Without the first
+    layer's input requiring grad (the control) the first layer is a training graph of its own."""
+    from paraphrx import library_internals as internals
+    from paraphrx.fast_path import compiled_decoder_layers, decoder_layers
+
+    def run(model) -> list[int]:
+        start, frames = _frames(), []
+        model.train()
+        for lengths in ([20, 30], [17, 40, 5], [33]):
+            model(**_packed(lengths)).logits.float().mean().backward()
+            frames.append(_frames())
+        model.eval()
+        with torch.no_grad():
+            for lengths in ([25, 9], [12, 50, 3]):
+                model(**_packed(lengths))
+                frames.append(_frames())
+        return [count - start for count in frames]
+
+    model = _with_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                            attn_implementation="eager"))
+    with compiled_decoder_layers(model, backend="aot_eager"):
+        assert run(model) == [1, 1, 1, 2, 2]
+    torch._dynamo.reset()
+    with ExitStack() as undo:  # the control: the same compilation without the input-gradient hook
+        undo.enter_context(internals.floats_specialized())
+        for layer in decoder_layers(model):
+            undo.enter_context(internals.compiled(layer, dynamic=True, backend="aot_eager"))
+        assert run(model)[:3] == [2, 2, 2]
+
+
+def test_flex_masks_and_layers_compile_once_in_evaluation(tiny_model_dir, fresh_dynamo):
+    """Flex attention (forward only on the CPU): with one mask for every layer and the block masks built by one
+    length-symbolic compilation, evaluation at three packed lengths compiles two frames in all (the layer, the mask
+    builder). The control, with the sliding layers' own mask: two of each."""
+    from paraphrx.fast_path import (
+        block_masks_compiled_once,
+        compiled_decoder_layers,
+        one_mask_for_every_layer,
+        packed_masks_without_host_read,
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation="flex_attention").eval()
+    frames = {}
+    for one_mask in (True, False):
+        torch._dynamo.reset()
+        with ExitStack() as undo, torch.no_grad():
+            undo.enter_context(compiled_decoder_layers(model, backend="aot_eager"))
+            undo.enter_context(block_masks_compiled_once(backend="aot_eager"))
+            undo.enter_context(packed_masks_without_host_read())
+            if one_mask:
+                assert undo.enter_context(one_mask_for_every_layer(model, max_length=64))
+            start, frames[one_mask] = _frames(), []
+            for lengths in ([20, 30], [17, 40, 5], [33, 2]):
+                model(**_packed(lengths))
+                frames[one_mask].append(_frames() - start)
+    assert frames == {True: [2, 2, 2], False: [4, 4, 4]}
+
+
+# ------------------------------------------------------------------------------------------------------ CPU: compile cache
+
+_COMPILE_ONCE = """
+import json, torch
+from torch._dynamo.utils import counters
+from paraphrx.fast_path import compile_cache_folder
+with compile_cache_folder() as root:
+    double = torch.compile(lambda x: torch.sin(x) * 2 + x.cumsum(0), dynamic=True)
+    out = [double(torch.arange(n, dtype=torch.float64)).sum().item() for n in (5, 9)]
+print(json.dumps({"root": root, "out": out, "hit": counters["inductor"]["fxgraph_cache_hit"],
+                  "miss": counters["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def test_compile_cache_folder_is_explicit_kept_when_chosen_and_restored(monkeypatch, tmp_path):
+    from paraphrx import library_internals as internals
+    from paraphrx.fast_path import compile_cache_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", internals.inductor_default_cache_dir())  # what inductor writes
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    with compile_cache_folder() as root:
+        assert root == str(tmp_path / "xdg" / "paraphrx" / "torch_compile") == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        assert os.environ["TRITON_CACHE_DIR"] == os.path.join(root, "triton")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == internals.inductor_default_cache_dir()
+    assert "TRITON_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stays
+    with compile_cache_folder() as root:
+        assert root == str(tmp_path / "mine") and os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine" / "triton")
+
+
+def test_two_runs_share_the_compile_cache_and_a_third_finds_it(tmp_path):
+    """Two processes compile the same graph into one cache folder at the same time, both correctly; a third process
+    compiles nothing: the graph comes from the cache."""
+    script = tmp_path / "compile_once.py"
+    script.write_text(_COMPILE_ONCE)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "PYTHONPATH": str(REPO)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env.pop("TRITON_CACHE_DIR", None)
+
+    def start():
+        return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def finish(proc) -> dict:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        return json.loads(out.strip().splitlines()[-1])
+
+    together = [start(), start()]
+    results = [finish(proc) for proc in together]
+    results.append(finish(start()))  # once both have finished
+    expected = [sum(math.sin(i) * 2 + i * (i + 1) / 2 for i in range(n)) for n in (5, 9)]
+    for result in results:
+        assert result["root"] == str(tmp_path / "xdg" / "paraphrx" / "torch_compile")
+        assert result["out"] == pytest.approx(expected, rel=1e-12)
+    assert results[2]["hit"] >= 1 and results[2]["miss"] == 0, results

@@ -4,7 +4,7 @@ import pytest
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-from paraphrx.lm_head import LogProbsWithGradient
+from paraphrx.lm_head import LogProbsWithGradient, log_probs_forward_only
 
 
 def _inputs(n=11, hidden=16, vocab=300, seed=0):
@@ -67,3 +67,13 @@ def test_no_tokens_gives_empty_outputs_and_a_zero_gradient():
     assert log_p.shape == entropy.shape == top1.shape == (0,)
     log_p.sum().backward()
     assert h.grad.shape == (0, 16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_only_gives_the_same_values_without_a_gradient(device):
+    h, w, targets = (t.to(device) for t in _inputs(n=13, vocab=3000 if device == "cuda" else 300))
+    with_gradient = LogProbsWithGradient.apply(h.clone().requires_grad_(), w, targets, 30.0, 4)
+    forward_only = log_probs_forward_only(h.clone().requires_grad_(), w, targets, 30.0, 4)
+    for ours, reference in zip(forward_only, with_gradient):
+        assert torch.equal(ours, reference.detach())  # the same tiles and kernels, bit for bit
+        assert not ours.requires_grad and ours.grad_fn is None  # nothing kept for a backward
