@@ -6,11 +6,15 @@
 Each configuration is one `train_sft.py` process on `recipes/bucket1-4.yaml` as shipped (recipes/tiny/ with --tiny),
 overriding only --max_steps, --dataset_name, --model_name_or_path, --output_dir, --run_name and --log_dir, so the
 recipe's own evaluation, checkpoint and early-stopping cadence runs:
-  ours    this checkout's train_sft.py and recipe;
-  trl     the same with TRL's best knobs instead of paraphrx's GPU path (bench_train.py's `trl`): --fast_path off,
-          one padding-free batch of 16, flex attention, Liger kernels, no activation checkpointing;
-  before  another checkout's train_sft.py and recipe (`--before_tree`, e.g. `git archive` of main), so the code
-          before a change runs beside the code after it in one invocation.
+  ours         this checkout's train_sft.py and recipe, with an empty compile cache (a cold start);
+  ours_warm    the same again, finding the compile cache `ours` left (the second and later runs of `make train-all`);
+  ours_resume  the same resumed from `ours`'s last checkpoint before its end (warm cache; `ours` then keeps its
+               checkpoints: --keep_checkpoints true --save_total_limit 100), training the steps after it;
+  trl          the same with TRL's best knobs instead of paraphrx's GPU path (bench_train.py's `trl`): --fast_path off,
+               one padding-free batch of 16, flex attention, Liger kernels, no activation checkpointing, and the
+               dataset tokenized on as many cores as the fast path uses (--dataset_num_proc);
+  before       another checkout's train_sft.py and recipe (`--before_tree`, e.g. `git archive` of main), so the code
+               before a change runs beside the code after it in one invocation.
 The data has the shapes of the upstream held-out set: 100 Alpaca-like prompts x 268 paraphrases and 100 GSM8K-like
 prompts x 11 (benchmarks/synth_data.py, scores skewed as upstream so bucket 5 is nearly empty), lengths calibrated to
 a median prompt of 45 and completion of 180 tokens (DESIGN.md's, with gemma's tokenizer; the medians measured with
@@ -26,8 +30,11 @@ has no benchmark switch) and writes a timeline; from it, wall time (launch to ex
   saving      checkpoints and the final save
   other       the rest (loading the best checkpoint, run records, process exit)
 with each one's share, evaluation rows/s and tokens/s beside training tokens/s, torch.compile's compiled frames
-and recompilations per phase, and peak GPU memory. Each configuration gets an empty compile cache (a cold start)
-unless --warm_compile_cache, and an empty datasets cache (each one tokenizes its rows, as a first run does).
+and recompilations per phase (and each recompilation after the first step, with its reason), peak GPU memory, and
+start-up split into: launch to the model load (interpreter, imports, recipe, data), the model load, to the trainer,
+building the trainer (of which SFTTrainer's tokenization), to training, and the first step (compilation). Each
+configuration gets an empty compile cache unless --warm_compile_cache (ours_warm and ours_resume use ours's), and an
+empty datasets cache (each one tokenizes its rows, as a first run does).
 """
 
 from __future__ import annotations
@@ -47,7 +54,17 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CONFIGS = ("ours", "trl", "before")
+CONFIGS = ("ours", "ours_warm", "ours_resume", "trl", "before")
+WARM = ("ours_warm", "ours_resume")  # they start with the compile cache `ours` left
+# Start-up, launch -> end of the first optimizer step, split at phase_timer's marks (each part ends at its mark).
+STARTUP_PARTS = (
+    ("to_model_load", "model_load_start"),  # interpreter, imports, recipe, data, evaluation subset
+    ("model_load", "model_load_end"),  # from_pretrained (4-bit quantization on load)
+    ("to_trainer", "trainer_init_start"),  # the fast path's dequantization, the tokenizer
+    ("trainer_init", "trainer_init_end"),  # SFTTrainer: tokenization (dataset_prep_s of it), PEFT, the fast path
+    ("to_train", "train_begin"),  # callbacks, a resumed checkpoint's state
+    ("first_step", "first_step_end"),  # compilation and the first optimizer step
+)
 PHASES = ("startup", "training", "evaluation", "final_eval", "saving", "other")
 # The held-out shapes of the issue (100 Alpaca prompts x ~268 paraphrases + 100 GSM8K prompts x 11); --tiny: a toy.
 DATA_SHAPES = {False: {"alpaca": (100, 268), "gsm8k": (100, 11)}, True: {"alpaca": (12, 20), "gsm8k": (8, 11)}}
@@ -55,8 +72,11 @@ LENGTHS = {False: (45, 180), True: (45, 40)}  # median prompt and completion tok
 
 
 def trl_overrides(on_gpu: bool, examples_per_step: int) -> list[str]:
-    """bench_train.py's `trl` configuration as recipe overrides: TRL's knobs, not paraphrx's fast path."""
-    args = [
+    """bench_train.py's `trl` configuration as recipe overrides: TRL's knobs, not paraphrx's fast path (with the
+    dataset tokenized on as many cores as the fast path would use)."""
+    cores = os.cpu_count() or 1
+    args = ["--dataset_num_proc", str(min(8, cores))] if cores >= 4 else []
+    args += [
         "--fast_path",
         "off",
         "--per_device_train_batch_size",
@@ -133,9 +153,15 @@ def token_medians(dataset: Path, tokenizer, split: str = "bucket1_4", sample: in
     return {"prompt": float(np.median(prompt)), "completion": float(np.median(completion))}
 
 
+def newest_checkpoint_before_end(output: Path) -> Path | None:
+    """The checkpoint with the highest step below the run's last one (a resumed run then trains the steps after it)."""
+    steps = sorted(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    return output / f"checkpoint-{steps[-2]}" if len(steps) >= 2 else None
+
+
 def command(config: str, tree: Path, recipe: str, args, work: Path, dataset: Path, model_dir: Path) -> list[str]:
     out = work / "runs" / config
-    steps = args.before_max_steps if config == "before" and args.before_max_steps else args.max_steps
+    steps = {"before": args.before_max_steps, "trl": args.trl_max_steps}.get(config) or args.max_steps
     cmd = [
         sys.executable,
         str(REPO / "benchmarks" / "phase_timer.py"),
@@ -161,16 +187,26 @@ def command(config: str, tree: Path, recipe: str, args, work: Path, dataset: Pat
         values = yaml.safe_load((REPO / recipe).read_text())
         examples = values["per_device_train_batch_size"] * values.get("gradient_accumulation_steps", 1)
         cmd += trl_overrides(args.device == "cuda", examples)
+    if config == "ours" and "ours_resume" in args.configs.split(","):
+        cmd += ["--keep_checkpoints", "true", "--save_total_limit", "100"]  # ours_resume resumes from one of them
+    if config == "ours_resume":
+        checkpoint = newest_checkpoint_before_end(work / "runs" / "ours" / "output")
+        if checkpoint is None:
+            return []
+        cmd += ["--resume_from_checkpoint", str(checkpoint)]
     return cmd
 
 
 def run_config(config: str, cmd: list[str], work: Path, args) -> dict | None:
     """One child process; its timeline plus the wall time measured here, or None when it failed."""
     out = work / "runs" / config
+    if not cmd:
+        print(f"[{config}] skipped: it needs `ours` first (with a checkpoint before its last step)", flush=True)
+        return None
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cache = work / "compile-cache" / config
-    if not args.warm_compile_cache:
+    cache = work / "compile-cache" / ("ours" if config in WARM else config)
+    if not (args.warm_compile_cache or config in WARM):
         shutil.rmtree(cache, ignore_errors=True)
     # Its own datasets cache too: a configuration run after another would find the rows already tokenized.
     env = {
@@ -249,6 +285,15 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
     for event in timeline["recompiles"]:
         recompiles[phase_at(event["time"])] += 1
 
+    after_first = [e for e in timeline["recompiles"] if e["time"] > first]
+    marks = {**timeline.get("marks", {}), "first_step_end": timeline["first_step_end"]}
+    startup, previous = {}, launched
+    for part, mark in STARTUP_PARTS:
+        at = marks.get(mark)
+        startup[part] = None if at is None or previous is None else at - previous
+        previous = at if at is not None else None
+    startup["dataset_prep"] = timeline.get("dataset_prep_s")
+
     def rate(kind: str, field: str) -> float | None:
         done = [i for i in intervals if i["kind"] == "evaluate" and phase_of(i) == kind and i.get(field)]
         return sum(i[field] for i in done) / seconds(done) if done and seconds(done) > 0 else None
@@ -262,6 +307,7 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "phases_s": phases,
         "shares": {p: phases[p] / wall for p in PHASES},
         "steps": timeline["steps"],
+        "steps_run": timeline.get("steps_run", timeline["steps"]),  # a resumed run starts past step 0
         "max_steps": timeline["max_steps"],
         "evaluations": len(evals),
         "eval_rows": [i.get("rows") for i in evals],
@@ -276,6 +322,9 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "compiled_frames": compiles,
         "recompiles": recompiles,
         "recompile_reasons": timeline["recompiles"][:20],
+        "recompiles_after_first_step": len(after_first),
+        "recompile_reasons_after_first_step": sorted({e["reason"] for e in after_first})[:10],
+        "startup_s": startup,
         "peak_gpu_gib": timeline["peak_gpu_gib"],
         "tree": timeline["tree"],
         "paraphrx_imported_from": timeline["paraphrx_imported_from"],
@@ -287,6 +336,13 @@ def _num(value, spec: str = ",.0f") -> str:
 
 
 def report(results: list[dict]) -> None:
+    print("\n| start-up part | " + " | ".join(r["config"] for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    parts = [name for name, _ in STARTUP_PARTS]
+    for part in parts[: parts.index("trainer_init") + 1] + ["dataset_prep"] + parts[parts.index("trainer_init") + 1 :]:
+        label = "  of which tokenization" if part == "dataset_prep" else part
+        print(f"| {label} | " + " | ".join(_num(r["startup_s"].get(part), ".1f") for r in results) + " |")
+    print("| launch -> first step end | " + " | ".join(f"{r['phases_s']['startup']:.1f}" for r in results) + " |")
     print("\n| phase | " + " | ".join(r["config"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for phase in PHASES:
@@ -304,7 +360,8 @@ def report(results: list[dict]) -> None:
             else None
         )
         print(
-            f"\n[{r['config']}] {r['steps']} steps, {r['evaluations']} evaluations of {evaluated} rows, "
+            f"\n[{r['config']}] {r['steps_run']} steps (to step {r['steps']}), {r['evaluations']} evaluations of "
+            f"{evaluated} rows, "
             f"{r['saves']} saves; final eval {_num(r['final_eval_rows'])} rows; "
             f"peak {_num(r['peak_gpu_gib'], '.1f')} GiB"
         )
@@ -315,12 +372,16 @@ def report(results: list[dict]) -> None:
         )
         print(f"[{r['config']}] compiled frames by phase {r['compiled_frames']}; recompilations {r['recompiles']}")
         print(
+            f"[{r['config']}] recompilations after the first step: {r['recompiles_after_first_step']}"
+            + "".join(f"\n    {reason}" for reason in r["recompile_reasons_after_first_step"])
+        )
+        print(
             f"[{r['config']}] eval losses {[round(x, 4) for x in r['eval_losses'] if x is not None]}, "
             f"final eval loss {_num(r['final_eval_loss'], '.4f')}; code from {r['paraphrx_imported_from']}"
         )
     steady = {
         r["config"]: (r["phases_s"]["training"] + r["phases_s"]["evaluation"] + r["phases_s"]["saving"])
-        / max(r["steps"] - 1, 1)
+        / max(r["steps_run"] - 1, 1)
         * 20
         for r in results
     }
@@ -342,6 +403,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--max_steps", type=int, default=80)
     parser.add_argument("--before_max_steps", type=int, default=None, help="steps for `before` (default --max_steps)")
+    parser.add_argument("--trl_max_steps", type=int, default=None, help="steps for `trl` (default --max_steps)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="the tiny Gemma-2 and recipes/tiny/ (smoke test)")
     parser.add_argument("--work_dir", type=Path, default=None, help="model, data, runs (default: under /tmp)")
@@ -358,6 +420,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
+    warm = [c for c in configs if c in WARM]
+    if warm and ("ours" not in configs or configs.index("ours") > configs.index(warm[0])):
+        parser.error(f"--configs: {', '.join(WARM)} run after `ours` (they use its compile cache and checkpoints)")
     if "before" in configs and not (args.before_tree and (args.before_tree / "train_sft.py").is_file()):
         parser.error(f"--before_tree: `before` needs another checkout with a train_sft.py, got {args.before_tree}")
 

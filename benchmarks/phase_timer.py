@@ -11,7 +11,9 @@ the code under test gets no benchmark switch. At exit, however the script ended,
 (times in seconds since the epoch); bench_run.py turns it into phases.
 
 Also recorded: torch.compile's compiled frames (dynamo's counter) at each mark and interval, each recompilation
-with its reason (the `recompiles` log of `TORCH_LOGS`), and peak GPU memory.
+with its reason (the `recompiles` log of `TORCH_LOGS`), peak GPU memory, and where start-up goes: when the script
+starts, when the model load (`PreTrainedModel.from_pretrained`) and the trainer's construction (of which SFTTrainer's
+dataset preparation) begin and end, and when training begins.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ class Timeline:
         self.compiles_at: dict[str, int] = {}
         self.recompiles: list[dict] = []
         self.steps = 0
+        self.steps_run = 0  # optimizer steps this process ran (a resumed run starts past step 0)
         self.max_steps = 0
         self.tokens = None  # real tokens trained, summed on the device: read once at the end
         self.first_step_tokens = 0
         self.open: dict[str, dict] = {}  # the outermost open interval per kind
+        # start-up marks: script_start, model_load_start/_end, trainer_init_start/_end, train_begin (first of each)
+        self.marks: dict[str, float] = {}
+        self.dataset_prep_s = 0.0  # SFTTrainer's dataset preparation inside the trainer's construction
 
     def to_json(self, **extra) -> dict:
         trained = int(self.tokens) if self.tokens is not None else 0
@@ -47,11 +53,14 @@ class Timeline:
             "first_step_end": self.first_step_end,
             "last_step_end": self.last_step_end,
             "steps": self.steps,
+            "steps_run": self.steps_run,
             "max_steps": self.max_steps,
             "train_tokens": trained,
             "first_step_tokens": self.first_step_tokens,
             "compiles_at": self.compiles_at,
             "recompiles": self.recompiles,
+            "marks": self.marks,
+            "dataset_prep_s": self.dataset_prep_s,
             **extra,
         }
 
@@ -119,6 +128,37 @@ def timed(kind: str, method):
     return wrapper
 
 
+def marked(name: str, method, inside: str | None = None):
+    """Wrap a library function: the first call's start and end become the marks `<name>_start` / `<name>_end` (a
+    call nested in it is not timed again); with `inside`, only calls made while `<inside>_start` is open count, and
+    their time adds up in `dataset_prep_s`."""
+    depth = 0
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        nonlocal depth
+        marks = TIMELINE.marks
+        if inside is not None and not (f"{inside}_start" in marks and f"{inside}_end" not in marks):
+            return method(*args, **kwargs)
+        first = depth == 0 and f"{name}_start" not in marks
+        start = time.time()
+        if first and inside is None:
+            synchronize()
+            marks[f"{name}_start"] = start = time.time()
+        depth += 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            depth -= 1
+            if inside is not None and depth == 0:
+                TIMELINE.dataset_prep_s += time.time() - start
+            elif first:
+                synchronize()
+                marks[f"{name}_end"] = time.time()
+
+    return wrapper
+
+
 def counting_training_step(method):
     @functools.wraps(method)
     def training_step(self, model, inputs, *args, **kwargs):
@@ -139,6 +179,9 @@ def step_marks_callback():
         """The end of the first optimizer step (start-up ends) and of the last one (training ends). It synchronizes
         only at steps that an evaluation, a save or the end of training follows, which wait for the GPU anyway."""
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            TIMELINE.marks.setdefault("train_begin", time.time())
+
         def on_step_end(self, args, state, control, **kwargs):
             first = TIMELINE.first_step_end is None
             if (
@@ -155,6 +198,7 @@ def step_marks_callback():
                 TIMELINE.first_step_tokens = int(TIMELINE.tokens) if TIMELINE.tokens is not None else 0
                 TIMELINE.compiles_at["first_step_end"] = compiled_frames()
             TIMELINE.last_step_end, TIMELINE.steps, TIMELINE.max_steps = now, state.global_step, state.max_steps
+            TIMELINE.steps_run += 1
             TIMELINE.compiles_at["last_step_end"] = compiled_frames()
 
     return StepMarks()
@@ -184,6 +228,15 @@ def install() -> None:
             if name in vars(cls):
                 setattr(cls, name, timed(kind, vars(cls)[name]))
     Trainer.training_step = counting_training_step(Trainer.training_step)
+    from transformers import PreTrainedModel
+
+    load = PreTrainedModel.__dict__["from_pretrained"].__func__
+    PreTrainedModel.from_pretrained = classmethod(marked("model_load", load))
+    for cls in reversed(classes):  # SFTTrainer.__init__ calls Trainer.__init__: the outermost call is marked
+        if "__init__" in vars(cls):
+            cls.__init__ = marked("trainer_init", vars(cls)["__init__"])
+        if "_prepare_dataset" in vars(cls):
+            cls._prepare_dataset = marked("dataset_prep", vars(cls)["_prepare_dataset"], inside="trainer_init")
     init = Trainer.__init__
 
     @functools.wraps(init)
@@ -228,6 +281,7 @@ def main() -> None:
     script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
     sys.argv = [str(script), *script_args]
     install()
+    TIMELINE.marks["script_start"] = time.time()
     code = 0
     try:
         runpy.run_path(str(script), run_name="__main__")

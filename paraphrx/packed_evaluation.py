@@ -35,6 +35,13 @@ EVAL_TOKENS_PER_BATCH = 16_384
 _ROW_COLUMNS = ("input_ids", "labels", "completion_mask", "assistant_masks", "seq_lengths")
 
 
+def token_lengths(dataset) -> list[int]:
+    """The number of tokens of each tokenized row, read from Arrow without building the rows in Python."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
+
+
 def pack_rows(lengths: list[int], tokens_per_batch: int) -> list[range]:
     """Consecutive rows in batches of at most `tokens_per_batch` tokens (a longer row is a batch of its own)."""
     batches, start, used = [], 0, 0
@@ -57,8 +64,7 @@ class PackedEvalBatches:
         self, dataset, collator, tokens_per_batch: int = EVAL_TOKENS_PER_BATCH, shard: tuple[int, int] = (0, 1)
     ):
         self.dataset = dataset.select_columns([c for c in _ROW_COLUMNS if c in dataset.column_names])
-        lengths = [len(ids) for ids in self.dataset["input_ids"]]
-        self.batches = pack_rows(lengths, tokens_per_batch)[shard[0] :: shard[1]]
+        self.batches = pack_rows(token_lengths(self.dataset), tokens_per_batch)[shard[0] :: shard[1]]
         self.collator = collator
 
     def __len__(self) -> int:

@@ -58,6 +58,15 @@ def test_phases_split_the_wall_time_by_what_ran_when():
         "compiles_at": {"first_step_end": 3, "last_step_end": 6},
         "compiles_at_exit": 8,
         "recompiles": [{"time": 20.0, "reason": "a"}, {"time": 50.0, "reason": "b"}, {"time": 80.0, "reason": "c"}],
+        "marks": {
+            "script_start": 0.5,
+            "model_load_start": 6.0,
+            "model_load_end": 10.0,
+            "trainer_init_start": 11.0,
+            "trainer_init_end": 15.0,
+            "train_begin": 16.0,
+        },
+        "dataset_prep_s": 2.5,
         "peak_gpu_gib": None,
         "tree": "/x",
         "paraphrx_imported_from": "/x/paraphrx",
@@ -86,6 +95,18 @@ def test_phases_split_the_wall_time_by_what_ran_when():
         "other": 0,
     }
     assert r["recompiles"] == {"startup": 1, "training": 1, "evaluation": 0, "final_eval": 1, "saving": 0, "other": 0}
+    assert r["recompiles_after_first_step"] == 2 and r["recompile_reasons_after_first_step"] == ["b", "c"]
+    # start-up (launch at 0 -> first step end at 30) split at the marks
+    assert r["startup_s"] == {
+        "to_model_load": 6.0,
+        "model_load": 4.0,
+        "to_trainer": 1.0,
+        "trainer_init": 4.0,
+        "to_train": 1.0,
+        "first_step": 14.0,
+        "dataset_prep": 2.5,
+    }
+    assert sum(v for k, v in r["startup_s"].items() if k != "dataset_prep") == r["phases_s"]["startup"]
 
 
 def test_the_phase_timer_counts_compiled_frames_and_recompilations_with_their_reasons():
@@ -119,42 +140,32 @@ def test_the_trl_configuration_is_a_valid_recipe_with_trls_knobs():
 
 
 def test_smoke_mode_times_every_configuration(tiny_model_dir, tmp_path, capsys):
-    """--tiny --device cpu: ours, trl and `before` (a copy of this checkout) each run train_sft.py to the end."""
+    """--tiny --device cpu: ours (6 steps: checkpoints 5 and 6), ours_resume (from checkpoint 5), trl and `before`
+    (a copy of this checkout; 2 steps each) run train_sft.py to the end."""
     before = tmp_path / "before"
     for name in ("paraphrx", "prep", "recipes"):
         shutil.copytree(REPO / name, before / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "train_sft.py", before / "train_sft.py")
-    results = bench_run.main(
-        [
-            "--tiny",
-            "--device",
-            "cpu",
-            "--max_steps",
-            "2",
-            "--configs",
-            "ours,trl,before",
-            "--before_tree",
-            str(before),
-            "--work_dir",
-            str(tmp_path / "work"),
-            "--model_dir",
-            str(tiny_model_dir),
-            "--json",
-            str(tmp_path / "bench.json"),
-            "--timeout",
-            "600",
-        ]
-    )
-    assert [r["config"] for r in results] == ["ours", "trl", "before"]
+    argv = "--tiny --device cpu --max_steps 6 --trl_max_steps 2 --before_max_steps 2 --timeout 600 --configs "
+    argv += f"ours,ours_resume,trl,before --before_tree {before} --work_dir {tmp_path / 'work'} "
+    argv += f"--model_dir {tiny_model_dir} --json {tmp_path / 'bench.json'}"
+    results = bench_run.main(argv.split())
+    assert [r["config"] for r in results] == ["ours", "ours_resume", "trl", "before"]
     for r in results:
         phases = r["phases_s"]
         assert all(seconds >= 0 for seconds in phases.values()), phases
-        assert sum(phases.values()) == pytest.approx(r["wall_s"]) and phases["startup"] > 0 and phases["training"] > 0
-        assert r["steps"] == 2 and r["evaluations"] >= 1 and r["saves"] >= 2  # checkpoint at step 2 + final save
+        assert sum(phases.values()) == pytest.approx(r["wall_s"]) and phases["startup"] > 0
+        assert r["evaluations"] >= 1 and r["saves"] >= 1 and r["train_tokens_per_s"] != 0
+        parts = [r["startup_s"][name] for name, _ in bench_run.STARTUP_PARTS]  # every mark was reached, in order
+        assert all(part is not None and part >= 0 for part in parts) and sum(parts) == pytest.approx(phases["startup"])
+        assert r["startup_s"]["dataset_prep"] > 0 and r["recompiles_after_first_step"] == 0  # no compiling on the CPU
+    ours, resumed, trl, other = results
+    assert (ours["steps_run"], ours["steps"], resumed["steps_run"], resumed["steps"]) == (6, 6, 1, 6)
+    assert trl["steps"] == other["steps"] == 2 and trl["eval_tokens_per_s"] > 0
+    for r in (ours, resumed, trl):
         assert r["final_eval_rows"] and r["final_eval_rows"] > r["eval_rows"][0]  # the whole split, once
-        assert r["train_tokens_per_s"] > 0 and r["eval_tokens_per_s"] > 0
-    assert results[0]["paraphrx_imported_from"] == str(REPO / "paraphrx")
-    assert results[2]["paraphrx_imported_from"] == str(before / "paraphrx")  # the other checkout's code ran
+    assert ours["paraphrx_imported_from"] == str(REPO / "paraphrx")
+    assert other["paraphrx_imported_from"] == str(before / "paraphrx")  # the other checkout's code ran
     assert (tmp_path / "bench.json").is_file()
     out = capsys.readouterr().out
-    assert "median prompt" in out and "steady state, seconds per 20 steps" in out
+    assert "median prompt" in out and "steady state, seconds per 20 steps" in out and "| model_load |" in out

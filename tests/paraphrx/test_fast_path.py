@@ -188,12 +188,13 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, requ
 # ------------------------------------------------------------------------------------------------------ CPU: apply/undo
 
 
-def test_argument_changes_keep_the_examples_per_step_and_are_undone():
+def test_argument_changes_keep_the_examples_per_step_and_are_undone(monkeypatch):
     from paraphrx.config import ParaphrxSFTConfig
 
     args = ParaphrxSFTConfig(output_dir="/tmp/unused", per_device_train_batch_size=4, gradient_accumulation_steps=4,
                              gradient_checkpointing=True, max_length=512, report_to="none", use_cpu=True, bf16=False)
     before = dict(vars(args)), dict(vars(args.accelerator_config))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     with ExitStack() as undo:
         recipe_args = change_arguments(args, undo)
         assert recipe_args.max_length == 512  # what the rows are cut to after the trainer is built
@@ -204,11 +205,17 @@ def test_argument_changes_keep_the_examples_per_step_and_are_undone():
         assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter
         assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
         assert args.dataloader_num_workers == 1 and args.dataloader_persistent_workers  # collation beside the step
+        assert args.dataset_num_proc == 8  # SFTTrainer tokenizes on 8 of the 16 cores
     assert (dict(vars(args)), dict(vars(args.accelerator_config))) == before  # every argument as the recipe set it
-    args.dataloader_num_workers = 4
+    args.dataloader_num_workers, args.dataset_num_proc = 4, 3
     with ExitStack() as undo:
         change_arguments(args, undo)
-        assert args.dataloader_num_workers == 4  # a recipe's own setting stays
+        assert args.dataloader_num_workers == 4 and args.dataset_num_proc == 3  # a recipe's own settings stay
+    args.dataset_num_proc = None
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with ExitStack() as undo:
+        change_arguments(args, undo)
+        assert args.dataset_num_proc is None  # two cores: one process, as CI runs
 
 
 def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_model_dir):
