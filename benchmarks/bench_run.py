@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -315,6 +316,7 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "eval_tokens_per_s": rate("evaluation", "tokens"),
         "eval_losses": [i.get("loss") for i in evals],
         "final_eval_rows": final[0].get("rows") if final else None,
+        "final_eval_tokens": final[0].get("tokens") if final else None,
         "final_eval_loss": final[0].get("loss") if final else None,
         "final_eval_tokens_per_s": rate("final_eval", "tokens"),
         "train_tokens_per_s": steady_tokens / phases["training"] if phases["training"] > 0 else None,
@@ -329,6 +331,72 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "tree": timeline["tree"],
         "paraphrx_imported_from": timeline["paraphrx_imported_from"],
     }
+
+
+def split_sizes(dataset: Path) -> dict[str, dict[str, int]]:
+    """Per recipe of `make train-all` (bucket spec): training rows, and validation rows of its buckets."""
+    from collections import Counter
+
+    from paraphrx.buckets import DEFAULT_SPECS, parse_bucket_spec, split_name
+    from paraphrx.dataset_io import load_prepared
+
+    by_bucket = Counter(load_prepared(str(dataset), "validation")["bucket"])
+    sizes = {}
+    for spec in DEFAULT_SPECS:
+        buckets = parse_bucket_spec(spec)
+        train = len(load_prepared(str(dataset), split_name(buckets)))
+        sizes[spec] = {"train": train, "validation": sum(by_bucket[b] for b in buckets)}
+    return sizes
+
+
+def project_train_all(result: dict, later_startup_s: float, sizes: dict, scale: float, recipe: dict) -> dict:
+    """`make train-all`'s five runs on `scale` times the benchmark's data, from one configuration's measured costs:
+    start-up (`later_startup_s` for the runs after the first), seconds per optimizer step, per scheduled evaluation
+    (the fixed subset: the same at any data size), per save, the rest of a run, and the end-of-run evaluation at its
+    measured tokens/s. Every run trains all its epochs (early stopping would end some sooner)."""
+    phases = result["phases_s"]
+    step_s = phases["training"] / max(result["steps_run"] - 1, 1)
+    eval_s = phases["evaluation"] / max(result["evaluations"], 1)
+    save_s = phases["saving"] / max(result["saves"], 1)
+    final_rows, final_rate = result["final_eval_rows"], result["final_eval_tokens_per_s"]
+    final_tokens_per_row = result.get("final_eval_tokens", 0) / final_rows if final_rows else 0.0
+    examples = recipe["per_device_train_batch_size"] * recipe.get("gradient_accumulation_steps", 1)
+    runs = {}
+    for index, (spec, size) in enumerate(sizes.items()):
+        steps = math.ceil(recipe.get("num_train_epochs", 3) * size["train"] * scale / examples)
+        evaluations, saves = steps // recipe["eval_steps"], steps // recipe["save_steps"] + 1
+        final = size["validation"] * scale * final_tokens_per_row / final_rate if final_rate else 0.0
+        seconds = {
+            "startup": phases["startup"] if index == 0 else later_startup_s,
+            "training": steps * step_s,
+            "evaluation": evaluations * eval_s,
+            "saving": saves * save_s,
+            "final_eval": final,
+            "other": phases["other"],
+        }
+        runs[spec] = {"steps": steps, "seconds": seconds, "total_s": sum(seconds.values())}
+    return {"runs": runs, "total_s": sum(run["total_s"] for run in runs.values())}
+
+
+def report_projection(results: list[dict], sizes: dict, scale: float, recipe: dict) -> None:
+    by_name = {r["config"]: r for r in results}
+    for name in ("ours", "trl"):
+        if name not in by_name:
+            continue
+        warm = by_name.get("ours_warm") if name == "ours" else None
+        later = (warm or by_name[name])["phases_s"]["startup"]
+        projection = project_train_all(by_name[name], later, sizes, scale, recipe)
+        by_name[name]["projection"] = projection
+        print(f"\n[{name}] projected `make train-all` on {scale:g}x this data, {recipe.get('num_train_epochs', 3)} "
+              "epochs each, "
+              f"no early stop (start-up after the first run: {'ours_warm' if warm else 'as measured'}):")
+        print("| recipe | steps | start-up | training | evaluation | saving | final eval | other | total |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for spec, run in projection["runs"].items():
+            cells = " | ".join(f"{run['seconds'][p]:,.0f} s" for p in ("startup", "training", "evaluation", "saving",
+                                                                          "final_eval", "other"))
+            print(f"| bucket{spec} | {run['steps']:,} | {cells} | {run['total_s'] / 60:,.1f} min |")
+        print(f"[{name}] all five: {projection['total_s'] / 3600:.2f} h")
 
 
 def _num(value, spec: str = ",.0f") -> str:
@@ -415,6 +483,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="keep each configuration's torch.compile cache from an earlier invocation",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--project_scale",
+        type=float,
+        default=5.0,
+        help="project `make train-all` on this many times the benchmark's data (5: the full upstream size, ~500 "
+        "Alpaca prompts where the benchmark has 100)",
+    )
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
@@ -474,6 +549,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     if results:
         report(results)
+        recipe_values = yaml.safe_load((REPO / recipe).read_text())
+        report_projection(results, split_sizes(dataset), args.project_scale, recipe_values)
+        if args.json:  # with the projections
+            saved = json.loads(args.json.read_text())
+            args.json.write_text(json.dumps({**saved, "results": results}, indent=2))
     return results
 
 

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Gemma2Config, Gemma2ForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from paraphrx.completion_positions import LabelPositionsCollator, position_lm_head
+from paraphrx.completion_positions import POSITIONS, TARGETS, LabelPositionsCollator, position_lm_head
 from paraphrx.fast_path import change_arguments, compiled_decoder_layers, packed_masks_without_host_read
 from paraphrx.modeling import dequantize_frozen_base
 from tests.conftest import REPO
@@ -87,11 +87,11 @@ def test_packed_batch_matches_unpacked_reference_on_cpu(tiny_model_dir):
 # ------------------------------------------------------------------------------------------------------ GPU
 
 
-def _gpu_model_dir(tmp_path):
+def _gpu_model_dir(tmp_path, sliding_window=128):
     """A small Gemma-2 with gemma-2-2b's head_dim (256) and soft-capping, scaled so that both caps really bite."""
     config = Gemma2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=256, query_pre_attn_scalar=256,
-                          sliding_window=128, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                          sliding_window=sliding_window, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                           pad_token_id=PAD, eos_token_id=1, bos_token_id=2)
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(config)
@@ -183,6 +183,65 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, requ
         worst = max(((fast_grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items())
         print(f"worst LoRA gradient relative error {worst:.2e}")
         assert worst < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention backward and torch.compile need CUDA")
+def test_packed_evaluation_matches_the_reference_and_nothing_recompiles_on_gpu(tmp_path, fresh_dynamo):
+    """bf16, as the recipes train: rows within the sliding window (256), so one mask serves every layer. Three training
+    steps at three packed lengths compile once; evaluation compiles once more (no_grad) and then never again, at any
+    token budget; its token-weighted loss is the eager unpacked reference's, whatever the budget."""
+    from datasets import Dataset
+    from trl.trainer.utils import add_fused_lm_head
+
+    from paraphrx.fast_path import block_masks_compiled_once, one_mask_for_every_layer
+    from paraphrx.packed_evaluation import PackedEvalBatches, token_sums
+
+    model_dir, dtype = _gpu_model_dir(tmp_path, sliding_window=256), torch.bfloat16
+    load = dict(quantization_config=_nf4(dtype), dtype=dtype, device_map={"": 0})
+    reference = _with_lora(AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **load))
+    base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="flex_attention", **load)
+    dequantize_frozen_base(base, dtype=dtype)
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    with ExitStack() as undo:
+        assert undo.enter_context(position_lm_head(base))
+        fast = _with_lora(base)
+        lora = {n: p for n, p in reference.named_parameters() if "lora_" in n}
+        with torch.no_grad():
+            for n, p in fast.named_parameters():
+                if "lora_" in n:
+                    p.copy_(lora[n])
+        undo.enter_context(compiled_decoder_layers(fast))
+        assert undo.enter_context(one_mask_for_every_layer(fast, max_length=256))
+        undo.enter_context(block_masks_compiled_once())
+        undo.enter_context(packed_masks_without_host_read())
+        collator = LabelPositionsCollator(DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True))
+
+        fast.train()
+        start, frames = _frames(), []
+        for seed, lengths in enumerate(([37, 120, 64], [201, 90, 15, 77], [256, 33])):
+            rows = _examples(lengths, [n // 3 for n in lengths], 4096, seed=seed)
+            batch = {k: v.cuda() for k, v in collator(rows).items() if k in ("input_ids", "position_ids", POSITIONS, TARGETS)}
+            (-fast(**batch, use_cache=False, fused_lm_head=True).log_probs.float().mean()).backward()
+            torch.cuda.synchronize()
+            frames.append(_frames() - start)
+        rows = _examples([37, 120, 64, 201, 90, 15, 77, 256, 33, 140], [12, 40, 30, 45, 89, 5, 20, 100, 10, 50], 4096)
+        fast.eval(), reference.eval()
+        sums = {}
+        for budget in (300, 700, 5000):
+            batches = PackedEvalBatches(Dataset.from_list(rows), collator, tokens_per_batch=budget)
+            sums[budget] = token_sums(fast, batches, torch.device("cuda")).tolist()
+            frames.append(_frames() - start)
+        with torch.no_grad():
+            expected = _unpacked_token_losses(reference, rows).double()
+    print(f"compiled frames after each step and evaluation: {frames}; eval loss by budget "
+          f"{ {b: s[0] / s[3] for b, s in sums.items()} } vs reference {expected.mean():.5f}")
+    assert frames[0] >= 1 and frames[:3] == [frames[0]] * 3, "no recompilation after the first step"
+    assert frames[3] > frames[2] and frames[3:] == [frames[3]] * 3, "evaluation compiles once, at any budget"
+    for nll, _, _, tokens in sums.values():
+        assert tokens == expected.numel()
+        assert abs(nll / tokens - expected.mean().item()) / expected.mean().item() < 1e-2  # bf16
+    losses = [s[0] / s[3] for s in sums.values()]
+    assert max(losses) - min(losses) < 2e-3 * losses[0]  # the budget changes only bf16 rounding
 
 
 # ------------------------------------------------------------------------------------------------------ CPU: apply/undo
