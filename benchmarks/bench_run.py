@@ -387,14 +387,18 @@ def report_projection(results: list[dict], sizes: dict, scale: float, recipe: di
         later = (warm or by_name[name])["phases_s"]["startup"]
         projection = project_train_all(by_name[name], later, sizes, scale, recipe)
         by_name[name]["projection"] = projection
-        print(f"\n[{name}] projected `make train-all` on {scale:g}x this data, {recipe.get('num_train_epochs', 3)} "
-              "epochs each, "
-              f"no early stop (start-up after the first run: {'ours_warm' if warm else 'as measured'}):")
+        print(
+            f"\n[{name}] projected `make train-all` on {scale:g}x this data, {recipe.get('num_train_epochs', 3)} "
+            "epochs each, "
+            f"no early stop (start-up after the first run: {'ours_warm' if warm else 'as measured'}):"
+        )
         print("| recipe | steps | start-up | training | evaluation | saving | final eval | other | total |")
         print("|---|---|---|---|---|---|---|---|---|")
         for spec, run in projection["runs"].items():
-            cells = " | ".join(f"{run['seconds'][p]:,.0f} s" for p in ("startup", "training", "evaluation", "saving",
-                                                                          "final_eval", "other"))
+            cells = " | ".join(
+                f"{run['seconds'][p]:,.0f} s"
+                for p in ("startup", "training", "evaluation", "saving", "final_eval", "other")
+            )
             print(f"| bucket{spec} | {run['steps']:,} | {cells} | {run['total_s'] / 60:,.1f} min |")
         print(f"[{name}] all five: {projection['total_s'] / 3600:.2f} h")
 

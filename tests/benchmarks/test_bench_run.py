@@ -175,17 +175,41 @@ def test_smoke_mode_times_every_configuration(tiny_model_dir, tmp_path, capsys):
 def test_the_projection_scales_steps_and_the_final_evaluation_not_the_subset():
     """One run measured: 11 steps, 10 of them in 5 s of training; 2 evaluations (1 s); 3 saves (3 s); the final
     evaluation 400 rows x 50 tokens at 10,000 tokens/s. Projected on 2x data of two recipes of 80 and 160 rows."""
-    result = {"phases_s": {"startup": 30.0, "training": 5.0, "evaluation": 1.0, "final_eval": 2.0, "saving": 3.0,
-                           "other": 4.0}, "steps_run": 11, "evaluations": 2, "saves": 3, "final_eval_rows": 400,
-              "final_eval_tokens": 20_000, "final_eval_tokens_per_s": 10_000.0}
-    recipe = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "num_train_epochs": 3,
-              "eval_steps": 20, "save_steps": 20}
+    result = {
+        "phases_s": {
+            "startup": 30.0,
+            "training": 5.0,
+            "evaluation": 1.0,
+            "final_eval": 2.0,
+            "saving": 3.0,
+            "other": 4.0,
+        },
+        "steps_run": 11,
+        "evaluations": 2,
+        "saves": 3,
+        "final_eval_rows": 400,
+        "final_eval_tokens": 20_000,
+        "final_eval_tokens_per_s": 10_000.0,
+    }
+    recipe = {
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 4,
+        "num_train_epochs": 3,
+        "eval_steps": 20,
+        "save_steps": 20,
+    }
     sizes = {"1": {"train": 80, "validation": 100}, "1-2": {"train": 160, "validation": 300}}
     projection = bench_run.project_train_all(result, later_startup_s=10.0, sizes=sizes, scale=2, recipe=recipe)
     first, second = projection["runs"]["1"], projection["runs"]["1-2"]
     assert (first["steps"], second["steps"]) == (30, 60)  # 3 epochs x 160 or 320 rows / 16 per step
-    assert first["seconds"] == {"startup": 30.0, "training": 15.0, "evaluation": 0.5, "saving": 2.0,
-                                "final_eval": 1.0, "other": 4.0}
+    assert first["seconds"] == {
+        "startup": 30.0,
+        "training": 15.0,
+        "evaluation": 0.5,
+        "saving": 2.0,
+        "final_eval": 1.0,
+        "other": 4.0,
+    }
     assert second["seconds"]["startup"] == 10.0 and second["seconds"]["evaluation"] == 1.5  # 3 evaluations
     assert second["seconds"]["final_eval"] == pytest.approx(600 * 50 / 10_000)
     assert projection["total_s"] == pytest.approx(first["total_s"] + second["total_s"])
