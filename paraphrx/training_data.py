@@ -7,9 +7,8 @@ from datasets import Dataset
 from loguru import logger
 
 from paraphrx.buckets import BucketSpecError, buckets_of_split
-from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.dataset_io import check_local_dataset, dataset_fingerprint, load_prepared
 from paraphrx.errors import EXIT_FAILED, UserError, loading
-from paraphrx.paths import local_folder_problem
 
 
 class TrainingDataError(UserError):
@@ -25,10 +24,10 @@ def _load(dataset: str, split: str, revision: str | None, buckets=None) -> Datas
 
 def check_dataset_source(script_args) -> None:
     """A dataset folder that does not exist is named at once (e.g. before `make prep`), not sent to the Hub."""
-    problem = local_folder_problem(script_args.dataset_name) if script_args.dataset_name else None
-    if problem is not None:
-        hint = "; build it with `make prep`" if problem == "no such folder" else ""
-        raise TrainingDataError(f"dataset_name {script_args.dataset_name}: {problem}{hint}")
+    try:
+        check_local_dataset(script_args.dataset_name or "")
+    except FileNotFoundError as err:
+        raise TrainingDataError(f"dataset_name {script_args.dataset_name}: {err.strerror}") from None
 
 
 def load_training_splits(script_args, seed: int = 42, with_eval: bool = True) -> tuple[Dataset, Dataset | None, dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.dataset_io import check_local_dataset, dataset_fingerprint, load_prepared
 from paraphrx.errors import UserError, loading, one_line
 from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
@@ -116,6 +116,10 @@ def resolve_model_config(model_args: EvalModelConfig, adapters: dict[str, Path],
 def load_rows(eval_args: EvalArguments) -> list[dict]:
     """The split's rows as dicts, checked field by field, then cut down by --max_prompts / --max_paraphrases_..."""
     where = f"{eval_args.dataset} split {eval_args.split!r}"
+    try:
+        check_local_dataset(eval_args.dataset)
+    except FileNotFoundError as err:
+        raise EvalError(f"--dataset {eval_args.dataset}: {err.strerror}") from None
     with loading(where, EvalError):  # a Hub dataset that cannot be reached too
         ds = load_prepared(eval_args.dataset, eval_args.split, revision=eval_args.dataset_revision)
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]

@@ -268,10 +268,14 @@ def test_a_prompt_over_the_token_limit_is_refused_before_generating(tmp_path, ti
     assert not (tmp_path / "eval").exists() and not (tmp_path / "cache").exists()
 
 
-def test_an_adapter_folder_that_is_not_there_is_named_as_such(tmp_path, capfd):
+def test_an_adapter_or_dataset_folder_that_is_not_there_is_named_as_such(tmp_path, eval_adapters, capfd):
     assert evaluate_paraphrx.main(["--adapters", str(tmp_path / "nope"), *_places(tmp_path)]) == 2
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
     assert line.endswith(f"--adapters {tmp_path / 'nope'}: no such folder")
+    argv = ["--dataset", str(tmp_path / "data" / "nope"), "--adapters", str(eval_adapters[0]), *_places(tmp_path)]
+    assert evaluate_paraphrx.main(argv) == 2
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert line.endswith(f"--dataset {tmp_path / 'data' / 'nope'}: no such folder; build it with `make prep`")
 
 
 def test_flag_mistakes_are_one_line_exit_2_and_nothing_is_written(tmp_path, capfd, monkeypatch):
