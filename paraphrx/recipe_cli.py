@@ -8,8 +8,10 @@ Accepts the three launch forms docs/training.md shows, each with `--any_key valu
     python train_sft.py --config recipes/bucket1-4.yaml
 
 `TrlParser` only reads YAML from `--config`, so a leading positional `.yaml` is rewritten into that form. A bad
-recipe or flag (missing file, broken YAML, unknown key, wrong type, a check of the dataclasses' own) becomes one line
-naming the file and key, exit code 2. Importing this module is cheap (no torch): `python -m prep` starts quickly.
+recipe or flag (missing file, broken YAML, unknown key, a value of the wrong type, a check of the dataclasses' own)
+becomes one line naming the key and where it came from (`recipes/x.yaml: lora_r: expected an integer, got 16.5`,
+`command line: --max_steps: invalid int value: 'abc'`), exit code 2. Importing this module is cheap (no torch):
+`python -m prep` starts quickly.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from paraphrx.limits import MAX_RECIPE_BYTES, MAX_YAML_DEPTH
 
 class RecipeError(UserError):
     """A recipe or command line that cannot be parsed; the message is one line meant for the user."""
+
+
+_LONE_PERCENT = re.compile(r"(?<!%)%(?![%(])")  # a `%` that is not argparse's `%%` or `%(default)s`
+_ARGUMENT = re.compile(r"^argument (--[\w]+)(?:/--[\w-]+)?: ")  # argparse's "argument --max_steps/--max-steps: "
 
 
 class _RecipeParser(TrlParser):
@@ -200,7 +206,8 @@ def field_types(dataclass_types) -> dict[str, list]:
             if f.init:
                 hint, choices = resolved[f.name], f.metadata.get("choices")
                 if choices:  # argparse checks these only on the command line
-                    hint = typing.Literal[tuple(choices)] | None if value_fits(None, hint) else typing.Literal[tuple(choices)]
+                    literal = typing.Literal[tuple(choices)]
+                    hint = literal | None if value_fits(None, hint) else literal
                 hints.setdefault(f.name, []).append(hint)
     return hints
 
@@ -257,10 +264,6 @@ def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=None, check:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
         raise RecipeError(f"{blame(message, path, set(data), argv)}: {message}") from None
     return tuple(parsed)
-
-
-_LONE_PERCENT = re.compile(r"(?<!%)%(?![%(])")  # a `%` that is not argparse's `%%` or `%(default)s`
-_ARGUMENT = re.compile(r"^argument (--[\w]+)(?:/--[\w-]+)?: ")  # argparse's "argument --max_steps/--max-steps: "
 
 
 def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=None, check: Callable[..., None] | None = None,
