@@ -48,6 +48,8 @@ def device_map(use_cpu: bool = False) -> dict | None:
 def check_model_source(model_args: ModelConfig, filename: str = "config.json") -> None:
     """A base model (or, with `tokenizer_config.json`, its tokenizer) that cannot be found without asking the Hub (a
     mistyped folder, or offline and not cached) is one line naming it, before anything is loaded (paths.py)."""
+    if not model_args.model_name_or_path:
+        raise ModelLoadError("model_name_or_path: no base model given (a folder or a Hub id)")
     problem = source_problem(model_args.model_name_or_path, model_args.model_revision, filename)
     if problem is not None:
         raise ModelLoadError(f"model_name_or_path {model_args.model_name_or_path}: {problem}")
