@@ -1,9 +1,9 @@
 """Recipe parsing: the launch forms, overrides, one-line errors, and the shipped recipes' values."""
 
 import math
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
