@@ -12,12 +12,16 @@ Results: outputs/eval/<output_name>/ (generations.jsonl, summary.json, report.md
 style_drop.png).
 """
 
+# ruff: noqa: E402 - the Ctrl-C hook goes in before the heavy imports
 import sys
+
+from paraphrx.errors import one_line_interrupts, run_cli
+
+one_line_interrupts()  # Ctrl-C while torch and transformers load (seconds): one line, not their traceback
 
 from loguru import logger
 
-from paraphrx.errors import run_cli
-from paraphrx.eval.config import EvalArguments, EvalModelConfig
+from paraphrx.eval.config import EvalArguments, EvalModelConfig, check_rescoring_flags
 from paraphrx.eval.pipeline import run_evaluation
 from paraphrx.logs import run_logging
 from paraphrx.recipe_cli import parse_recipe_or_exit
@@ -25,15 +29,21 @@ from paraphrx.recipe_cli import parse_recipe_or_exit
 
 def evaluate(eval_args: EvalArguments, model_args: EvalModelConfig):
     """Evaluate and write the results folder; returns it."""
-    with run_logging("evaluate", log_dir=eval_args.log_dir):
+    with run_logging("evaluate", log_dir=eval_args.log_dir, interrupted=lambda: interrupted_hint(eval_args)):
         out_dir = run_evaluation(eval_args, model_args)
         logger.info("report written to {}", out_dir / "report.md")
         return out_dir
 
 
+def interrupted_hint(eval_args: EvalArguments) -> str:
+    if eval_args.use_cache and not eval_args.recompute_metrics_only:
+        return f"the answers generated so far are kept in {eval_args.cache_dir}; rerun the same command to go on"
+    return "no report was written; rerun the same command"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: the process's exit code (a bad flag or --config YAML is one line `error: ...`, exit 2)."""
-    return run_cli(evaluate, *parse_recipe_or_exit(argv, (EvalArguments, EvalModelConfig)))
+    return run_cli(evaluate, *parse_recipe_or_exit(argv, (EvalArguments, EvalModelConfig), check_rescoring_flags))
 
 
 if __name__ == "__main__":

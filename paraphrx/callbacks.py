@@ -9,7 +9,7 @@ import sys
 
 import torch
 from loguru import logger
-from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, TrainerCallback
 
 from paraphrx.checkpoints import CheckpointMarkerCallback
 from paraphrx.resume import RunTotalsCallback
@@ -41,12 +41,26 @@ def _format(logs: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
 
 
+def epochs_covered(max_steps: int, train_dataloader, gradient_accumulation_steps: int) -> float | None:
+    """How many passes over the training rows `max_steps` optimizer steps make (Trainer's steps per epoch: batches
+    over accumulation, rounded up); None for a dataloader without a length."""
+    try:
+        batches = len(train_dataloader)
+    except TypeError:
+        return None
+    per_epoch = max(batches // gradient_accumulation_steps + int(batches % gradient_accumulation_steps > 0), 1)
+    return max_steps / per_epoch
+
+
 class LoguruCallback(TrainerCallback):
     """Every Trainer log (loss, eval loss, perplexity, learning rate, memory) as one loguru line on the main process."""
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if state.is_world_process_zero:
-            logger.info("training: {} optimizer steps, {} epochs", state.max_steps, args.num_train_epochs)
+            # the epochs the run covers, not `num_train_epochs` (which max_steps overrides)
+            epochs = epochs_covered(state.max_steps, train_dataloader, args.gradient_accumulation_steps)
+            logger.info("training: {} optimizer steps{}", state.max_steps,
+                        "" if epochs is None else f", {epochs:.3g} epochs")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -55,6 +69,13 @@ class LoguruCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             logger.info("checkpoint saved at step {}", state.global_step)
+
+
+class ProgressBarCallback(ProgressCallback):
+    """transformers' progress bar without its print of every log, which LoguruCallback already writes as one line."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
 
 
 class LoggingEarlyStoppingCallback(EarlyStoppingCallback):
@@ -88,6 +109,14 @@ def build_callbacks(training_args) -> list[TrainerCallback]:
     return callbacks
 
 
+def log_each_step_once(trainer) -> None:
+    """Trainer prints every log itself (its progress bar's `on_log`, or PrinterCallback with `disable_tqdm`); the run's
+    loguru line is the one record, so the bar stays and its print goes."""
+    trainer.pop_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBarCallback)
+
+
 def evaluate_full_validation(trainer, validation) -> dict | None:
     """Score the adapter the run keeps (the best by `eval_loss` with `load_best_model_at_end`) on the whole validation
     split of its buckets, once, after training: `eval_full_loss` and `eval_full_perplexity` in the Trainer's log
@@ -98,3 +127,15 @@ def evaluate_full_validation(trainer, validation) -> dict | None:
     logger.info("loss on the whole validation split ({} rows): {:.4f}, perplexity {:.4g}", len(validation),
                 metrics[f"{FULL_EVAL_PREFIX}_loss"], metrics[f"{FULL_EVAL_PREFIX}_perplexity"])
     return metrics
+
+
+def full_validation_result(state, load_best_model_at_end: bool = False) -> dict | None:
+    """The end-of-run loss on the whole validation split (`evaluate_full_validation`), if any, and the step whose
+    adapter it scored: the kept one."""
+    history = getattr(state, "log_history", [])
+    logged = next((h for h in reversed(history) if f"{FULL_EVAL_PREFIX}_loss" in h), None)
+    if logged is None:
+        return None
+    best = state.best_global_step if load_best_model_at_end else None
+    return {"loss": logged[f"{FULL_EVAL_PREFIX}_loss"], "perplexity": logged.get(f"{FULL_EVAL_PREFIX}_perplexity"),
+            "adapter_step": best or state.global_step}

@@ -60,7 +60,8 @@ def position_lm_head(model) -> Iterator[bool]:
 
     Called with `fused_lm_head=True, label_positions=..., label_targets=...`, it returns the compact per-position
     `log_probs`, `entropy` and `is_top1` (one entry per trained token, in order), forward-only under `no_grad`
-    (evaluation); every other call goes to TRL's forward unchanged. Yields False (and changes nothing) for a model whose logits TRL scales."""
+    (evaluation); every other call goes to TRL's forward unchanged. Yields False (and changes nothing) for a model
+    whose logits TRL scales."""
     from paraphrx import lm_head
 
     if not _plain_scale(model.config):

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 from loguru import logger
-from trl import ModelConfig, ScriptArguments, SFTConfig
+from trl import ModelConfig, ScriptArguments, SFTConfig, get_peft_config
 
 from paraphrx import library_internals
+from paraphrx.paths import output_folder_problem
 
 FAST_PATH_CHOICES = ("auto", "on", "off")
 
@@ -135,7 +136,16 @@ class ParaphrxSFTConfig(SFTConfig):
             self.fast_path = "on" if self.fast_path else "off"
         if self.hub_token:  # it would be pickled into training_args.bin in every checkpoint
             raise ValueError("hub_token: give the Hub token through the HF_TOKEN environment variable, not the recipe")
+        problem = output_folder_problem(self.output_dir) if self.output_dir else None
+        if problem:
+            raise ValueError(f"output_dir {self.output_dir}: {problem}")
+        _prefer_activation_checkpointing(self)
+        _check_precision_device(self)
         super().__post_init__()
+        _check_report_to(self.report_to)
+        if self.push_to_hub and self.hub_strategy.value not in ("every_save", "end"):
+            raise ValueError(f"hub_strategy: {self.hub_strategy.value}: paraphrx pushes the finished run once (adapter, "
+                             "card and records), never checkpoints; leave hub_strategy out")
         # `on` without CUDA: a one-line recipe error, now
         self.use_fast_path = fast_path_enabled(self.fast_path, use_cpu=self.use_cpu)
         # transformers' EarlyStoppingCallback would only assert this once training starts.
@@ -147,12 +157,63 @@ class ParaphrxSFTConfig(SFTConfig):
             )
 
 
+def _prefer_activation_checkpointing(args) -> None:
+    """transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` and warns (FutureWarning) when
+    only the old name is set, which TRL's default (True) and the recipes do; 5.17 (the GPU image) knows only the old
+    name, so the recipes keep it and the value moves to the new name here, where the field exists."""
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if hasattr(args, new) and getattr(args, new) is None and getattr(args, old) is not None:
+            setattr(args, new, getattr(args, old))
+
+
+def _check_precision_device(args) -> None:
+    """A GPU recipe on a machine without one: say so, and where the CPU runs are (transformers' own check says "Your
+    setup doesn't support bf16/gpu")."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    if (args.bf16 or args.bf16_full_eval) and not args.use_cpu and not is_torch_bf16_gpu_available():
+        raise ValueError(
+            "bf16: true trains on a CUDA GPU, and this machine has none; on the CPU run a tiny recipe "
+            "(recipes/tiny/, `make train-tiny`) or add --use_cpu true --bf16 false"
+        )
+
+
+# report_to names whose availability check in transformers.integrations is spelled differently
+_INTEGRATION_PACKAGES = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+
+
+def _check_report_to(report_to: list[str]) -> None:
+    """Every `report_to` integration exists and is installed (else the Trainer fails with a traceback after loading)."""
+    if not report_to:
+        return
+    from transformers.integrations import integration_utils
+
+    for name in report_to:
+        if name not in integration_utils.INTEGRATION_TO_CALLBACK:
+            raise ValueError(f"report_to: unknown integration {name!r} (one of none, all, "
+                             f"{', '.join(integration_utils.INTEGRATION_TO_CALLBACK)})")
+        available = getattr(integration_utils, f"is_{_INTEGRATION_PACKAGES.get(name, name)}_available", None)
+        if available is not None and not available():
+            extra = f'pip install -e ".[{name}]"' if name in ("wandb", "tensorboard") else f"pip install {name}"
+            raise ValueError(f"report_to: {name} is not installed ({extra}), or choose report_to: none")
+
+
 @dataclass
 class ParaphrxModelConfig(ModelConfig):
     """TRL's ModelConfig, checked for the launch it runs under."""
 
     def __post_init__(self):
         super().__post_init__()
+        if self.use_peft:  # peft checks its values only when the trainer is built, after the model has loaded
+            if self.lora_r < 1:
+                raise ValueError(f"lora_r: the LoRA rank must be at least 1, got {self.lora_r}")
+            if not 0 <= self.lora_dropout < 1:
+                raise ValueError(f"lora_dropout: expected a probability in [0, 1), got {self.lora_dropout}")
+            try:
+                get_peft_config(self)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"lora_*: {err}") from None
         # FSDP and ZeRO-3 flatten each wrapped block's parameters into one tensor of one dtype, so 4-bit weights must be
         # stored in the model's dtype; with bitsandbytes' default (uint8) the run fails deep inside FSDP's wrapping,
         # after the model has loaded. Say so before anything loads.

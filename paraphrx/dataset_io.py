@@ -13,6 +13,8 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
+from paraphrx.paths import local_folder_problem
+
 
 def local_splits(folder: Path) -> dict[str, list[str]]:
     """The splits of a prepared folder, from its shard names (`data/<split>-00000-of-00001.parquet`)."""
@@ -22,8 +24,18 @@ def local_splits(folder: Path) -> dict[str, list[str]]:
     return splits
 
 
+def check_local_dataset(dataset: str) -> None:
+    """A name that can only be a local folder (paths.py) but is none: FileNotFoundError naming it, never a trip to the
+    Hub (which meant ~30 s of retries and "Couldn't reach 'data/nope' on the Hub")."""
+    problem = local_folder_problem(dataset)
+    if problem is not None:
+        hint = "; build it with `make prep`" if problem == "no such folder" else ""
+        raise FileNotFoundError(errno.ENOENT, problem + hint, dataset)
+
+
 def load_prepared(dataset: str, split: str, revision: str | None = None, buckets: tuple[int, ...] | None = None) -> Dataset:
     """Load one split of a prepared dataset by Hub id or local path; optionally keep only some buckets."""
+    check_local_dataset(dataset)
     local = Path(dataset)
     if local.exists():
         if not (local / "README.md").exists():

@@ -5,7 +5,8 @@
   or a model that cannot be loaded) is one line that says what to fix, and its `exit_code`.
 - **Anything else** is a bug or a failing machine (a full disk, a CUDA error): its traceback goes to the run's log
   file, secrets masked, and one short line to stderr; exit code 1.
-- Ctrl-C is one line and exit code 130.
+- Ctrl-C is one line saying what was kept and how to go on (`run_logging(interrupted=...)`), exit code 130; before
+  a run starts (while the libraries load) it is one line too (`one_line_interrupts`).
 
 An error is reported while the run's logging is still open (`logs.run_logging` calls `report`), so the line and the
 traceback reach the log file; the entry point then only turns it into the process's exit code (`run_cli`). Bad
@@ -14,6 +15,7 @@ command lines are reported by the parser itself (`recipe_cli.parse_recipe_or_exi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,13 +62,14 @@ def loading(what: str, error: type[UserError]) -> Iterator[None]:
         raise error(f"{what}: {describe(err)}") from None
 
 
-def report(err: BaseException, log_file: Path | None = None) -> None:
-    """Log what ends a run: a user error as its one line; anything else as a short line on stderr and, when there is
-    a log file, its full traceback there (logs.py keeps tracebacks out of stderr where a file has them)."""
+def report(err: BaseException, log_file: Path | None = None, interrupted: Callable[[], str] | None = None) -> None:
+    """Log what ends a run: a user error as its one line; Ctrl-C as one line, with `interrupted()` saying how to go on;
+    anything else as a short line on stderr and, when there is a log file, its full traceback there (logs.py keeps
+    tracebacks out of stderr where a file has them)."""
     if isinstance(err, UserError):
         logger.error("{}", err)
     elif isinstance(err, KeyboardInterrupt):
-        logger.error("interrupted")
+        logger.error("interrupted{}", f": {interrupted()}" if interrupted is not None else "")
     elif isinstance(err, Exception):
         where = f" (traceback in {log_file})" if log_file is not None else ""
         logger.opt(exception=err).error("{}: {}{}", type(err).__name__, one_line(err), where)
@@ -87,3 +90,17 @@ def run_cli(main: Callable[..., object], *args) -> int:
     except (Exception, KeyboardInterrupt) as err:
         return exit_code(err)
     return 0
+
+
+def one_line_interrupts() -> None:
+    """Ctrl-C before a run has started (an entry point spends seconds importing torch and transformers) ends in one
+    line instead of the importing modules' traceback; Python still exits by SIGINT (130 in a shell). Called by the
+    entry scripts before their heavy imports."""
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted while starting; nothing was written", file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, value, traceback)
+
+    sys.excepthook = hook

@@ -20,9 +20,9 @@ from paraphrx.config import RECIPE_DATACLASSES
 from paraphrx.errors import loading, run_cli
 from paraphrx.library_internals import prepare_sft_dataset
 from paraphrx.logs import run_logging
-from paraphrx.modeling import ModelLoadError, load_tokenizer
+from paraphrx.modeling import ModelLoadError, check_model_source, load_tokenizer
 from paraphrx.recipe_cli import parse_recipe_or_exit
-from paraphrx.training_data import load_training_splits
+from paraphrx.training_data import check_dataset_source, load_training_splits
 
 IGNORE_INDEX = -100
 _ROW = "__label_mask_row"  # pairs prepared rows with their source rows
@@ -90,14 +90,23 @@ class LabelMaskArguments:
     show_tokens: bool = field(default=False, metadata={"help": "Also print one line per token."})
 
 
+# The view loads no model and trains nothing: the settings of a GPU recipe that only matter on a device (bf16 refuses
+# a machine without a GPU) or for reporting are set aside, so `recipes/bucket1-4.yaml` works on any CPU.
+NO_DEVICE = ["--use_cpu", "true", "--bf16", "false", "--fp16", "false", "--fast_path", "off", "--report_to", "none",
+             "--push_to_hub", "false"]
+
+
 def main(argv: list[str] | None = None) -> str:
     """The view for the recipe on the command line, logged; returns its text."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args, view_args = parse_recipe_or_exit(
-        argv, (*RECIPE_DATACLASSES, LabelMaskArguments)
+        [*argv, *NO_DEVICE], (*RECIPE_DATACLASSES, LabelMaskArguments)
     )
     with run_logging(f"{training_args.run_name}-label-mask", training_args.log_dir):
+        check_dataset_source(script_args)
+        check_model_source(model_args, filename="tokenizer_config.json")  # only the tokenizer is loaded
         train, _, _, record = load_training_splits(script_args, training_args.seed, with_eval=False)
-        with loading(f"base model {model_args.model_name_or_path}", ModelLoadError):
+        with loading(f"tokenizer of {model_args.model_name_or_path}", ModelLoadError):
             tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
         text = render_label_mask(train, tokenizer, training_args, view_args.num_examples, view_args.show_tokens)
         logger.info(

@@ -4,10 +4,12 @@ Where no public API does the job, the fast path (fast_path.py) reaches into libr
 log-prob kernels (lm_head.py), the output type of the forward TRL patches onto the model for its fused LM head
 (completion_positions.py), SFTTrainer's per-step metric state (device_loss.py), Trainer's gradient clipping
 (module_walks.py), transformers' packed-sequence check, its block-mask builder and the mask builders a modeling
-module imports, dynamo's recompile limit and float specialization, and torch's record of a compiled module; the label-mask view runs SFTTrainer's dataset preparation without a model (label_mask.py). No other module
-names them. Each is looked up when paraphrx is imported: one that a TRL, transformers or torch release renamed or
-removed lands in `MISSING` instead of failing an import, so `fast_path: auto` trains on the plain path (one warning
-line) and `fast_path: on` refuses (config.fast_path_enabled). pyproject.toml bounds the versions they were tested on.
+module imports, dynamo's recompile limit and float specialization, inductor's default cache folder and torch's record
+of a compiled module; the label-mask view runs SFTTrainer's dataset preparation without a model (label_mask.py). No
+other module names them. Each is looked up when paraphrx is imported: one that a TRL, transformers or torch release
+renamed or removed lands in `MISSING` instead of failing an import, so `fast_path: auto` trains on the plain path
+(one warning line) and `fast_path: on` refuses (config.fast_path_enabled). pyproject.toml bounds the versions they
+were tested on.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from loguru import logger
 
 from paraphrx.errors import UserError, describe, report
 from paraphrx.patches import patch_attribute
+from paraphrx.paths import output_folder_problem
 
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY", "JUDGE_API_KEY",
                    "OPENAI_API_KEY")
@@ -44,6 +46,11 @@ def redact(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("<redacted>", text)
     return text
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 prompt`, `2 prompts`, `1,072 rows` for a log line."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def add_secret(value: str) -> None:
@@ -80,18 +87,23 @@ class _InterceptHandler(logging.Handler):
 
 
 @contextmanager
-def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO",
-                main_process: bool = True) -> Iterator[Path | None]:
+def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO", main_process: bool = True,
+                interrupted: Callable[[], str] | None = None) -> Iterator[Path | None]:
     """Log a run (see the module docstring) until the context ends; yields the log file (None off the main process,
-    which logs warnings to stderr only). An exception leaving the context is reported before logging is undone.
-    An unusable `log_dir` is one line `error: --log_dir: <path>: <what>` and a UserError (exit code 2)."""
+    which logs warnings to stderr only). An exception leaving the context is reported before logging is undone; for
+    Ctrl-C, `interrupted()` says what was kept and how to go on. An unusable `log_dir` is one line
+    `error: --log_dir: <path>: <what>` and a UserError (exit code 2)."""
     with ExitStack() as undo:
         undo.callback(_restore_loguru)
         logger.remove()
         _route_stdlib_logging(undo)
+        _route_warnings(undo)
         path = None
         if main_process:
             try:
+                problem = output_folder_problem(log_dir)
+                if problem:
+                    raise NotADirectoryError(20, problem, str(log_dir))
                 path = _open_log_file(run_name, Path(log_dir))
             except OSError as err:
                 print(f"error: --log_dir: {describe(err)}", file=sys.stderr)
@@ -108,7 +120,7 @@ def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO"
         try:
             yield path
         except BaseException as err:
-            report(err, path)
+            report(err, path, interrupted)
             raise
 
 
@@ -124,6 +136,24 @@ def _route_stdlib_logging(undo: ExitStack) -> None:
         library_logger = logging.getLogger(name)
         undo.enter_context(patch_attribute(library_logger, "handlers", []))
         undo.enter_context(patch_attribute(library_logger, "propagate", True))
+
+
+# Warnings one library raises about another's API, which no recipe or flag can change (peft and TRL read
+# transformers' renamed `is_gradient_checkpointing`).
+_LIBRARY_WARNINGS = [r"`is_gradient_checkpointing` is deprecated"]
+
+
+def _route_warnings(undo: ExitStack) -> None:
+    """Python warnings into the same sinks, one line each, without the ones in _LIBRARY_WARNINGS; the filters and
+    `warnings.showwarning` are restored when the run ends."""
+    undo.enter_context(warnings.catch_warnings())
+    warnings.showwarning = _log_warning
+    for message in _LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logger.opt(depth=2).warning("{}: {} ({}:{})", category.__name__, message, Path(filename).name, lineno)
 
 
 def _open_log_file(run_name: str, log_dir: Path) -> Path:

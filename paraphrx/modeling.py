@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from trl import ModelConfig, get_quantization_config
 
 from paraphrx.errors import EXIT_FAILED, UserError, loading
+from paraphrx.paths import source_problem
 
 # Gemma-2's attention-logit soft-capping is applied by eager attention and by flex attention, not by plain SDPA.
 DEFAULT_ATTN_IMPLEMENTATION = "eager"
@@ -42,6 +43,16 @@ def device_map(use_cpu: bool = False) -> dict | None:
     if use_cpu or not torch.cuda.is_available() or sharded:
         return None
     return {"": state.local_process_index}
+
+
+def check_model_source(model_args: ModelConfig, filename: str = "config.json") -> None:
+    """A base model (or, with `tokenizer_config.json`, its tokenizer) that cannot be found without asking the Hub (a
+    mistyped folder, or offline and not cached) is one line naming it, before anything is loaded (paths.py)."""
+    if not model_args.model_name_or_path:
+        raise ModelLoadError("model_name_or_path: no base model given (a folder or a Hub id)")
+    problem = source_problem(model_args.model_name_or_path, model_args.model_revision, filename)
+    if problem is not None:
+        raise ModelLoadError(f"model_name_or_path {model_args.model_name_or_path}: {problem}")
 
 
 def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

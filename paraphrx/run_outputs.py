@@ -27,10 +27,20 @@ from loguru import logger
 from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
-from paraphrx.atomic_folder import clean_leftovers, leftover_prefix, owned_folder, swap_in, write_json_atomic
-from paraphrx.callbacks import FULL_EVAL_PREFIX
+from paraphrx.atomic_folder import (
+    clean_leftovers,
+    leftover_prefix,
+    owned_folder,
+    swap_in,
+    write_json_atomic,
+    write_text_atomic,
+)
+from paraphrx.callbacks import full_validation_result
 from paraphrx.checkpoints import CHECKPOINT_MARKER, checkpoint_problem, newest_verified_checkpoint
 from paraphrx.errors import EXIT_FAILED, UserError
+from paraphrx.hub import create_repo, hub_failures, upload_folder
+from paraphrx.model_card import launch_command, render_model_card
+from paraphrx.patches import patch_attribute
 from paraphrx.run_lock import FolderInUseError, FolderLock
 
 COMPLETE_MARKER = "run_complete.json"
@@ -66,6 +76,7 @@ def claim_run_folder(training_args) -> Iterator[RunFolder]:
     state = PartialState()
     out = Path(training_args.output_dir)
     lock, staging_fd, decision, failure = None, None, [None], None
+    fresh = state.is_main_process and not out.exists()  # a run that ends with nothing in it leaves no empty folder
     if state.is_main_process:
         try:
             lock = FolderLock(out)
@@ -86,6 +97,8 @@ def claim_run_folder(training_args) -> Iterator[RunFolder]:
     except BaseException:
         if staging_fd is not None:  # a replacing run that failed: its staging folder goes, the old run stays
             shutil.rmtree(run.train_dir, ignore_errors=True)
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         raise
     finally:
         if isinstance(run, RunFolder):
@@ -144,6 +157,24 @@ def is_run_folder(out: Path) -> bool:
     )
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+_SET_FIELDS = ("target_modules", "exclude_modules")  # sets in peft's LoraConfig, written as lists in hash order
+
+
+def sort_adapter_config(folder: str | Path) -> None:
+    """peft writes `target_modules` in the order of a Python set, which differs between processes, so an identical
+    adapter trained again got another adapter_config.json, and with it another evaluation cache key. Sorted here,
+    written as peft writes it (indented, sorted keys)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in _SET_FIELDS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key], key=str)
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True))
+
+
 def _plain(value):
     if isinstance(value, Enum):
         return value.value
@@ -177,11 +208,12 @@ def resolved_recipe(*configs) -> dict:
 
 
 def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: bool = False,
-                 output_dir: str | Path | None = None) -> Path:
+                 output_dir: str | Path | None = None, hub_repo: str | None = None) -> Path:
     """Save the final adapter and run records into the run folder, each file atomically, the completion marker last.
 
     `output_dir` is the run folder users see when Trainer trained elsewhere (`RunFolder.train_dir`, a replacing run's
-    staging folder): the finished folder is swapped in there, and only then marked finished.
+    staging folder): the finished folder is swapped in there, and only then marked finished. `hub_repo`: where the
+    model card says to load the adapter from (the run folder when it is not pushed).
     Call on every process (saving may gather sharded weights); only the main process writes files.
     """
     out = Path(trainer.args.output_dir)
@@ -198,10 +230,8 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
     (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (staging / DATASET_FILE).write_text(json.dumps(dataset_record, indent=2, default=str) + "\n", encoding="utf-8")
-    trainer.create_model_card(
-        model_name=trainer.args.run_name, dataset_name=dataset_record.get("dataset"), tags=["paraphrx", "qlora"]
-    )
-    card = (out / "README.md").read_text(encoding="utf-8") + run_card_section(recipe, dataset_record, trainer.state)
+    card = render_model_card(recipe, dataset_record, trainer.state, location=hub_repo or str(dest),
+                             command=launch_command())
     (staging / "README.md").write_text(card, encoding="utf-8")
     for item in staging.iterdir():
         os.replace(item, out / item.name)  # one rename per file: each appears whole
@@ -228,39 +258,40 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
     return out
 
 
-def full_validation_result(state, load_best_model_at_end: bool = False) -> dict | None:
-    """The end-of-run loss on the whole validation split (`paraphrx.callbacks.evaluate_full_validation`), if any, and
-    the step whose adapter it scored: the kept one."""
-    logged = next((h for h in reversed(state.log_history) if f"{FULL_EVAL_PREFIX}_loss" in h), None)
-    if logged is None:
-        return None
-    best = state.best_global_step if load_best_model_at_end else None
-    return {"loss": logged[f"{FULL_EVAL_PREFIX}_loss"], "perplexity": logged.get(f"{FULL_EVAL_PREFIX}_perplexity"),
-            "adapter_step": best or state.global_step}
+def resume_hint(output_dir: str | Path) -> str:
+    """What Ctrl-C leaves and how to go on, for the one line it ends with."""
+    steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in Path(output_dir).glob("checkpoint-*")
+                   if p.name.removeprefix("checkpoint-").isdigit())
+    if not steps:
+        return "no checkpoint was saved yet; rerun the same command to start again"
+    return f"rerun the same command to resume from the newest verified checkpoint ({output_dir}/checkpoint-{steps[-1]})"
 
 
-def run_card_section(recipe: dict, dataset_record: dict, state) -> str:
-    """The paraphrx part of the model card: what data and recipe made this adapter, and where it ended."""
-    last_eval = next((h for h in reversed(state.log_history) if "eval_loss" in h), {})
-    full = full_validation_result(state, recipe.get("load_best_model_at_end", False))
-    lines = [
-        "",
-        "## paraphrx run",
-        "",
-        f"- base model: `{recipe.get('model_name_or_path')}` (4-bit: {recipe.get('load_in_4bit')}, "
-        f"LoRA r={recipe.get('lora_r')} alpha={recipe.get('lora_alpha')})",
-        f"- dataset: `{dataset_record.get('dataset')}` revision `{dataset_record.get('revision')}`, "
-        f"train split `{dataset_record.get('train_split')}` ({dataset_record.get('train_rows')} rows), "
-        f"eval split `{dataset_record.get('eval_split')}` buckets {dataset_record.get('eval_buckets')}",
-        f"- optimizer steps: {state.global_step}; best eval_loss: {state.best_metric}",
-    ]
-    if last_eval:
-        loss, ppl = last_eval.get("eval_loss"), last_eval.get("eval_perplexity")
-        lines.append(f"- last eval ({dataset_record.get('eval_rows')} of {dataset_record.get('full_eval_rows')} "
-                     f"validation rows): loss {loss:.4f}, perplexity {ppl:.4g}")
-    if full:
-        lines.append(f"- this adapter (step {full['adapter_step']}) on the whole validation split "
-                     f"({dataset_record.get('full_eval_rows')} rows): loss {full['loss']:.4f}, "
-                     f"perplexity {full['perplexity']:.4g}")
-    lines += ["", f"The full resolved recipe is `{RECIPE_FILE}`; the data record is `{DATASET_FILE}`.", ""]
-    return "\n".join(lines)
+# --- push_to_hub ----------------------------------------------------------------------------------------------------
+@contextmanager
+def hub_push(training_args) -> Iterator[str | None]:
+    """TRL's `push_to_hub: true` (and `hub_model_id`, default the run folder's name; `hub_private_repo`): the repo is
+    created now, before anything loads, so an unreachable Hub or a missing token stops the run at once, in one line.
+    The Trainer's own pushes stay off for the run (it would push every checkpoint); the finished run folder is
+    uploaded once by `push_run`. Yields the repo's full id on the main process (None elsewhere or without a push)."""
+    if not training_args.push_to_hub:
+        yield None
+        return
+    repo = None
+    if PartialState().is_main_process:
+        name = training_args.hub_model_id or Path(training_args.output_dir).name
+        with hub_failures(f"push_to_hub (hub_model_id {name})"):
+            repo = create_repo(name, "model", bool(training_args.hub_private_repo), "hub_private_repo")
+        logger.info("push_to_hub: the finished run will be uploaded to {}", repo)
+    with patch_attribute(training_args, "push_to_hub", False):
+        yield repo
+
+
+def push_run(folder: str | Path, repo_id: str) -> str:
+    """Upload a finished run folder (adapter, tokenizer, card, records; no checkpoints) to its model repo."""
+    after = f"; the run is complete in {folder} (upload it later: hf upload {repo_id} {folder})"
+    with hub_failures(f"push_to_hub (hub_model_id {repo_id})", after):
+        url = upload_folder(folder, repo_id, "model", f"paraphrx: {Path(folder).name}",
+                            ignore_patterns=["checkpoint-*", ".*"])
+    logger.info("pushed to {}", url)
+    return url

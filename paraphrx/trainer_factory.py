@@ -14,8 +14,9 @@ from loguru import logger
 from trl import SFTTrainer, get_peft_config
 
 from paraphrx import fast_path
-from paraphrx.callbacks import add_run_metrics, build_callbacks
+from paraphrx.callbacks import add_run_metrics, build_callbacks, log_each_step_once
 from paraphrx.resume import ResumableTrainerMixin
+from paraphrx.run_outputs import sort_adapter_config
 
 
 class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
@@ -35,6 +36,8 @@ class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
         if self.is_fsdp_enabled and not _internal_call:
             self.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():  # checkpoints and the final adapter alike
+            sort_adapter_config(output_dir or self.args.output_dir)
 
 
 def build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset=None,
@@ -55,6 +58,7 @@ def build_trainer(model, tokenizer, training_args, model_args, train_dataset, ev
         peft_config=get_peft_config(model_args),
         callbacks=build_callbacks(training_args),
     )
+    log_each_step_once(trainer)
     if fast:
         fast_path.change_trainer(trainer, recipe_args, undo)
     trainable, total = count_parameters(trainer.model)

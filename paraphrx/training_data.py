@@ -8,7 +8,7 @@ from datasets import Dataset
 from loguru import logger
 
 from paraphrx.buckets import BucketSpecError, buckets_of_split
-from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.dataset_io import check_local_dataset, dataset_fingerprint, load_prepared
 from paraphrx.errors import EXIT_FAILED, UserError, loading
 from paraphrx.eval_subset import EvalSubsetError, select_eval_subset
 
@@ -22,6 +22,14 @@ class TrainingDataError(UserError):
 def _load(dataset: str, split: str, revision: str | None, buckets=None) -> Dataset:
     with loading(f"{dataset} (split {split!r})", TrainingDataError):
         return load_prepared(dataset, split, revision=revision, buckets=buckets)
+
+
+def check_dataset_source(script_args) -> None:
+    """A dataset folder that does not exist is named at once (e.g. before `make prep`), not sent to the Hub."""
+    try:
+        check_local_dataset(script_args.dataset_name or "")
+    except FileNotFoundError as err:
+        raise TrainingDataError(f"dataset_name {script_args.dataset_name}: {err.strerror}") from None
 
 
 def load_training_splits(

@@ -18,8 +18,9 @@ from pathlib import Path
 from loguru import logger
 
 from paraphrx.atomic_folder import atomic_folder
-from paraphrx.errors import EXIT_FAILED, UserError, describe, one_line, run_cli
-from paraphrx.logs import run_logging
+from paraphrx.errors import describe, run_cli
+from paraphrx.hub import hub_failures
+from paraphrx.logs import plural, run_logging
 from paraphrx.recipe_cli import parse_recipe_or_exit
 from prep.card import render_card
 from prep.config import ConfigError, PrepConfig
@@ -27,12 +28,6 @@ from prep.push import push_folder
 from prep.rows import read_sources
 from prep.split import assign_sides, held_out_prompts, select_rows, split_stats
 from prep.writer import ensure_replaceable, write_splits
-
-
-class PushError(UserError):
-    """The upload to the Hub failed (network, token, permissions); the local dataset is complete."""
-
-    exit_code = EXIT_FAILED
 
 
 def run(config: PrepConfig, command: str) -> Path:
@@ -46,12 +41,8 @@ def run(config: PrepConfig, command: str) -> Path:
         raise ConfigError(f"--data_paths: {missing[0]}: no such file")
 
     data = read_sources(config.data_paths, config.use_paraphrase_answer, config.skip_invalid)
-    logger.info(
-        "read {} paraphrase rows of {} prompts from {} file(s)",
-        data.rows.num_rows,
-        data.prompts.num_rows,
-        len(data.inputs),
-    )
+    logger.info("read {} of {} from {}", plural(data.rows.num_rows, "paraphrase row"),
+                plural(data.prompts.num_rows, "prompt"), plural(len(data.inputs), "file"))
     if data.skipped:
         logger.warning("--skip_invalid dropped {} row(s): {}", len(data.skipped), data.skipped_summary())
 
@@ -72,7 +63,8 @@ def run(config: PrepConfig, command: str) -> Path:
     stats = split_stats(data, split_rows)
     held_out = held_out_prompts(data, sides)
     for split, st in stats.items():
-        logger.info("{}: {} rows, {} prompts, by bucket {}", split, st["rows"], st["prompts"], st["by_bucket"])
+        logger.info("{}: {}, {}, by bucket {}", split, plural(st["rows"], "row"), plural(st["prompts"], "prompt"),
+                    st["by_bucket"])
 
     out = Path(config.output_dir)
     try:
@@ -95,16 +87,11 @@ def run(config: PrepConfig, command: str) -> Path:
             **held_out,
         }
         (tmp / "prompt_split.json").write_text(json.dumps(split_doc, indent=1) + "\n", encoding="utf-8")
-    logger.info("wrote {} ({} splits)", out, len(split_files))
+    logger.info("wrote {} ({})", out, plural(len(split_files), "split"))
 
     if config.push_to_hub:
-        try:
+        with hub_failures(f"--push_to_hub {config.push_to_hub}"):  # one line, exit code 1; the folder is complete
             url = push_folder(out, config.push_to_hub, private=config.private)
-        except ConfigError:
-            raise
-        except Exception as err:  # huggingface_hub's HTTP, token, offline and transport errors: all end the same way
-            logger.opt(exception=True).debug("push failed")  # the traceback goes to the log file only
-            raise PushError(f"--push_to_hub {config.push_to_hub}: {type(err).__name__}: {one_line(err)}") from None
         logger.info("pushed to {}", url)
     return out
 

@@ -87,7 +87,8 @@ def check_max_shard_mb(value: float) -> float:
 
 
 def parse_split_fractions(text: str) -> tuple[float, float, float]:
-    """'80/10/10' or '0.8,0.1,0.1' -> (0.8, 0.1, 0.1); any three non-negative numbers, normalised to sum 1."""
+    """'80/10/10' or '0.8,0.1,0.1' -> (0.8, 0.1, 0.1): three non-negative numbers that sum to 100 (percent) or 1.
+    Any other sum is refused rather than silently rescaled (`90/10/10` is a typo, not 82/9/9)."""
     parts = [p for p in re.split(r"[/,:\s]+", str(text).strip()) if p]
     try:
         values = [float(p) for p in parts]
@@ -98,4 +99,7 @@ def parse_split_fractions(text: str) -> tuple[float, float, float]:
             f"--split: expected three non-negative train/validation/test fractions with train > 0 like '80/10/10', got {text!r}"
         )
     total = sum(values)
+    if not any(math.isclose(total, whole, rel_tol=1e-6) for whole in (100, 1)):
+        raise ConfigError(f"--split: {text} sums to {total:g}; give percentages that sum to 100 (80/10/10) or "
+                          "fractions that sum to 1 (0.8,0.1,0.1)")
     return tuple(v / total for v in values)  # type: ignore[return-value]

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from paraphrx.paths import output_folder_problem
 from prep.config import ConfigError, check_max_shard_mb
 from prep.rows import SourceRows
 from prep.templates import completion_column, prompt_column
@@ -36,10 +37,11 @@ ROW_GROUP_BYTES = 64 << 20
 def ensure_replaceable(output_dir: str | Path) -> None:
     """Refuse to replace a folder that is not a dataset written by prep (e.g. `--output_dir data`)."""
     out = Path(output_dir)
+    problem = output_folder_problem(out)  # it, or a folder above it, is a file
+    if problem:
+        raise ConfigError(f"--output_dir {out}: {problem}")
     if not out.exists():
         return
-    if not out.is_dir():
-        raise ConfigError(f"--output_dir: {out} exists and is not a folder")
     card = out / "README.md"
     if any(out.iterdir()) and not (
         card.is_file() and CARD_MARKER in card.read_text(encoding="utf-8", errors="replace")

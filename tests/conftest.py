@@ -82,6 +82,43 @@ def eval_adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
     return [make_adapter(tiny_model_dir, root / "tiny-bucket1", 1), make_adapter(tiny_model_dir, root / "tiny-bucket1-2", 2)]
 
 
+class FakeHfApi:
+    """huggingface_hub.HfApi as a recorder of the calls made (monkeypatch it in): never the network."""
+
+    calls: list = []
+    existing: dict = {}  # repo_id -> private, the repos already on the fake Hub
+
+    def __init__(self, token=None, **kwargs):
+        self.calls.append(("init", {"token": token, **kwargs}))
+
+    def repo_info(self, repo_id, repo_type=None, **kwargs):
+        from types import SimpleNamespace
+
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        self.calls.append(("repo_info", {"repo_id": repo_id, "repo_type": repo_type}))
+        if repo_id not in self.existing:
+            request = SimpleNamespace(url=f"https://huggingface.co/api/{repo_type or 'model'}s/{repo_id}")
+            raise RepositoryNotFoundError("404 Repository Not Found",
+                                          response=SimpleNamespace(headers={}, request=request))
+        return SimpleNamespace(id=repo_id, private=self.existing[repo_id])
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        kind = "datasets/" if kwargs.get("repo_type") == "dataset" else ""
+        return f"https://huggingface.co/{kind}{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        from pathlib import Path
+
+        kwargs["files"] = sorted(
+            str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file()
+        )
+        self.calls.append(("upload_folder", kwargs))
+        kind = "datasets/" if kwargs.get("repo_type") == "dataset" else ""
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kind}{kwargs['repo_id']}/commit/abc"})()
+
+
 def _free_port() -> int:
     import socket
 

@@ -1,17 +1,22 @@
-"""The evaluation's dataclasses: what to evaluate and how (`EvalArguments`) plus TRL's `ModelConfig` for loading.
+"""The evaluation's dataclasses: what to evaluate and how (`EvalArguments`), and how the base model is loaded
+(`EvalModelConfig`).
 
-`EvalModelConfig` adds only `trust_remote_code` (off unless turned on) and a bf16 default: TRL's float32 default is
-right for nothing we evaluate on a GPU. When an adapter folder holds the `recipe.yaml` its training resolved, the
-model keys of that recipe (dtype, 4-bit, attention) replace these, so the adapter runs on the base it trained on.
+`EvalModelConfig` holds only the loading fields of TRL's `ModelConfig` (the same names, read by the loader training
+uses, paraphrx/modeling.py), not its LoRA training flags; `trust_remote_code` is off unless turned on, and dtype
+defaults to bf16 (TRL's float32 is right for nothing we evaluate on a GPU). When an adapter folder holds the
+`recipe.yaml` its training resolved, the model keys of that recipe (dtype, 4-bit, attention) replace these, so the
+adapter runs on the base it trained on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
-
-from trl import ModelConfig
+from pathlib import Path
 
 from paraphrx.limits import MAX_PROMPT_TOKENS
+from paraphrx.paths import output_folder_problem
 
 
 @dataclass
@@ -115,15 +120,83 @@ class EvalArguments:
                 raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")
         if not self.judge_timeout > 0:
             raise ValueError(f"--judge_timeout must be more than 0 seconds, got {self.judge_timeout}")
+        for name in ("output_dir", "cache_dir", "log_dir"):
+            problem = output_folder_problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"--{name} {getattr(self, name)}: {problem}")
+
+    def results_folder(self) -> Path:
+        """`<output_dir>/<output_name>`. Without --output_name: the dataset's name for the full evaluation `make eval`
+        runs (every default adapter, the whole split, default answer length), and that name plus what differs for any
+        other run (`paraphrx-alpaca-bucket1+bucket1-5-5prompts`), so a quick or ad-hoc run never replaces that
+        report; the same flags give the same folder (what --recompute_metrics_only reads)."""
+        if self.output_name:
+            return Path(self.output_dir) / self.output_name
+        parts = [Path(self.dataset.rstrip("/")).name]
+        if self.adapters is not None:
+            names = [Path(a.rstrip("/")).name for a in self.adapters]
+            digest = hashlib.sha256("+".join(names).encode()).hexdigest()[:8]
+            parts.append("+".join(names) if len(names) <= 3 else f"{len(names)}adapters-{digest}")
+        default = {f.name: _default(f) for f in dataclasses.fields(EvalArguments)}
+        parts += [text for changed, text in (
+            (self.split != default["split"], self.split),
+            (not self.include_base, "nobase"),
+            (self.merge_adapters, "merged"),
+            (self.max_prompts is not None, f"{self.max_prompts}prompts"),
+            (self.max_paraphrases_per_prompt is not None, f"{self.max_paraphrases_per_prompt}per-prompt"),
+            (self.max_new_tokens != default["max_new_tokens"], f"{self.max_new_tokens}tokens"),
+        ) if changed]
+        return Path(self.output_dir) / "-".join(parts)
 
 
 @dataclass
-class EvalModelConfig(ModelConfig):
+class EvalModelConfig:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Base model (folder or Hub id); default: the adapters' base_model_name_or_path."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision of the base model."})
     dtype: str | None = field(
         default="bfloat16",
         metadata={"help": "Weights (and 4-bit compute) dtype when no recipe.yaml says otherwise.",
                   "choices": ["auto", "bfloat16", "float16", "float32"]},
     )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention implementation (default: eager, which applies Gemma-2's soft-capping)."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4 bit (bitsandbytes)."})
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit quantisation type.", "choices": ["fp4", "nf4"]}
+    )
+    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "4-bit double (nested) quantisation."})
+    bnb_4bit_quant_storage: str | None = field(default=None, metadata={"help": "Storage dtype of the 4-bit weights."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run model code from the Hub repo (off: only transformers' own classes)."}
     )
+
+    def __post_init__(self):
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("load_in_4bit and load_in_8bit: choose one")
+
+
+# What --recompute_metrics_only reads besides the stored generations: where they are, the report's statistics, the judge.
+RESCORING_FLAGS = {"dataset", "output_dir", "output_name", "recompute_metrics_only", "log_dir", "cache_dir", "use_cache",
+                   "bootstrap_replicates", "bootstrap_seed", "judge_model", "judge_base_url", "judge_api_key",
+                   "judge_concurrency", "judge_max_retries", "judge_timeout", "judge_max_tokens"}
+
+
+def check_rescoring_flags(eval_args: EvalArguments, model_args: EvalModelConfig) -> None:
+    """--recompute_metrics_only loads no model and generates nothing: a flag that would change the answers (which
+    adapters, how many prompts, how the base is loaded, ...) would be ignored silently, so it is refused."""
+    if not eval_args.recompute_metrics_only:
+        return
+    ignored = [f"--{f.name}" for args in (eval_args, model_args) for f in dataclasses.fields(args)
+               if f.name not in RESCORING_FLAGS and getattr(args, f.name) != _default(f)]
+    if ignored:
+        raise ValueError(f"recompute_metrics_only re-scores the stored generations and ignores {', '.join(ignored)}: "
+                         "drop them (or run without --recompute_metrics_only to generate anew)")
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

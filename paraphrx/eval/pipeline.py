@@ -11,7 +11,7 @@ from pathlib import Path
 from loguru import logger
 from tqdm.auto import tqdm
 
-from paraphrx.dataset_io import dataset_fingerprint, load_prepared
+from paraphrx.dataset_io import check_local_dataset, dataset_fingerprint, load_prepared
 from paraphrx.errors import UserError, loading, one_line
 from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
@@ -29,11 +29,13 @@ from paraphrx.eval.metrics import score_answer
 from paraphrx.eval.report import GENERATIONS_FILE, build_summary, write_results
 from paraphrx.eval.robustness import ORIGINAL
 from paraphrx.eval.seeds import seed_groups
+from paraphrx.logs import plural
 from paraphrx.modeling import DEFAULT_ATTN_IMPLEMENTATION, load_base_model, load_tokenizer
+from paraphrx.paths import local_folder_problem, source_problem
 from paraphrx.recipe_cli import RecipeError, load_yaml_file
 
 REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_type", "bucket")
-ROW_FIELDS = REQUIRED_COLUMNS + ("task_score", "paraphrase", "input")  # the last two: what the judge reads
+ROW_FIELDS = REQUIRED_COLUMNS + ("task_score", "paraphrase", "input", "completion")  # every column prep writes
 JUDGE_FIELDS = ("judge_status", "judge_scores", "judge_task", "judge_error", "judge_reply")
 # The recipe keys that decide how the base is loaded (TRL ModelConfig fields).
 RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
@@ -44,14 +46,12 @@ class EvalError(UserError):
     """Bad input: the message names the file, row and field (or the model or dataset that cannot be loaded)."""
 
 
-def check_base_model(name: str, origin: str) -> None:
-    """A base that names a local folder must be one; a Hub id (`name` or `org/name`) is left to `from_pretrained`."""
-    path = Path(name).expanduser()
-    if path.exists() and not path.is_dir():
-        raise EvalError(f"{origin}: base model {name}: not a folder")
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-    if looks_local and not path.is_dir():
-        raise EvalError(f"{origin}: base model folder {name}: not found")
+def check_base_model(name: str, revision: str | None, origin: str) -> None:
+    """A base that names a local folder must be one, and a Hub id must be reachable (not offline and uncached), before
+    anything is loaded (paraphrx/paths.py)."""
+    problem = source_problem(name, revision)
+    if problem is not None:
+        raise EvalError(f"{origin} {name}: {problem}")
 
 
 # --- what to evaluate ------------------------------------------------------------------------------------------------
@@ -63,6 +63,9 @@ def discover_adapters(paths: list[str] | None, default_glob: str = "outputs/buck
         found = [Path(p) for p in paths]
     adapters: dict[str, Path] = {}
     for path in found:
+        problem = local_folder_problem(str(path)) if not path.is_dir() else None
+        if problem is not None:
+            raise EvalError(f"--adapters {path}: {problem}")
         if not (path / "adapter_config.json").is_file():
             raise EvalError(f"{path}: no adapter_config.json (expected a PEFT adapter folder saved by train_sft.py)")
         if path.name in adapters or path.name == BASE:
@@ -120,6 +123,10 @@ def resolve_model_config(model_args: EvalModelConfig, adapters: dict[str, Path],
 def load_rows(eval_args: EvalArguments) -> list[dict]:
     """The split's rows as dicts, checked field by field, then cut down by --max_prompts / --max_paraphrases_..."""
     where = f"{eval_args.dataset} split {eval_args.split!r}"
+    try:
+        check_local_dataset(eval_args.dataset)
+    except FileNotFoundError as err:
+        raise EvalError(f"--dataset {eval_args.dataset}: {err.strerror}") from None
     with loading(where, EvalError):  # a Hub dataset that cannot be reached too
         ds = load_prepared(eval_args.dataset, eval_args.split, revision=eval_args.dataset_revision)
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
@@ -136,7 +143,14 @@ def load_rows(eval_args: EvalArguments) -> list[dict]:
             raise EvalError(f"{where} row {i}: field 'reference' is not a string")
     if not rows:
         raise EvalError(f"{where}: no rows")
-    return select_rows(rows, eval_args.max_prompts, eval_args.max_paraphrases_per_prompt)
+    selected = select_rows(rows, eval_args.max_prompts, eval_args.max_paraphrases_per_prompt)
+    if eval_args.max_prompts is not None or eval_args.max_paraphrases_per_prompt is not None:
+        def prompt_count(some):
+            return len({(r["source"], r["prompt_count"]) for r in some})
+
+        logger.info("quick run: {} of {} rows, from {} of {} prompts", len(selected), len(rows), prompt_count(selected),
+                    prompt_count(rows))
+    return selected
 
 
 def select_rows(rows: list[dict], max_prompts: int | None, max_per_prompt: int | None) -> list[dict]:
@@ -185,9 +199,9 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
     settings = loading_settings(model_args, eval_args)
 
     def open_caches(base: dict) -> tuple[dict[str, GenerationCache], dict[str, list[str]]]:
-        caches = {
+        caches = {  # the base model's answers are the same merged or not: only adapters are merged
             name: GenerationCache(cache_dir, {**base, "adapter": adapter_identity(path) if path else None,
-                                              "settings": settings})
+                                              "settings": {**settings, "merged": settings["merged"] and path is not None}})
             for name, path in models.items()
         }
         return caches, {name: cache.missing(prompts) for name, cache in caches.items()}
@@ -246,7 +260,7 @@ def _loading(load, model_args: EvalModelConfig):
 
 def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
     for name, missing in todo.items():
-        logger.info("{}: {} of {} prompts cached", name, len(prompts) - len(missing), len(prompts))
+        logger.info("{}: {} of {} cached", name, len(prompts) - len(missing), plural(len(prompts), "prompt"))
 
 
 def _generate_models(model, tokenizer, models: dict[str, Path | None], todo: dict[str, list[str]],
@@ -296,8 +310,8 @@ def _generate_with_engine(engine, tokenizer, jobs: dict[str, list[str]], caches:
 
 
 def _generate(model, tokenizer, name, prompts, cache, eval_args) -> None:
-    logger.info("{}: generating {} answers (batch {}, max {} new tokens)", name, len(prompts), eval_args.batch_size,
-                eval_args.max_new_tokens)
+    logger.info("{}: generating {} (batch {}, max {} new tokens)", name, plural(len(prompts), "answer"),
+                eval_args.batch_size, eval_args.max_new_tokens)
     generate_batched(model, tokenizer, prompts, batch_size=eval_args.batch_size,
                      max_new_tokens=eval_args.max_new_tokens, on_batch=cache.add, desc=name)
 
@@ -391,14 +405,14 @@ def find_seed_groups(adapters: dict[str, Path]) -> dict[str, dict[str, int | Non
 # --- the run ---------------------------------------------------------------------------------------------------------
 def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Path:
     """Evaluate and write `<output_dir>/<output_name>/`; returns that folder."""
-    name = eval_args.output_name or Path(eval_args.dataset.rstrip("/")).name
-    out_dir = Path(eval_args.output_dir) / name
+    out_dir = eval_args.results_folder()
     bootstrap = {"replicates": eval_args.bootstrap_replicates, "seed": eval_args.bootstrap_seed}
     if eval_args.recompute_metrics_only:
         context = read_run_context(out_dir / "summary.json")
         records = [score_record(r) for r in read_generations(out_dir / GENERATIONS_FILE)]
         models = list(dict.fromkeys(r["model"] for r in records))
-        logger.info("re-scoring {} generations of {} models from {}", len(records), len(models), out_dir)
+        logger.info("re-scoring {} of {} from {}", plural(len(records), "generation"), plural(len(models), "model"),
+                    out_dir)
         records, judge = judge_answers(records, eval_args)
         context = {**context, **judge, "recomputed": True}
         return write_results(out_dir, records, build_summary(records, models, context, **bootstrap))
@@ -409,13 +423,14 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
     model_args = resolve_model_config(model_args, adapters, eval_args.use_recipe_model_config)
     origin = ("--model_name_or_path" if given is not None
               else f"{next(iter(adapters.values())) / 'adapter_config.json'}: base_model_name_or_path")
-    check_base_model(model_args.model_name_or_path, origin)
+    check_base_model(model_args.model_name_or_path, model_args.model_revision, origin)
     models: dict[str, Path | None] = ({BASE: None} if eval_args.include_base else {}) | dict(adapters)
     if not models:
         raise EvalError("nothing to evaluate: --include_base false and no adapters")
     rows = load_rows(eval_args)
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
-    logger.info("{} rows ({} distinct prompts) x {} models: {}", len(rows), len(prompts), len(models), list(models))
+    logger.info("{} ({} distinct) x {}: {}", plural(len(rows), "row"), plural(len(prompts), "prompt"),
+                plural(len(models), "model"), list(models))
 
     try:
         if eval_args.use_cache:

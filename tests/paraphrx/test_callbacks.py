@@ -1,8 +1,18 @@
-"""Run metrics added to every log: perplexity next to each loss, peak memory."""
+"""Run metrics added to every log (perplexity next to each loss, peak memory), the epochs a run covers, each log
+printed once."""
 
 import math
 
-from paraphrx.callbacks import LoggingEarlyStoppingCallback, LoguruCallback, add_run_metrics, build_callbacks
+from transformers import ProgressCallback
+
+from paraphrx.callbacks import (
+    LoggingEarlyStoppingCallback,
+    LoguruCallback,
+    ProgressBarCallback,
+    add_run_metrics,
+    build_callbacks,
+    epochs_covered,
+)
 from paraphrx.checkpoints import CheckpointMarkerCallback
 from paraphrx.config import ParaphrxSFTConfig
 from paraphrx.resume import RunTotalsCallback
@@ -55,3 +65,30 @@ def test_early_stopping_callback_only_when_patience_is_set(tmp_path):
     stopper = build_callbacks(args)[-1]
     assert isinstance(stopper, LoggingEarlyStoppingCallback)
     assert (stopper.early_stopping_patience, stopper.early_stopping_threshold) == (2, 0.1)
+
+
+def test_epochs_are_those_the_run_covers():
+    """`training: 5 optimizer steps, 3.0 epochs` was num_train_epochs, which max_steps overrides."""
+    assert epochs_covered(10, range(16), 1) == 0.625  # 16 batches of 4 rows: 16 steps an epoch
+    assert epochs_covered(10, range(17), 4) == 2.0  # 17 batches, 4 per step: 5 steps an epoch (the last one short)
+    assert epochs_covered(10, iter(range(3)), 1) is None  # no length: not claimed
+
+
+def test_each_log_is_printed_once(capsys):
+    """transformers' progress bar printed every log dict beside the run's loguru line; the bar stays, the print goes."""
+    from transformers import TrainerControl, TrainerState
+
+    state = TrainerState(is_world_process_zero=True, max_steps=2)
+    args = ParaphrxSFTConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
+    bar = ProgressBarCallback()
+    bar.on_train_begin(args, state, TrainerControl())
+    bar.on_log(args, state, TrainerControl(), logs={"loss": 1.5})
+    bar.on_train_end(args, state, TrainerControl())
+    captured = capsys.readouterr()
+    assert "'loss'" not in captured.err + captured.out
+    plain = ProgressCallback()  # the control: transformers' own bar prints it
+    plain.on_train_begin(args, state, TrainerControl())
+    plain.on_log(args, state, TrainerControl(), logs={"loss": 1.5})
+    plain.on_train_end(args, state, TrainerControl())
+    captured = capsys.readouterr()
+    assert "'loss'" in captured.err + captured.out

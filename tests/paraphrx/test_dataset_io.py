@@ -36,3 +36,12 @@ def test_folder_without_card_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(FileNotFoundError, match="no README.md dataset card"):
         load_prepared(str(tmp_path), "bucket1")
+
+
+def test_a_local_folder_that_is_not_there_is_named_not_sent_to_the_hub(tmp_path, monkeypatch):
+    """`data/nope` beside `data/` was tried as a Hub dataset: ~30 s of retries, then "Couldn't reach 'data/nope'"."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        load_prepared("data/nope", "test")
+    assert (err.value.filename, err.value.strerror) == ("data/nope", "no such folder; build it with `make prep`")

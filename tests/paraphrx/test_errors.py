@@ -49,3 +49,22 @@ def test_a_full_disk_after_loading_keeps_its_traceback_in_the_log(tmp_path, capf
     assert line.endswith(f"OSError: [Errno 28] No space left on device: 'outputs/run/checkpoint-20/optimizer.pt' "
                          f"(traceback in {log_file})")
     assert "Traceback" not in err and "Traceback (most recent call last)" in log_file.read_text()
+
+
+def test_ctrl_c_while_an_entry_point_starts_is_one_line(tmp_path):
+    """Ctrl-C during the seconds train_sft.py spends importing torch and transformers printed their traceback."""
+    import signal
+
+    from tests.conftest import REPO, run_python
+
+    proc = run_python([REPO / "train_sft.py", "recipes/tiny/bucket1.yaml"], tmp_path, """
+        import builtins
+        load = builtins.__import__
+        def ctrl_c_at_accelerate(name, *args, **kwargs):
+            if name == "accelerate":
+                raise KeyboardInterrupt
+            return load(name, *args, **kwargs)
+        builtins.__import__ = ctrl_c_at_accelerate
+    """)
+    assert proc.returncode in (-signal.SIGINT, 130)  # Python ends by SIGINT: 130 in a shell
+    assert proc.stderr.strip() == "interrupted while starting; nothing was written"

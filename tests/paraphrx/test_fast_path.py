@@ -220,7 +220,8 @@ def test_packed_evaluation_matches_the_reference_and_nothing_recompiles_on_gpu(t
         start, frames = _frames(), []
         for seed, lengths in enumerate(([37, 120, 64], [201, 90, 15, 77], [256, 33])):
             rows = _examples(lengths, [n // 3 for n in lengths], 4096, seed=seed)
-            batch = {k: v.cuda() for k, v in collator(rows).items() if k in ("input_ids", "position_ids", POSITIONS, TARGETS)}
+            keys = ("input_ids", "position_ids", POSITIONS, TARGETS)
+            batch = {k: v.cuda() for k, v in collator(rows).items() if k in keys}
             (-fast(**batch, use_cache=False, fused_lm_head=True).log_probs.float().mean()).backward()
             torch.cuda.synchronize()
             frames.append(_frames() - start)
@@ -318,7 +319,7 @@ def test_truncate_tokenized_cuts_like_trl_keep_start():
     assert cut["input_ids"] == [[2, 5, 6]] and cut["labels"] == [[-100, -100, 6]]
 
 
-# ------------------------------------------------------------------------------------------------------ CPU: compile once
+# -------------------------------------------------------------------------------------------------- CPU: compile once
 
 
 def _packed(lengths, vocab=4000, seed=0):
@@ -428,7 +429,7 @@ def test_flex_masks_and_layers_compile_once_in_evaluation(tiny_model_dir, fresh_
     assert frames == {True: [2, 2, 2], False: [4, 4, 4]}
 
 
-# ------------------------------------------------------------------------------------------------------ CPU: compile cache
+# ------------------------------------------------------------------------------------------------- CPU: compile cache
 
 _COMPILE_ONCE = """
 import json, torch

@@ -11,7 +11,7 @@ from paraphrx.library_internals import prepare_sft_dataset
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import build_trainer
-from tests.conftest import tiny_recipe
+from tests.conftest import REPO, tiny_recipe
 
 TINY = tiny_recipe()
 
@@ -120,3 +120,25 @@ def test_label_mask_cli_on_the_tiny_recipe(tiny_model_dir, prepared_dataset_dir,
     assert token_lines and {line.split()[1] for line in token_lines} == {"+", "."}
     log = next((tmp_path / "logs").glob("tiny-bucket1-label-mask_*.log")).read_text()
     assert "MASKED" in log and "TRAINED" in log
+
+
+def test_the_real_recipes_view_needs_no_gpu(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    """`recipes/bucket1-4.yaml` (bf16, fast_path auto) used to stop on a CPU with "Your setup doesn't support bf16/gpu";
+    the view loads only the tokenizer (here the tiny model's, standing in for gemma-2-2b-it's)."""
+    text = main([str(REPO / "recipes" / "bucket1-4.yaml"), "--num_examples", "1", "--model_name_or_path",
+                 str(tiny_model_dir), "--dataset_name", str(prepared_dataset_dir), "--log_dir", str(tmp_path)])
+    assert text.startswith("example 1: ") and "TRAINED" in text
+
+
+def test_a_tokenizer_that_cannot_be_had_offline_is_one_line_at_once(prepared_dataset_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from paraphrx.modeling import ModelLoadError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelLoadError) as err:
+        main([str(REPO / "recipes" / "bucket1-4.yaml"), "--dataset_name", str(prepared_dataset_dir), "--log_dir",
+              str(tmp_path)])
+    assert str(err.value) == ("model_name_or_path google/gemma-2-2b-it: neither a folder here nor in the local Hugging "
+                              "Face cache, and HF_HUB_OFFLINE=1 forbids downloading it")

@@ -78,7 +78,7 @@ def test_an_unusable_log_dir_is_one_line_and_nothing_changes(tmp_path, capfd):
     with pytest.raises(UserError) as err, run_logging("run", tmp_path / "afile" / "logs"):
         pass
     assert err.value.exit_code == 2 and _logging_state() == before
-    assert capfd.readouterr().err.strip() == f"error: --log_dir: {tmp_path / 'afile' / 'logs'}: Not a directory"
+    assert capfd.readouterr().err.strip() == f"error: --log_dir: {tmp_path / 'afile' / 'logs'}: {tmp_path / 'afile'} is not a folder"
 
 
 def test_judge_keys_are_masked_from_the_environment_a_flag_and_by_shape(tmp_path, monkeypatch):
@@ -110,3 +110,26 @@ def test_entry_points_log_an_unexpected_crash(tmp_path, monkeypatch, gsm8k_path)
     for name, error in (("prep", "ZeroDivisionError: division by zero"), ("evaluate", "IndexError: list index")):
         text = (tmp_path / f"{name}_latest.log").read_text()
         assert error in text and "Traceback" in text, text
+
+
+def test_warnings_are_one_log_line_and_library_deprecations_are_dropped(tmp_path, capfd):
+    import warnings
+
+    before = (warnings.showwarning, list(warnings.filters))
+    with run_logging("warn", tmp_path) as path:
+        warnings.warn("a recipe value does something odd", UserWarning, stacklevel=1)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
+                      stacklevel=1)  # peft and TRL reading transformers' renamed property: nothing a user can change
+    assert (warnings.showwarning, list(warnings.filters)) == before
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if "odd" in line]
+    assert "| WARNING " in line and "UserWarning: a recipe value does something odd (test_logs.py:" in line
+    assert "is_gradient_checkpointing" not in err and "is_gradient_checkpointing" not in path.read_text()
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_go_on(tmp_path, capfd):
+    with pytest.raises(KeyboardInterrupt), run_logging("stop", tmp_path, interrupted=lambda: "rerun it to resume"):
+        raise KeyboardInterrupt
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if "| ERROR" in line]
+    assert line.endswith("| interrupted: rerun it to resume") and "Traceback" not in err

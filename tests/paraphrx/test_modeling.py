@@ -80,3 +80,16 @@ def test_dequantized_base_computes_the_nf4_function(tiny_model_dir):
     # The NF4 rounding is kept: the dequantized weights are not the original full-precision ones.
     full = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert not torch.allclose(fast.model.layers[0].mlp.up_proj.weight, full.model.layers[0].mlp.up_proj.weight)
+
+
+def test_a_base_that_cannot_be_found_without_the_hub_is_named_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    from paraphrx.modeling import ModelLoadError, check_model_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    check_model_source(ModelConfig(model_name_or_path=str(tiny_model_dir)))  # a folder: fine
+    for name, expected in ((None, "model_name_or_path: no base model given (a folder or a Hub id)"),
+                           ("models/tiny-gemma3", "model_name_or_path models/tiny-gemma3: no such folder")):
+        with pytest.raises(ModelLoadError) as err:
+            check_model_source(ModelConfig(model_name_or_path=name))
+        assert str(err.value) == expected and err.value.exit_code == 1

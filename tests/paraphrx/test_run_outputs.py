@@ -1,19 +1,27 @@
 """The run folder policy: one run per folder, resume from the newest verified checkpoint, refuse a finished run,
 replace one only once the new run is complete."""
 
+import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from loguru import logger
 
 from paraphrx.checkpoints import write_checkpoint_marker
-from paraphrx.recipe_cli import parse_recipe
+from paraphrx.recipe_cli import RecipeError, parse_recipe
 from paraphrx.run_lock import FolderLock, lock_path
-from paraphrx.run_outputs import COMPLETE_MARKER, RunFolderError, claim_run_folder, resolved_recipe
-from tests.conftest import tiny_recipe
+from paraphrx.run_outputs import (
+    COMPLETE_MARKER,
+    RunFolderError,
+    claim_run_folder,
+    hub_push,
+    push_run,
+    resolved_recipe,
+    resume_hint,
+)
+from tests.conftest import FakeHfApi, tiny_recipe
 
 TINY = tiny_recipe()
 
@@ -28,7 +36,7 @@ def _checkpoint(out, step, complete=True):
     path.mkdir(parents=True)
     for name, size in (("adapter_model.safetensors", 300), ("optimizer.pt", 500), ("rng_state.pth", 50)):
         (path / name).write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
-    (path / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     if complete:
         write_checkpoint_marker(path, step)
     return path
@@ -178,3 +186,92 @@ def test_the_lock_is_released_when_the_run_ends(tmp_path):
     with pytest.raises(RuntimeError), claim_run_folder(_args(out)):
         raise RuntimeError("training failed")
     FolderLock(out).release()  # free again
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError), claim_run_folder(_args(out)):
+        out.mkdir()  # what Trainer does when it is built
+        raise RuntimeError("the recipe's trainer could not be built")
+    assert not out.exists()
+    _checkpoint(out, 2)
+    with pytest.raises(KeyboardInterrupt), claim_run_folder(_args(out)):
+        raise KeyboardInterrupt
+    assert (out / "checkpoint-2").is_dir(), "a folder with a run in it stays"
+
+
+def test_ctrl_c_says_whether_a_rerun_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert resume_hint(out) == "no checkpoint was saved yet; rerun the same command to start again"
+    for step in (5, 10):
+        _checkpoint(out, step)
+    assert resume_hint(out) == (f"rerun the same command to resume from the newest verified checkpoint "
+                                f"({out}/checkpoint-10)")
+
+
+def test_target_modules_are_written_in_a_stable_order(tmp_path):
+    """peft writes them in the order of a Python set, which changes with every process (hash randomisation): the same
+    adapter trained again had another adapter_config.json and so another evaluation cache key."""
+    script = ("import sys; from peft import LoraConfig\n"
+              "LoraConfig(target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])"
+              ".save_pretrained(sys.argv[1])\n"
+              "from paraphrx.run_outputs import sort_adapter_config; sort_adapter_config(sys.argv[1])")
+    written = set()
+    for seed in ("1", "2", "3"):
+        folder = tmp_path / seed
+        subprocess.run([sys.executable, "-c", script, str(folder)], check=True, timeout=300,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        written.add((folder / "adapter_config.json").read_bytes())
+    assert len(written) == 1
+    config = json.loads(written.pop())
+    assert config["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHfApi.calls, FakeHfApi.existing = [], {}
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    return FakeHfApi.calls
+
+
+def test_push_to_hub_creates_the_repo_before_training_and_uploads_the_finished_run_once(tmp_path, fake_hub):
+    out = tmp_path / "bucket1"
+    args = _args(out, "--push_to_hub", "true", "--hub_model_id", "me/bucket1", "--hub_private_repo", "true")
+    with hub_push(args) as repo:
+        assert repo == "me/bucket1" and args.push_to_hub is False  # the Trainer's own pushes stay off
+        assert [name for name, _ in fake_hub] == ["init", "repo_info", "create_repo"]
+        assert dict(fake_hub)["create_repo"] == {"repo_id": "me/bucket1", "repo_type": "model", "private": True,
+                                                 "exist_ok": True}
+    assert args.push_to_hub is True  # as the recipe says, once the run is over
+    for name in ("adapter_model.safetensors", "README.md", "run_complete.json", "checkpoint-3/optimizer.pt"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    assert push_run(out, repo) == "https://huggingface.co/me/bucket1/commit/abc"
+    upload = dict(fake_hub)["upload_folder"]
+    assert (upload["folder_path"], upload["repo_id"], upload["repo_type"]) == (str(out), "me/bucket1", "model")
+    assert "checkpoint-*" in upload["ignore_patterns"]
+    with hub_push(_args(out)) as repo:  # no push asked: no Hub request
+        assert repo is None
+    assert [name for name, _ in fake_hub].count("init") == 2
+
+
+def test_push_to_hub_without_a_reachable_hub_is_one_line_at_once(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from paraphrx.hub import PushError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    args = _args(tmp_path / "run", "--push_to_hub", "true")  # hub_model_id: the run folder's name
+    with pytest.raises(PushError) as err, hub_push(args):
+        pass
+    assert str(err.value).startswith("push_to_hub (hub_model_id run): OfflineModeIsEnabled: ")
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)
+    with pytest.raises(PushError, match=rf"; the run is complete in {tmp_path} \(upload it later: hf upload me/x "):
+        push_run(tmp_path, "me/x")
+
+
+def test_hub_strategy_that_pushes_checkpoints_is_refused():
+    with pytest.raises(RecipeError, match="hub_strategy: all_checkpoints: paraphrx pushes the finished run once"):
+        parse_recipe([TINY, "--push_to_hub", "true", "--hub_strategy", "all_checkpoints"])

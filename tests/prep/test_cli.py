@@ -167,13 +167,13 @@ def test_process_os_error_is_one_line(tmp_path, gsm8k_path):
     failed = _run_module("--data_paths", str(gsm8k_path), "--output_dir", "afile/sub", cwd=tmp_path)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     (line,) = _error_lines(failed.stderr)
-    assert line.endswith("afile: File exists")
+    assert line.endswith("--output_dir afile/sub: afile is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "logs"]
 
     bad_log_dir = _run_module("--data_paths", str(gsm8k_path), "--output_dir", "ds", "--log_dir", "afile/logs",
                               cwd=tmp_path)  # fmt: skip
     assert bad_log_dir.returncode == 2 and "Traceback" not in bad_log_dir.stderr
-    assert bad_log_dir.stderr.strip() == "error: --log_dir: afile/logs: Not a directory"
+    assert bad_log_dir.stderr.strip() == "error: --log_dir: afile/logs: afile is not a folder"
 
 
 def test_process_push_failure_is_one_line(tmp_path, gsm8k_path):

@@ -1,5 +1,5 @@
 """`--push_to_hub`: the folder goes up as a dataset repo with huggingface_hub; the token stays out of logs.
-HfApi is replaced by a recorder: tests never touch the network."""
+HfApi is replaced by a recorder (tests/conftest.py: FakeHfApi): tests never touch the network."""
 
 import sys
 
@@ -7,43 +7,9 @@ import pytest
 from loguru import logger
 
 from prep.cli import main
+from tests.conftest import FakeHfApi
 
 TOKEN = "hf_" + "T0kenValueThatMustNeverBeLogged1234"
-
-
-class FakeHfApi:
-    calls: list = []
-    existing: dict = {}  # repo_id -> private, the repos already on the fake Hub
-
-    def __init__(self, token=None, **kwargs):
-        self.calls.append(("init", {"token": token, **kwargs}))
-
-    def repo_info(self, repo_id, repo_type=None, **kwargs):
-        from types import SimpleNamespace
-
-        from huggingface_hub.errors import RepositoryNotFoundError
-
-        self.calls.append(("repo_info", {"repo_id": repo_id, "repo_type": repo_type}))
-        if repo_id not in self.existing:
-            request = SimpleNamespace(url=f"https://huggingface.co/api/datasets/{repo_id}")
-            raise RepositoryNotFoundError("404 Repository Not Found",
-                                          response=SimpleNamespace(headers={}, request=request))
-        return SimpleNamespace(id=repo_id, private=self.existing[repo_id])
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        from pathlib import Path
-
-        kwargs["files"] = sorted(
-            str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file()
-        )
-        self.calls.append(("upload_folder", kwargs))
-        return type(
-            "CommitInfo", (), {"commit_url": f"https://huggingface.co/datasets/{kwargs['repo_id']}/commit/abc"}
-        )()
 
 
 @pytest.fixture

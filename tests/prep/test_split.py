@@ -60,15 +60,21 @@ def test_held_out_sizes(n, fractions, expected):
 
 
 @pytest.mark.parametrize(
-    "text, expected", [("80/10/10", (0.8, 0.1, 0.1)), ("0.8,0.1,0.1", (0.8, 0.1, 0.1)), ("9/1/0", (0.9, 0.1, 0.0))]
+    "text, expected", [("80/10/10", (0.8, 0.1, 0.1)), ("0.8,0.1,0.1", (0.8, 0.1, 0.1)), ("90/10/0", (0.9, 0.1, 0.0))]
 )
 def test_parse_split_fractions(text, expected):
     assert parse_split_fractions(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["80/20", "0/50/50", "80/-10/30", "a/b/c", "", "1/1/1/1", "nan/1/1"])
+@pytest.mark.parametrize("text", ["80/20", "0/50/50", "80/-10/30", "a/b/c", "", "1/1/1/1", "nan/1/1", "9/1/0"])
 def test_parse_split_fractions_rejects(text):
     with pytest.raises(ConfigError, match="--split"):
+        parse_split_fractions(text)
+
+
+@pytest.mark.parametrize("text", ["90/10/10", "0.5,0.3,0.3", "8/1/1"])
+def test_a_split_that_does_not_sum_to_100_or_1_is_refused_not_rescaled(text):
+    with pytest.raises(ConfigError, match=r"--split: .* sums to [0-9.]+; give percentages that sum to 100"):
         parse_split_fractions(text)
 
 

@@ -11,17 +11,27 @@ import pytest
 import yaml
 
 import evaluate_paraphrx
+from paraphrx.dataset_io import load_prepared
 from paraphrx.eval import pipeline
 from paraphrx.eval.config import EvalModelConfig
 from paraphrx.eval.pipeline import EvalError
-from tests.conftest import REPO, make_adapter, write_prepared
+from tests.conftest import REPO, make_adapter, run_python, write_prepared
 
 
 def _argv(tmp_path, dataset, adapters, *extra):
     return ["--dataset", str(dataset), "--adapters", *map(str, adapters), "--dtype", "float32",
-            "--max_new_tokens", "6", "--max_paraphrases_per_prompt", "6", "--batch_size", "4",
-            "--output_dir", str(tmp_path / "eval"), "--output_name", "run", "--cache_dir", str(tmp_path / "cache"),
-            "--log_dir", str(tmp_path / "logs"), *extra]
+            "--max_new_tokens", "6", "--max_paraphrases_per_prompt", "6", "--batch_size", "4", *_places(tmp_path),
+            *extra]
+
+
+def _places(tmp_path, name="run"):
+    return ["--output_dir", str(tmp_path / "eval"), "--output_name", name, "--cache_dir", str(tmp_path / "cache"),
+            "--log_dir", str(tmp_path / "logs")]
+
+
+def _rescore_argv(tmp_path, *extra):
+    """--recompute_metrics_only takes only where the generations are, the statistics and the judge."""
+    return [*_places(tmp_path), "--recompute_metrics_only", *extra]
 
 
 def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, eval_adapters, monkeypatch):
@@ -31,6 +41,8 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
         "bucket_gap.png", "generations.jsonl", "report.md", "score_by_bucket.png", "style_drop.png", "summary.json"]
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    columns = set(load_prepared(str(prepared_dataset_dir), "test").column_names)
+    assert all(columns <= set(r) for r in records), "every column of the row, as the README says"
     assert summary["models"] == ["base", "tiny-bucket1", "tiny-bucket1-2"]
     assert summary["sources"] == ["alpaca", "gsm8k"]  # the test split holds one held-out prompt of each
     per_model = len(records) // 3
@@ -55,7 +67,7 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
     # Re-scoring only: edit one stored answer into the reference; its scores follow, nothing is generated.
     again[0]["generation"] = again[0]["reference"]
     (out / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in again), encoding="utf-8")
-    assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, eval_adapters, "--recompute_metrics_only")) == 0
+    assert evaluate_paraphrx.main(_rescore_argv(tmp_path)) == 0
     rescored = json.loads((out / "generations.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert rescored["exact_match"] == 1.0 and rescored["rougeL"] == pytest.approx(1.0)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -63,7 +75,7 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
 
     # The intervals are seeded: the same seed gives the same summary, another seed other intervals, same values.
     def intervals(seed):
-        argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--recompute_metrics_only", "--bootstrap_seed", seed)
+        argv = _rescore_argv(tmp_path, "--bootstrap_seed", seed)
         assert evaluate_paraphrx.main(argv) == 0
         saved = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         return saved["bootstrap"]["seed"], saved["analysis"]["gsm8k"]["metrics"]["gsm8k_flexible"]["models"]
@@ -72,6 +84,17 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
     assert (seed0, models0) == (0, summary["analysis"]["gsm8k"]["metrics"]["gsm8k_flexible"]["models"])
     seed1, models1 = intervals("1")
     assert seed1 == 1 and models1["base"]["mean"]["value"] == models0["base"]["mean"]["value"]
+
+    # Merged adapters: the base model's answers are the same merged or not, so they come from the cache.
+    monkeypatch.undo()
+    assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, eval_adapters, "--merge_adapters",
+                                        *_places(tmp_path, "merged"))) == 0
+    merged = json.loads((tmp_path / "eval" / "merged" / "summary.json").read_text(encoding="utf-8"))["run"]
+    unmerged = summary["run"]["identities"]
+    assert merged["identities"]["base"]["cache_key"] == unmerged["base"]["cache_key"]
+    assert merged["identities"]["tiny-bucket1"]["cache_key"] != unmerged["tiny-bucket1"]["cache_key"]
+    log = (tmp_path / "logs" / "evaluate_latest.log").read_text(encoding="utf-8")  # the merged run's
+    assert "base: generating" not in log and "tiny-bucket1: generating" in log
 
 
 def test_seeds_and_the_judge_end_to_end(tmp_path, tiny_model_dir, prepared_dataset_dir, judge_server, monkeypatch):
@@ -112,8 +135,7 @@ def test_seeds_and_the_judge_end_to_end(tmp_path, tiny_model_dir, prepared_datas
         assert key not in written
 
     # Re-scoring keeps the judge's results without asking it again (it is no longer given)
-    assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, adapters, "--max_paraphrases_per_prompt", "4",
-                                        "--recompute_metrics_only")) == 0
+    assert evaluate_paraphrx.main(_rescore_argv(tmp_path)) == 0
     again = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert again["judge"]["counts"] == counts and again["seed_groups"] == summary["seed_groups"]
 
@@ -148,7 +170,7 @@ def test_cli_broken_config_and_missing_base_folder_are_one_line(tmp_path):
     result = _run_script("--model_name_or_path", "./models/gone", "--log_dir", "l", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "| ERROR" in line]
-    assert len(errors) == 1 and errors[0].endswith("--model_name_or_path: base model folder ./models/gone: not found")
+    assert len(errors) == 1 and errors[0].endswith("--model_name_or_path ./models/gone: no such folder")
     assert not (tmp_path / "outputs").exists()
 
 
@@ -160,7 +182,7 @@ def test_missing_base_folder_named_by_an_adapter(tmp_path, monkeypatch, capfd):
     assert evaluate_paraphrx.main(["--log_dir", "l"]) == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
     assert len(errors) == 1 and errors[0].endswith(
-        f"outputs/bucket1/adapter_config.json: base_model_name_or_path: base model folder {tmp_path / 'gone'}: not found")
+        f"outputs/bucket1/adapter_config.json: base_model_name_or_path {tmp_path / 'gone'}: no such folder")
 
 
 def test_corrupt_summary_json_is_one_line(tmp_path, capfd):
@@ -328,3 +350,47 @@ def test_a_prompt_over_the_token_limit_is_refused_before_generating(tmp_path, ti
         f"{folder} split 'test': alpaca prompt_count 2 \\(very_long\\): field 'prompt': [0-9,]+ tokens, "
         "more than --max_prompt_tokens 2,048$", errors[0]), errors
     assert not (tmp_path / "eval").exists() and not (tmp_path / "cache").exists()
+
+
+def test_an_adapter_or_dataset_folder_that_is_not_there_is_named_as_such(tmp_path, eval_adapters, capfd):
+    assert evaluate_paraphrx.main(["--adapters", str(tmp_path / "nope"), *_places(tmp_path)]) == 2
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert line.endswith(f"--adapters {tmp_path / 'nope'}: no such folder")
+    argv = ["--dataset", str(tmp_path / "data" / "nope"), "--adapters", str(eval_adapters[0]), *_places(tmp_path)]
+    assert evaluate_paraphrx.main(argv) == 2
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
+    assert line.endswith(f"--dataset {tmp_path / 'data' / 'nope'}: no such folder; build it with `make prep`")
+
+
+def test_flag_mistakes_are_one_line_exit_2_and_nothing_is_written(tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(REPO)  # README.md is a file here
+    for argv, expected in (
+        (["--output_dir", "README.md/sub"], "error: command line: --output_dir README.md/sub: README.md is not a folder"),
+        (["--recompute_metrics_only", "--adapters", "outputs/x", "--max_new_tokens", "8"],
+         "error: command line: recompute_metrics_only re-scores the stored generations and ignores --adapters, "
+         "--max_new_tokens: drop them (or run without --recompute_metrics_only to generate anew)"),
+        (["--lora_r", "8"], "error: command line: unknown option '--lora_r'"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            evaluate_paraphrx.main([*argv, "--log_dir", str(tmp_path / "logs")])
+        assert done.value.code == 2 and capfd.readouterr().err.strip() == expected
+    assert not (tmp_path / "logs").exists()
+
+
+def test_ctrl_c_keeps_the_answers_and_says_so(tmp_path, prepared_dataset_dir, eval_adapters):
+    argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters[:1], "--batch_size", "2")
+    proc = run_python([REPO / "evaluate_paraphrx.py", *argv], tmp_path, """
+        import os, signal
+        from paraphrx.eval.cache import GenerationCache
+        add = GenerationCache.add
+        def add_then_ctrl_c(self, prompts, answers):
+            add(self, prompts, answers)
+            os.kill(os.getpid(), signal.SIGINT)
+        GenerationCache.add = add_then_ctrl_c
+    """)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
+    assert line.endswith(f"| interrupted: the answers generated so far are kept in {tmp_path / 'cache'}; rerun the "
+                         "same command to go on")
+    (kept,) = (tmp_path / "cache").glob("*.jsonl")
+    assert len(kept.read_text(encoding="utf-8").splitlines()) == 2  # the batch answered before Ctrl-C

@@ -136,7 +136,31 @@ def test_run_folder_holds_the_adapter_and_records(tiny_run, tiny_model_dir, prep
     record = json.loads((out / "dataset.json").read_text())
     assert record["dataset"] == str(prepared_dataset_dir) and record["train_split"] == "bucket1_2"
     assert record["eval_split"] == "validation" and record["eval_buckets"] == [1, 2] and record["card_sha256"]
-    assert "## paraphrx run" in (out / "README.md").read_text()
+    assert adapter["target_modules"] == sorted(adapter["target_modules"]), "a stable order (cache keys follow it)"
+
+
+def test_model_card_says_what_made_the_adapter_and_how_to_use_it(tiny_run, tiny_model_dir, prepared_dataset_dir):
+    """TRL's default card said "fine-tuned version of [None](https://huggingface.co/None)" and linked the local
+    dataset folder as a Hub dataset."""
+    trainer, out, _ = tiny_run
+    card = (out / "README.md").read_text()
+    assert "None" not in card and "huggingface.co/datasets/" not in card
+    assert f"| base model | `{tiny_model_dir}` (a local folder), loaded in 4-bit nf4" in card
+    assert f"| dataset | `{prepared_dataset_dir}` (a local folder)" in card
+    assert "| train split | `bucket1_2`: 16 rows |" in card and "| steps | 12 optimizer steps, 3 epochs |" in card
+    assert f"| best eval_loss | {trainer.state.best_metric:.4f} at step {trainer.state.best_global_step}" in card
+    assert "| LoRA | r=16, alpha=32, dropout 0.05, on down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj" in card
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{out}"' in card and f"--lora-modules tiny-bucket1-2={out}" in card
+
+
+def test_each_step_is_logged_once_with_the_epochs_it_covers(tiny_run):
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer, out, _ = tiny_run
+    kinds = [type(c) for c in trainer.callback_handler.callbacks]
+    assert PrinterCallback not in kinds and ProgressCallback not in kinds  # the bar stays, without its own print
+    text = (out.parent / "logs" / "tiny-bucket1-2_latest.log").read_text()
+    assert "training: 12 optimizer steps, 3 epochs" in text  # 16 rows, 4 a step; not num_train_epochs
 
 
 def test_adapter_folder_holds_only_what_a_lora_loader_accepts(tiny_run, tiny_model_dir):
@@ -330,7 +354,82 @@ def test_missing_model_folder_is_one_line_exit_1(prepared_dataset_dir, tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
-    assert len(errors) == 1 and "no-such-model" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].endswith(f"model_name_or_path {missing}: no such folder"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("key", ["model_name_or_path", "dataset_name"])
+def test_a_mistyped_local_folder_is_named_at_once_without_asking_the_hub(tiny_model_dir, prepared_dataset_dir,
+                                                                         tmp_path, monkeypatch, key):
+    """`models/tiny-gemma3` beside `models/`: 30-55 s of Hub retries, then "couldn't connect to huggingface.co"."""
+    from paraphrx.modeling import ModelLoadError
+    from paraphrx.training_data import TrainingDataError
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "out")
+    argv[argv.index(f"--{key}") + 1] = "models/tiny-gemma3"
+    expected = {"model_name_or_path": (ModelLoadError, "model_name_or_path models/tiny-gemma3: no such folder"),
+                "dataset_name": (TrainingDataError, "dataset_name models/tiny-gemma3: no such folder; build it with "
+                                                    "`make prep`")}[key]
+    start = time.monotonic()
+    with pytest.raises(expected[0]) as err:
+        train_sft.main(*parse_recipe(argv))
+    assert str(err.value) == expected[1] and time.monotonic() - start < 10
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_is_one_line_that_says_the_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
+    out = tmp_path / "stopped"
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_steps", "10", "--save_steps", "2",
+                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null")
+    proc = run_python([REPO / "train_sft.py", *argv], tmp_path, """
+        import os, signal
+        from paraphrx import checkpoints
+        mark = checkpoints.write_checkpoint_marker
+        def mark_then_ctrl_c(folder, global_step):
+            mark(folder, global_step)
+            if global_step == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+        checkpoints.write_checkpoint_marker = mark_then_ctrl_c
+    """)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
+    assert line.endswith(f"| interrupted: rerun the same command to resume from the newest verified checkpoint "
+                         f"({out}/checkpoint-4)")
+
+
+def test_push_to_hub_without_a_reachable_hub_stops_before_anything_is_written(tiny_model_dir, prepared_dataset_dir,
+                                                                              tmp_path):
+    """HF_HUB_OFFLINE=1 (start_python sets it) stands for a Hub that cannot be reached: one line, exit 1, at once."""
+    out = tmp_path / "pushed"
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--push_to_hub", "true", "--hub_model_id", "me/tiny")
+    proc = run_python([REPO / "train_sft.py", *argv], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
+    assert "| push_to_hub (hub_model_id me/tiny): OfflineModeIsEnabled: " in line
+    assert not out.exists() and "loaded " not in proc.stderr  # before the model loads
+
+
+def test_push_to_hub_uploads_the_finished_run_with_its_card(tiny_model_dir, prepared_dataset_dir, tmp_path,
+                                                           monkeypatch):
+    import huggingface_hub
+
+    from tests.conftest import FakeHfApi
+
+    FakeHfApi.calls, FakeHfApi.existing = [], {}
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    out = tmp_path / "pushed"
+    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "8", "--max_steps", "2",
+                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null",
+                     "--push_to_hub", "true", "--hub_model_id", "me/tiny")
+    train_sft.main(*parse_recipe(argv))
+    calls = [name for name, _ in FakeHfApi.calls]
+    assert calls == ["init", "repo_info", "create_repo", "init", "upload_folder"]  # the repo first, one upload last
+    upload = dict(FakeHfApi.calls)["upload_folder"]
+    assert upload["folder_path"] == str(out) and upload["repo_id"] == "me/tiny" and upload["repo_type"] == "model"
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "recipe.yaml"} <= set(upload["files"])
+    card = (out / "README.md").read_text()
+    assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny"' in card and "--lora-modules tiny-bucket1-2=me/tiny" in card
 
 
 # --- nothing lost, nothing stuck: kills at named instants, a busy folder, a replaced run, a crash -------------------

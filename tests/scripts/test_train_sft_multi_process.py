@@ -174,5 +174,6 @@ def test_fsdp_final_save_gathers_one_adapter(monkeypatch, internal_call, expecte
     trainer = object.__new__(ParaphrxSFTTrainer)
     plugin = FullyShardedDataParallelPlugin(state_dict_type="SHARDED_STATE_DICT")
     trainer.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+    trainer.args = SimpleNamespace(process_index=1)  # not the main process: it writes no adapter_config.json
     trainer.save_model("out", _internal_call=internal_call)
     assert seen == [expected]
