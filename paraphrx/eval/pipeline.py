@@ -279,6 +279,8 @@ def _generate_models(model, tokenizer, models: dict[str, Path | None], todo: dic
         return
     as_engine_model = {name: name if path else BASE for name, path in models.items()}
     jobs = {as_engine_model[n]: todo[n] for n in models if todo[n]}
+    logger.info("{}: generating {} in one batch (max {} new tokens)", ", ".join(n for n in models if todo[n]),
+                plural(sum(len(todo[n]) for n in models), "answer"), eval_args.max_new_tokens)
     _generate_with_engine(engine, tokenizer, jobs, {as_engine_model[n]: caches[n] for n in models}, eval_args)
 
 
@@ -299,8 +301,6 @@ def _generate_with_engine(engine, tokenizer, jobs: dict[str, list[str]], caches:
                           eval_args: EvalArguments) -> None:
     """Every model's missing answers in one engine run; each answer reaches its cache as its row finishes."""
     total = sum(len(prompts) for prompts in jobs.values())
-    logger.info("generating {} answers of {} models in one batch (max {} new tokens)", total, len(jobs),
-                eval_args.max_new_tokens)
     with tqdm(total=total, desc="generate", unit="answer") as progress:
         def on_answers(name: str, prompts: list[str], texts: list[str]) -> None:
             caches[name].add(prompts, texts)

@@ -385,6 +385,7 @@ def test_ctrl_c_keeps_the_answers_and_says_so(tmp_path, prepared_dataset_dir, ev
         add = GenerationCache.add
         def add_then_ctrl_c(self, prompts, answers):
             add(self, prompts, answers)
+            open("added.txt", "w").write(str(len(prompts)))
             os.kill(os.getpid(), signal.SIGINT)
         GenerationCache.add = add_then_ctrl_c
     """)
@@ -393,4 +394,5 @@ def test_ctrl_c_keeps_the_answers_and_says_so(tmp_path, prepared_dataset_dir, ev
     assert line.endswith(f"| interrupted: the answers generated so far are kept in {tmp_path / 'cache'}; rerun the "
                          "same command to go on")
     (kept,) = (tmp_path / "cache").glob("*.jsonl")
-    assert len(kept.read_text(encoding="utf-8").splitlines()) == 2  # the batch answered before Ctrl-C
+    added = int((tmp_path / "added.txt").read_text())  # the answers that reached the cache before Ctrl-C
+    assert len(kept.read_text(encoding="utf-8").splitlines()) == added > 0
