@@ -32,9 +32,14 @@ def main(script_args, training_args, model_args):
     """Train one recipe end to end; returns the trainer (its model holds the final adapter). What the run changes in
     this process (logging, the fast path's patches, the folder's lock) is undone when it returns or fails."""
     with ExitStack() as run:
-        run.enter_context(run_logging(training_args.run_name, training_args.log_dir,
-                                      main_process=PartialState().is_main_process,
-                                      interrupted=lambda: resume_hint(training_args.output_dir)))
+        run.enter_context(
+            run_logging(
+                training_args.run_name,
+                training_args.log_dir,
+                main_process=PartialState().is_main_process,
+                interrupted=lambda: resume_hint(training_args.output_dir),
+            )
+        )
         recipe = resolved_recipe(script_args, training_args, model_args)
         logger.info("run {} → {}", training_args.run_name, training_args.output_dir)
         check_dataset_source(script_args)  # a mistyped folder is named now, not after a trip to the Hub
@@ -52,8 +57,14 @@ def main(script_args, training_args, model_args):
 
         trainer.train(resume_from_checkpoint=folder.checkpoint)
         evaluate_full_validation(trainer, full_eval_dataset)  # the kept adapter on the whole validation split
-        finalize_run(trainer, recipe, dataset_record, training_args.keep_checkpoints, output_dir=folder.output_dir,
-                     hub_repo=hub_repo)
+        finalize_run(
+            trainer,
+            recipe,
+            dataset_record,
+            training_args.keep_checkpoints,
+            output_dir=folder.output_dir,
+            hub_repo=hub_repo,
+        )
         end_run(trainer)
         if hub_repo is not None:
             push_run(folder.output_dir, hub_repo)

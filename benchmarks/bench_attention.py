@@ -34,15 +34,33 @@ HEADS, KV_HEADS, HEAD_DIM, SOFTCAP = 8, 4, 256, 50.0
 CANDIDATES = [
     ("default", None),
     ("fwd 64/64 w4 s2", dict(fwd_BLOCK_M=64, fwd_BLOCK_N=64, fwd_num_warps=4, fwd_num_stages=2)),
-    ("bwd 64/64 w8 s2", dict(bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64, bwd_num_warps=8,
-                             bwd_num_stages=2)),
-    ("bwd 32/32 w4 s2", dict(bwd_BLOCK_M1=32, bwd_BLOCK_N1=32, bwd_BLOCK_M2=32, bwd_BLOCK_N2=32, bwd_num_warps=4,
-                             bwd_num_stages=2)),
-    ("fwd 64/64 + bwd 32/32", dict(fwd_BLOCK_M=64, fwd_BLOCK_N=64, fwd_num_warps=4, fwd_num_stages=2,
-                                   bwd_BLOCK_M1=32, bwd_BLOCK_N1=32, bwd_BLOCK_M2=32, bwd_BLOCK_N2=32,
-                                   bwd_num_warps=4, bwd_num_stages=3)),
-    ("bwd 32/32 w4 s3", dict(bwd_BLOCK_M1=32, bwd_BLOCK_N1=32, bwd_BLOCK_M2=32, bwd_BLOCK_N2=32, bwd_num_warps=4,
-                             bwd_num_stages=3)),
+    (
+        "bwd 64/64 w8 s2",
+        dict(bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64, bwd_num_warps=8, bwd_num_stages=2),
+    ),
+    (
+        "bwd 32/32 w4 s2",
+        dict(bwd_BLOCK_M1=32, bwd_BLOCK_N1=32, bwd_BLOCK_M2=32, bwd_BLOCK_N2=32, bwd_num_warps=4, bwd_num_stages=2),
+    ),
+    (
+        "fwd 64/64 + bwd 32/32",
+        dict(
+            fwd_BLOCK_M=64,
+            fwd_BLOCK_N=64,
+            fwd_num_warps=4,
+            fwd_num_stages=2,
+            bwd_BLOCK_M1=32,
+            bwd_BLOCK_N1=32,
+            bwd_BLOCK_M2=32,
+            bwd_BLOCK_N2=32,
+            bwd_num_warps=4,
+            bwd_num_stages=3,
+        ),
+    ),
+    (
+        "bwd 32/32 w4 s3",
+        dict(bwd_BLOCK_M1=32, bwd_BLOCK_N1=32, bwd_BLOCK_M2=32, bwd_BLOCK_N2=32, bwd_num_warps=4, bwd_num_stages=3),
+    ),
 ]
 
 
@@ -72,8 +90,12 @@ def main() -> None:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--length", type=int, default=None,
-                        help="packed tokens (default: the 16 examples' own total, 3,755; the third session used 4352)")
+    parser.add_argument(
+        "--length",
+        type=int,
+        default=None,
+        help="packed tokens (default: the 16 examples' own total, 3,755; the third session used 4352)",
+    )
     parser.add_argument("--iters", type=int, default=200, help="calls per timing (short windows are noisy)")
     parser.add_argument("--autotune", action="store_true", help="also time inductor's max-autotune choice")
     parser.add_argument("--json", type=Path, default=None)
@@ -94,9 +116,12 @@ def main() -> None:
     k = torch.randn(1, KV_HEADS, length, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     v = torch.randn(1, KV_HEADS, length, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn(1, HEADS, length, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; length {length}, {EXAMPLES_PER_STEP} "
-          f"documents + {int((doc >= EXAMPLES_PER_STEP).sum())} pad positions, block mask sparsity "
-          f"{block_mask.sparsity():.1f}%", flush=True)
+    print(
+        f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; length {length}, {EXAMPLES_PER_STEP} "
+        f"documents + {int((doc >= EXAMPLES_PER_STEP).sum())} pad positions, block mask sparsity "
+        f"{block_mask.sparsity():.1f}%",
+        flush=True,
+    )
 
     candidates = list(CANDIDATES) + ([("max-autotune", "autotune")] if args.autotune else [])
     results = []
@@ -108,8 +133,16 @@ def main() -> None:
         compiled = torch.compile(flex_attention, dynamic=False)
 
         def attention(q, k, v, options=options, compiled=compiled):
-            return compiled(q, k, v, score_mod=softcap, block_mask=block_mask, enable_gqa=True, scale=HEAD_DIM**-0.5,
-                            kernel_options=options)
+            return compiled(
+                q,
+                k,
+                v,
+                score_mod=softcap,
+                block_mask=block_mask,
+                enable_gqa=True,
+                scale=HEAD_DIM**-0.5,
+                kernel_options=options,
+            )
 
         try:
             fwd = time_ms(lambda: attention(q, k, v), args.iters)
@@ -117,19 +150,23 @@ def main() -> None:
         except Exception as error:  # a block size the kernel cannot take (shared memory): report it, go on
             print(f"{name:<22} failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}", flush=True)
             continue
-        results.append({"name": name, "kernel_options": options, "fwd_ms": fwd, "bwd_ms": total - fwd,
-                        "total_ms": total})
+        results.append(
+            {"name": name, "kernel_options": options, "fwd_ms": fwd, "bwd_ms": total - fwd, "total_ms": total}
+        )
         print(f"{name:<22} fwd {fwd:7.3f} ms  bwd {total - fwd:7.3f} ms  total {total:7.3f} ms", flush=True)
 
     base = next((r for r in results if r["name"] == "default"), None)
     if base:
         print("\nspeed-up over the default (default ms / candidate ms; above 1 is faster):")
         for r in results:
-            print(f"  {r['name']:<22} fwd {base['fwd_ms'] / r['fwd_ms']:.2f}x  bwd {base['bwd_ms'] / r['bwd_ms']:.2f}x  "
-                  f"total {base['total_ms'] / r['total_ms']:.2f}x")
+            print(
+                f"  {r['name']:<22} fwd {base['fwd_ms'] / r['fwd_ms']:.2f}x  bwd {base['bwd_ms'] / r['bwd_ms']:.2f}x  "
+                f"total {base['total_ms'] / r['total_ms']:.2f}x"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "length": length,
-                                         "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": torch.cuda.get_device_name(), "length": length, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

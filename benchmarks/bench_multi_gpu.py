@@ -65,7 +65,8 @@ def run_worker(result_path: Path, recipe_argv: list[str]) -> None:
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 steps.setdefault(state.global_step, {}).update(
-                    loss=logs["loss"], grad_norm=logs.get("grad_norm"), num_tokens=logs.get("num_tokens"))
+                    loss=logs["loss"], grad_norm=logs.get("grad_norm"), num_tokens=logs.get("num_tokens")
+                )
 
     build_trainer = train_sft.build_trainer
 
@@ -81,7 +82,11 @@ def run_worker(result_path: Path, recipe_argv: list[str]) -> None:
     train_sft.main(*recipe)
     if state.is_main_process:
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-        result = {"world_size": world_size, "peak_gib": peak, "steps": [{"step": s, **v} for s, v in sorted(steps.items())]}
+        result = {
+            "world_size": world_size,
+            "peak_gib": peak,
+            "steps": [{"step": s, **v} for s, v in sorted(steps.items())],
+        }
         result_path.write_text(json.dumps(result))
 
 
@@ -107,8 +112,17 @@ def free_port() -> int:
 
 
 def launcher(mode: str, processes: int, on_gpu: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-           "--num_machines", "1", "--main_process_port", str(free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+    ]
     if on_gpu:
         config = "fsdp_qlora" if mode == "fsdp" else ("single_gpu" if processes == 1 else "multi_gpu")
         return [*cmd, "--config_file", str(REPO / "accelerate_configs" / f"{config}.yaml")]
@@ -132,15 +146,48 @@ def run_config(mode, processes, args, model_dir, data_dir, workdir) -> dict | No
     micro, accumulation = batch_split(args.global_batch, args.per_device, processes)
     name = f"{mode}-{processes}"
     result = workdir / f"{name}.json"
-    recipe = [args.recipe, "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
-              "--output_dir", str(workdir / name), "--log_dir", str(workdir / "logs"), "--run_name", f"bench-{name}",
-              "--overwrite_output_dir", "true", "--max_length", "1024",
-              "--max_steps", str(args.steps + args.warmup), "--warmup_steps", "1",
-              "--per_device_train_batch_size", str(micro), "--gradient_accumulation_steps", str(accumulation),
-              "--lora_dropout", "0", "--eval_strategy", "no", "--save_strategy", "no",
-              "--load_best_model_at_end", "false", "--early_stopping_patience", "null",
-              "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true",
-              *(FSDP_OVERRIDES if mode == "fsdp" else DDP_OVERRIDES)]
+    recipe = [
+        args.recipe,
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset_name",
+        str(data_dir),
+        "--output_dir",
+        str(workdir / name),
+        "--log_dir",
+        str(workdir / "logs"),
+        "--run_name",
+        f"bench-{name}",
+        "--overwrite_output_dir",
+        "true",
+        "--max_length",
+        "1024",
+        "--max_steps",
+        str(args.steps + args.warmup),
+        "--warmup_steps",
+        "1",
+        "--per_device_train_batch_size",
+        str(micro),
+        "--gradient_accumulation_steps",
+        str(accumulation),
+        "--lora_dropout",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *(FSDP_OVERRIDES if mode == "fsdp" else DDP_OVERRIDES),
+    ]
     cmd = [*launcher(mode, processes, args.device == "cuda"), __file__, "--_worker", str(result), *recipe]
     env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     if args.device == "cpu":
@@ -157,11 +204,20 @@ def run_config(mode, processes, args, model_dir, data_dir, workdir) -> dict | No
         return None
     by_step = {s["step"]: s for s in r["steps"]}
     first, last = by_step[args.warmup], by_step[args.warmup + args.steps]
-    r.update(mode=mode, processes=processes, micro=micro, accumulation=accumulation,
-             tokens_per_s=(last["num_tokens"] - first["num_tokens"]) / (last["time"] - first["time"]),
-             losses=[by_step[s]["loss"] for s in sorted(by_step)], process_s=time.perf_counter() - t0)
-    print(f"[{name}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB (rank 0), "
-          f"process {r['process_s']:.0f} s", flush=True)
+    r.update(
+        mode=mode,
+        processes=processes,
+        micro=micro,
+        accumulation=accumulation,
+        tokens_per_s=(last["num_tokens"] - first["num_tokens"]) / (last["time"] - first["time"]),
+        losses=[by_step[s]["loss"] for s in sorted(by_step)],
+        process_s=time.perf_counter() - t0,
+    )
+    print(
+        f"[{name}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB (rank 0), "
+        f"process {r['process_s']:.0f} s",
+        flush=True,
+    )
     return r
 
 
@@ -172,11 +228,15 @@ def report(results: list[dict]) -> None:
         one = base.get(r["mode"])
         r["scaling_efficiency"] = r["tokens_per_s"] / (r["processes"] * one["tokens_per_s"]) if one else None
         eff = f"{r['scaling_efficiency']:.1%}" if one else "n/a"
-        print(f"{r['mode']:<5} {r['processes']:>5} {r['micro']:>5} x {r['accumulation']:<3} "
-              f"{r['tokens_per_s']:>10.0f} {eff:>11} {r['peak_gib']:>9.1f}")
+        print(
+            f"{r['mode']:<5} {r['processes']:>5} {r['micro']:>5} x {r['accumulation']:<3} "
+            f"{r['tokens_per_s']:>10.0f} {eff:>11} {r['peak_gib']:>9.1f}"
+        )
     for r in results:
         if r["processes"] > 1 and r["mode"] in base:
-            print(f"ratio {r['mode']} {r['processes']}/1 procs: {r['tokens_per_s'] / base[r['mode']]['tokens_per_s']:.2f}x")
+            print(
+                f"ratio {r['mode']} {r['processes']}/1 procs: {r['tokens_per_s'] / base[r['mode']]['tokens_per_s']:.2f}x"
+            )
 
     reference = base.get("ddp") or (results[0] if results else None)
     if reference is None:
@@ -227,7 +287,9 @@ def main() -> None:
         modes.remove("fsdp")
     args.recipe = args.recipe or str(REPO / "recipes" / ("tiny" if args.tiny else "") / "bucket1-4.yaml")
 
-    model_dir = args.model_dir or Path(tempfile.gettempdir()) / ("paraphrx-bench-tiny" if args.tiny else "paraphrx-bench-gemma2-2b")
+    model_dir = args.model_dir or Path(tempfile.gettempdir()) / (
+        "paraphrx-bench-tiny" if args.tiny else "paraphrx-bench-gemma2-2b"
+    )
     build_model_dir(model_dir, args.tiny, args.device)
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     device = torch.cuda.get_device_name() if on_gpu else "cpu"

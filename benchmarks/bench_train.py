@@ -50,10 +50,25 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # google/gemma-2-2b-it's config.json, written out so nothing is downloaded.
 GEMMA2_2B = dict(
-    vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
-    rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False, query_pre_attn_scalar=256, sliding_window=4096,
-    final_logit_softcapping=30.0, attn_logit_softcapping=50.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    vocab_size=256000,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    attention_bias=False,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    final_logit_softcapping=30.0,
+    attn_logit_softcapping=50.0,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=2,
     tie_word_embeddings=True,
 )
 
@@ -121,8 +136,13 @@ def measure_matmul_tflops(device: str) -> float:
 def _nf4_config(torch):
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+    )
 
 
 def _lora():
@@ -133,10 +153,24 @@ def _lora():
 
 def _common_args(out: str, steps: int, on_gpu: bool) -> dict:
     return dict(
-        output_dir=out, max_steps=steps, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=1,
-        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-6, weight_decay=0.0, logging_steps=10_000,
-        save_strategy="no", eval_strategy="no", report_to="none", bf16=on_gpu, use_cpu=not on_gpu,
-        dataloader_pin_memory=on_gpu, seed=0, disable_tqdm=True,
+        output_dir=out,
+        max_steps=steps,
+        learning_rate=2e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=1,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_epsilon=1e-6,
+        weight_decay=0.0,
+        logging_steps=10_000,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        dataloader_pin_memory=on_gpu,
+        seed=0,
+        disable_tqdm=True,
     )
 
 
@@ -148,7 +182,10 @@ def build_seed_trainer(model_dir, rows, out, steps, on_gpu, undo):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=_nf4_config(torch), dtype=torch.bfloat16, attn_implementation="eager",
+        model_dir,
+        quantization_config=_nf4_config(torch),
+        dtype=torch.bfloat16,
+        attn_implementation="eager",
         device_map={"": 0} if on_gpu else None,
     )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -168,8 +205,12 @@ def build_seed_trainer(model_dir, rows, out, steps, on_gpu, undo):
             labels[i, :n] = torch.where(keep, ids[i, :n], -100)
         return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
-    args = TrainingArguments(per_device_train_batch_size=4, gradient_accumulation_steps=4,
-                             remove_unused_columns=False, **_common_args(out, steps, on_gpu))
+    args = TrainingArguments(
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        remove_unused_columns=False,
+        **_common_args(out, steps, on_gpu),
+    )
     return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate)
 
 
@@ -181,14 +222,28 @@ def build_trl_trainer(model_dir, rows, out, steps, on_gpu, undo):
     from trl import SFTConfig, SFTTrainer
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=_nf4_config(torch), dtype=torch.bfloat16,
-        attn_implementation="flex_attention" if on_gpu else "eager", device_map={"": 0} if on_gpu else None,
+        model_dir,
+        quantization_config=_nf4_config(torch),
+        dtype=torch.bfloat16,
+        attn_implementation="flex_attention" if on_gpu else "eager",
+        device_map={"": 0} if on_gpu else None,
     )
-    args = SFTConfig(per_device_train_batch_size=16, gradient_accumulation_steps=1, padding_free=True,
-                     gradient_checkpointing=False, use_liger_kernel=on_gpu, max_length=None,
-                     **_common_args(out, steps, on_gpu))
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=_lora())
+    args = SFTConfig(
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        padding_free=True,
+        gradient_checkpointing=False,
+        use_liger_kernel=on_gpu,
+        max_length=None,
+        **_common_args(out, steps, on_gpu),
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=_lora(),
+    )
 
 
 def build_ours_trainer(model_dir, rows, out, steps, on_gpu, undo, recipe_args=()):
@@ -200,14 +255,44 @@ def build_ours_trainer(model_dir, rows, out, steps, on_gpu, undo, recipe_args=()
     from paraphrx.recipe_cli import parse_recipe
     from paraphrx.trainer_factory import build_trainer
 
-    script_args, training_args, model_args = parse_recipe([
-        str(REPO / "recipes" / "bucket1-4.yaml"), "--model_name_or_path", str(model_dir), "--output_dir", out,
-        "--run_name", "bench", "--max_steps", str(steps), "--warmup_steps", "1", "--logging_steps", "10000",
-        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-        "--early_stopping_patience", "None", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
-        "--fast_path", "on" if on_gpu else "off", "--bf16", str(on_gpu).lower(), "--use_cpu", str(not on_gpu).lower(),
-        *recipe_args,
-    ])
+    script_args, training_args, model_args = parse_recipe(
+        [
+            str(REPO / "recipes" / "bucket1-4.yaml"),
+            "--model_name_or_path",
+            str(model_dir),
+            "--output_dir",
+            out,
+            "--run_name",
+            "bench",
+            "--max_steps",
+            str(steps),
+            "--warmup_steps",
+            "1",
+            "--logging_steps",
+            "10000",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--early_stopping_patience",
+            "None",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--seed",
+            "0",
+            "--fast_path",
+            "on" if on_gpu else "off",
+            "--bf16",
+            str(on_gpu).lower(),
+            "--use_cpu",
+            str(not on_gpu).lower(),
+            *recipe_args,
+        ]
+    )
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     return build_trainer(model, tokenizer, training_args, model_args, Dataset.from_list(rows), undo=undo)
 
@@ -215,8 +300,16 @@ def build_ours_trainer(model_dir, rows, out, steps, on_gpu, undo, recipe_args=()
 BUILDERS = {"seed": build_seed_trainer, "trl": build_trl_trainer, "ours": build_ours_trainer}
 
 
-def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bool, result_path: Path,
-               recipe_args: str | None = None, env_names: tuple[str, ...] = ()) -> None:
+def run_worker(
+    config: str,
+    model_dir: Path,
+    steps: int,
+    warmup: int,
+    on_gpu: bool,
+    result_path: Path,
+    recipe_args: str | None = None,
+    env_names: tuple[str, ...] = (),
+) -> None:
     """Train one configuration and write its throughput figures as JSON."""
     import torch
     from transformers import TrainerCallback
@@ -257,7 +350,9 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
         trainer.add_callback(Clock())
         if on_gpu and os.environ.get("PARAPHRX_PROFILE") == config:  # kernel table + GPU idle gaps for two timed steps
             trainer.add_callback(_profile_callback(warmup, marks))
-        if on_gpu and os.environ.get("PARAPHRX_SYNC_DEBUG") == config:  # where the host waits for the GPU, last warm-up step
+        if (
+            on_gpu and os.environ.get("PARAPHRX_SYNC_DEBUG") == config
+        ):  # where the host waits for the GPU, last warm-up step
             trainer.add_callback(_sync_debug_callback(warmup))
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
@@ -283,8 +378,12 @@ def run_worker(config: str, model_dir: Path, steps: int, warmup: int, on_gpu: bo
 # Levers of ours that `PARAPHRX_BENCH_WITHOUT=name,...` (a variant's environment word) switches off in its process,
 # so each one's gain is measured side by side: a change of paraphrx/fast_path.py's CHANGES left out, or (lm_head) the
 # LM head's one-pass gradient replaced by TRL's kernel. The library itself has no such switches.
-LEVERS = {"positions": "trained positions from the collator", "walks": "module walks listed once",
-          "workers": "collation in a dataloader worker", "lm_head": None}
+LEVERS = {
+    "positions": "trained positions from the collator",
+    "walks": "module walks listed once",
+    "workers": "collation in a dataloader worker",
+    "lm_head": None,
+}
 
 
 def switch_off_levers(names: list[str]) -> None:
@@ -332,8 +431,10 @@ def _profile_callback(warmup: int, marks: dict):
                     print_host_time(events, steps=2)
                     if os.environ.get("PARAPHRX_PROFILE_TRACE"):  # the chrome trace, gzipped, for a closer look
                         import gzip
+
                         Path(os.environ["PARAPHRX_PROFILE_TRACE"]).write_bytes(
-                            gzip.compress(Path(trace.name).read_bytes()))
+                            gzip.compress(Path(trace.name).read_bytes())
+                        )
 
     return Profile()
 
@@ -341,9 +442,14 @@ def _profile_callback(warmup: int, marks: dict):
 def print_gpu_gaps(trace: dict, steps: int, min_gap_us: float = 300.0, show: int = 25) -> None:
     """GPU busy time vs the profiled wall time, and the longest idle gaps with the host calls made during each."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
-    gpu = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
-    host = sorted((e["ts"], e["dur"], e.get("cat"), e["name"]) for e in events
-                  if e.get("cat") in ("cpu_op", "cuda_runtime", "user_annotation"))
+    gpu = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    )
+    host = sorted(
+        (e["ts"], e["dur"], e.get("cat"), e["name"])
+        for e in events
+        if e.get("cat") in ("cpu_op", "cuda_runtime", "user_annotation")
+    )
     if not gpu:
         print("no GPU events in the trace", flush=True)
         return
@@ -359,27 +465,41 @@ def print_gpu_gaps(trace: dict, steps: int, min_gap_us: float = 300.0, show: int
     busy += end - start
     wall = gpu[-1][1] - min(h[0] for h in host) if host else gpu[-1][1] - gpu[0][0]
     idle = sum(g[0] for g in gaps)
-    print(f"GPU busy {busy / steps / 1e3:.1f} ms/step of {wall / steps / 1e3:.1f} ms/step profiled; "
-          f"{len(gaps)} gaps >= {min_gap_us / 1e3:.1f} ms sum to {idle / steps / 1e3:.1f} ms/step", flush=True)
+    print(
+        f"GPU busy {busy / steps / 1e3:.1f} ms/step of {wall / steps / 1e3:.1f} ms/step profiled; "
+        f"{len(gaps)} gaps >= {min_gap_us / 1e3:.1f} ms sum to {idle / steps / 1e3:.1f} ms/step",
+        flush=True,
+    )
     for length, g0, g1 in sorted(gaps, reverse=True)[:show]:
         during = [h for h in host if g0 - 50 <= h[0] < g1]
-        syncs = [h for h in host if h[2] == "cuda_runtime" and h[0] < g1 and h[0] + h[1] > g0 - 50
-                 and ("Synchronize" in h[3] or "Memcpy" in h[3])]
+        syncs = [
+            h
+            for h in host
+            if h[2] == "cuda_runtime"
+            and h[0] < g1
+            and h[0] + h[1] > g0 - 50
+            and ("Synchronize" in h[3] or "Memcpy" in h[3])
+        ]
         names, seen = [], set()
         for h in during:
             if h[2] != "cuda_runtime" and h[3] not in seen:
                 seen.add(h[3])
                 names.append(h[3])
-        print(f"  gap {length / 1e3:6.2f} ms at +{(g0 - gpu[0][0]) / 1e3:7.1f} ms | syncs: "
-              f"{[f'{h[3]} {h[1] / 1e3:.2f}ms' for h in syncs][:3]} | host: {names[:8]}", flush=True)
+        print(
+            f"  gap {length / 1e3:6.2f} ms at +{(g0 - gpu[0][0]) / 1e3:7.1f} ms | syncs: "
+            f"{[f'{h[3]} {h[1] / 1e3:.2f}ms' for h in syncs][:3]} | host: {names[:8]}",
+            flush=True,
+        )
 
 
 def print_host_time(trace: dict, steps: int, show: int = 25) -> None:
     """Where the host's time goes: the outermost profiled calls of every thread (the main loop, autograd's backward
     thread) summed by name, the time between them (plain Python: the Trainer, hooks, wrappers), kernel launches."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
-    host = sorted(((e["ts"], e["dur"], e.get("tid"), e["name"]) for e in events
-                   if e.get("cat") in ("cpu_op", "user_annotation")), key=lambda h: (h[0], -h[1]))
+    host = sorted(
+        ((e["ts"], e["dur"], e.get("tid"), e["name"]) for e in events if e.get("cat") in ("cpu_op", "user_annotation")),
+        key=lambda h: (h[0], -h[1]),
+    )
     if not host:
         print("no host events in the trace", flush=True)
         return
@@ -400,9 +520,12 @@ def print_host_time(trace: dict, steps: int, show: int = 25) -> None:
     covered += end - start
     wall = max(ts + dur for ts, dur, *_ in host) - host[0][0]
     launches = [e["dur"] for e in events if e.get("cat") == "cuda_runtime" and "Launch" in e["name"]]
-    print(f"host: {wall / steps / 1e3:.1f} ms/step profiled, {(wall - covered) / steps / 1e3:.1f} ms/step outside "
-          f"any profiled call; {len(launches) / steps:.0f} kernel launches/step taking "
-          f"{sum(launches) / steps / 1e3:.1f} ms/step", flush=True)
+    print(
+        f"host: {wall / steps / 1e3:.1f} ms/step profiled, {(wall - covered) / steps / 1e3:.1f} ms/step outside "
+        f"any profiled call; {len(launches) / steps:.0f} kernel launches/step taking "
+        f"{sum(launches) / steps / 1e3:.1f} ms/step",
+        flush=True,
+    )
     for name, (total, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:show]:
         print(f"  {total / steps / 1e3:7.2f} ms/step {calls / steps:6.0f} calls/step  {name[:110]}", flush=True)
 
@@ -422,7 +545,9 @@ def _sync_debug_callback(warmup: int):
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" in str(message):
             frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
-            stacks["\n".join(f"    {f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in frames[-7:])] += 1
+            stacks[
+                "\n".join(f"    {f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in frames[-7:])
+            ] += 1
         else:
             show_default(message, category, filename, lineno, file, line)
 
@@ -446,12 +571,18 @@ def _sync_debug_callback(warmup: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help="comma list of: " + ", ".join(CONFIGS) + ", and --variant names")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                        help="a variant of ours: extra recipe args and/or environment settings (UPPER_CASE=value, "
-                             "e.g. inductor's), e.g. ours_cpp='TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4'; "
-                             "list NAME in --configs (repeatable)")
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma list of: " + ", ".join(CONFIGS) + ", and --variant names"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="a variant of ours: extra recipe args and/or environment settings (UPPER_CASE=value, "
+        "e.g. inductor's), e.g. ours_cpp='TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4'; "
+        "list NAME in --configs (repeatable)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (compile, allocator)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -470,8 +601,16 @@ def main() -> None:
     variants = dict(v.split("=", 1) for v in args.variant)
 
     if args._worker:
-        run_worker(args._worker, args.model_dir, args.steps, args.warmup, on_gpu, args._result, args._recipe_args,
-                   tuple(filter(None, args._env_names.split(","))))
+        run_worker(
+            args._worker,
+            args.model_dir,
+            args.steps,
+            args.warmup,
+            on_gpu,
+            args._result,
+            args._recipe_args,
+            tuple(filter(None, args._env_names.split(","))),
+        )
         return
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS and c not in variants]
     if unknown:
@@ -479,7 +618,9 @@ def main() -> None:
 
     import torch
 
-    model_dir = args.model_dir or Path(tempfile.gettempdir()) / ("paraphrx-bench-tiny" if args.tiny else "paraphrx-bench-gemma2-2b")
+    model_dir = args.model_dir or Path(tempfile.gettempdir()) / (
+        "paraphrx-bench-tiny" if args.tiny else "paraphrx-bench-gemma2-2b"
+    )
     build_model_dir(model_dir, args.tiny, args.device)
     matmul_tflops = measure_matmul_tflops(args.device)
     gpu = torch.cuda.get_device_name() if on_gpu else "cpu"
@@ -488,8 +629,22 @@ def main() -> None:
     results = []
     for config in args.configs.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-            cmd = [sys.executable, __file__, "--_worker", config, "--_result", tmp.name, "--model_dir", str(model_dir),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_worker",
+                config,
+                "--_result",
+                tmp.name,
+                "--model_dir",
+                str(model_dir),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--device",
+                args.device,
+            ]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if config in variants:
                 variant_env, recipe_args = split_variant(variants[config])
@@ -507,14 +662,19 @@ def main() -> None:
             r = json.loads(Path(tmp.name).read_text())
             r["wall_s"] = time.perf_counter() - t0
             results.append(r)
-            print(f"[{config}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
-                  f"loss {r['train_loss']:.4f}, process {r['wall_s']:.0f} s; step ms {r['step_ms']}", flush=True)
+            print(
+                f"[{config}] {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
+                f"loss {r['train_loss']:.4f}, process {r['wall_s']:.0f} s; step ms {r['step_ms']}",
+                flush=True,
+            )
 
     n_base = _param_count(model_dir)
     by_name = {r["config"]: r for r in results}
     width = max([6] + [len(r["config"]) for r in results])
-    print(f"\n{'config':<{width}} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}   (N = {n_base / 1e9:.2f}B, "
-          f"16 examples/step)")
+    print(
+        f"\n{'config':<{width}} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}   (N = {n_base / 1e9:.2f}B, "
+        f"16 examples/step)"
+    )
     for r in results:
         mfu = 6 * n_base * r["tokens_per_s"] / (matmul_tflops * 1e12)
         r["mfu"] = mfu

@@ -59,8 +59,13 @@ UPSTREAM_SCORES = np.array([1, 1, 1, 1, 1, 1, 2, 4, 15, 24, 49], dtype=float) / 
 
 
 def synth_rows(
-    n_prompts: int, n_paraphrases: int, seed: int, para_chars=(50, 250), answer_chars=(80, 500),
-    output_chars=(300, 700), score_p=None,
+    n_prompts: int,
+    n_paraphrases: int,
+    seed: int,
+    para_chars=(50, 250),
+    answer_chars=(80, 500),
+    output_chars=(300, 700),
+    score_p=None,
 ):
     """Seed-schema rows; scores 0-10 uniform, or drawn with probabilities `score_p` (e.g. UPSTREAM_SCORES)."""
     rng = np.random.default_rng(seed)
@@ -73,8 +78,11 @@ def synth_rows(
 
     styles = ["instruction_original"] + [f"instruct_style_{i:03d}" for i in range(n_paraphrases - 1)]
     for count in range(1, n_prompts + 1):
-        scores = (rng.choice(11, size=n_paraphrases, p=score_p) if score_p is not None
-                  else rng.integers(0, 11, size=n_paraphrases)).tolist()
+        scores = (
+            rng.choice(11, size=n_paraphrases, p=score_p)
+            if score_p is not None
+            else rng.integers(0, 11, size=n_paraphrases)
+        ).tolist()
         buckets = assign_buckets(scores)
         ranks = {s: r for r, s in enumerate(sorted(set(scores), reverse=True), start=1)}
         original = text(*para_chars)
@@ -99,8 +107,13 @@ def synth_rows(
         }
 
 
-def calibrated_lengths(tokenizer, prompt_tokens: float = 45, completion_tokens: float = 180, seed: int = 0,
-                       min_paraphrase_tokens: float = 5) -> dict:
+def calibrated_lengths(
+    tokenizer,
+    prompt_tokens: float = 45,
+    completion_tokens: float = 180,
+    seed: int = 0,
+    min_paraphrase_tokens: float = 5,
+) -> dict:
     """Character ranges for `synth_rows` whose prepared rows have these median token lengths with `tokenizer`
     (prompt: the Alpaca template with the paraphrase; completion: the reference output), measured on a sample and
     corrected three times. The defaults are DESIGN.md's Alpaca-like lengths with gemma's tokenizer. A tokenizer that
@@ -119,9 +132,12 @@ def calibrated_lengths(tokenizer, prompt_tokens: float = 45, completion_tokens: 
     for _ in range(3):
         prompt_len, completion_len = medians(lengths)
         para_scale = max(prompt_tokens - template, min_paraphrase_tokens) / max(prompt_len - template, 1)
-        lengths = {"para_chars": tuple(max(1, round(c * para_scale)) for c in lengths["para_chars"]),
-                   "output_chars": tuple(max(1, round(c * completion_tokens / completion_len))
-                                         for c in lengths["output_chars"])}
+        lengths = {
+            "para_chars": tuple(max(1, round(c * para_scale)) for c in lengths["para_chars"]),
+            "output_chars": tuple(
+                max(1, round(c * completion_tokens / completion_len)) for c in lengths["output_chars"]
+            ),
+        }
     return lengths
 
 

@@ -130,8 +130,12 @@ def clean_leftovers(output_dir: str | Path) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     if removed:
-        logger.info("removed {} leftover folder(s) of a killed run beside {}: {}", len(removed), out,
-                    ", ".join(p.name for p in removed))
+        logger.info(
+            "removed {} leftover folder(s) of a killed run beside {}: {}",
+            len(removed),
+            out,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

@@ -29,8 +29,11 @@ def peak_memory_metrics() -> dict[str, float]:
 
 def add_run_metrics(logs: dict[str, float]) -> dict[str, float]:
     """Add perplexity = exp(loss) next to every (eval) loss and the peak memory, in place, before logs are reported."""
-    for loss_key, ppl_key in (("loss", "perplexity"), ("eval_loss", "eval_perplexity"),
-                              (f"{FULL_EVAL_PREFIX}_loss", f"{FULL_EVAL_PREFIX}_perplexity")):
+    for loss_key, ppl_key in (
+        ("loss", "perplexity"),
+        ("eval_loss", "eval_perplexity"),
+        (f"{FULL_EVAL_PREFIX}_loss", f"{FULL_EVAL_PREFIX}_perplexity"),
+    ):
         if loss_key in logs:
             logs[ppl_key] = math.exp(min(logs[loss_key], 700.0))  # exp overflows float past ~709
     logs.update(peak_memory_metrics())
@@ -59,8 +62,9 @@ class LoguruCallback(TrainerCallback):
         if state.is_world_process_zero:
             # the epochs the run covers, not `num_train_epochs` (which max_steps overrides)
             epochs = epochs_covered(state.max_steps, train_dataloader, args.gradient_accumulation_steps)
-            logger.info("training: {} optimizer steps{}", state.max_steps,
-                        "" if epochs is None else f", {epochs:.3g} epochs")
+            logger.info(
+                "training: {} optimizer steps{}", state.max_steps, "" if epochs is None else f", {epochs:.3g} epochs"
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -124,8 +128,12 @@ def evaluate_full_validation(trainer, validation) -> dict | None:
     if validation is None:
         return None
     metrics = trainer.evaluate(eval_dataset=validation, metric_key_prefix=FULL_EVAL_PREFIX)
-    logger.info("loss on the whole validation split ({} rows): {:.4f}, perplexity {:.4g}", len(validation),
-                metrics[f"{FULL_EVAL_PREFIX}_loss"], metrics[f"{FULL_EVAL_PREFIX}_perplexity"])
+    logger.info(
+        "loss on the whole validation split ({} rows): {:.4f}, perplexity {:.4g}",
+        len(validation),
+        metrics[f"{FULL_EVAL_PREFIX}_loss"],
+        metrics[f"{FULL_EVAL_PREFIX}_perplexity"],
+    )
     return metrics
 
 
@@ -137,5 +145,8 @@ def full_validation_result(state, load_best_model_at_end: bool = False) -> dict 
     if logged is None:
         return None
     best = state.best_global_step if load_best_model_at_end else None
-    return {"loss": logged[f"{FULL_EVAL_PREFIX}_loss"], "perplexity": logged.get(f"{FULL_EVAL_PREFIX}_perplexity"),
-            "adapter_step": best or state.global_step}
+    return {
+        "loss": logged[f"{FULL_EVAL_PREFIX}_loss"],
+        "perplexity": logged.get(f"{FULL_EVAL_PREFIX}_perplexity"),
+        "adapter_step": best or state.global_step,
+    }

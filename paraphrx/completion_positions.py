@@ -49,8 +49,10 @@ def _plain_scale(config) -> bool:
     """Whether the logits are only soft-capped (Gemma-2), not scaled: the case `position_lm_head` implements.
     Other models keep TRL's own head (see `add_fused_lm_head` for the scalings it reads)."""
     text = config.get_text_config()
-    return all(getattr(text, name, None) is None
-               for name in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+    return all(
+        getattr(text, name, None) is None
+        for name in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    )
 
 
 @contextmanager

@@ -55,6 +55,7 @@ def fast_path_enabled(choice: str, use_cpu: bool = False) -> bool:
         logger.warning("fast_path: auto trains on the plain path: {}", why)
     return False
 
+
 # Validation rows scored every eval_steps: 20 steps train 320 rows, so scoring 64 stays under 10% of the time between
 # two evaluations once scoring a row costs less than half of training one, whatever the size of the validation split;
 # its noise against the whole split: benchmarks/RESULTS.md, "the evaluation subset's noise".
@@ -88,8 +89,11 @@ class ParaphrxScriptArguments(ScriptArguments):
         if hasattr(super(), "__post_init__"):  # TRL 1.16's ScriptArguments has none
             super().__post_init__()
         if self.max_eval_samples is not None:
-            warnings.warn("max_eval_samples is deprecated: it now sets eval_subset_rows (a stratified subset)",
-                          FutureWarning, stacklevel=2)
+            warnings.warn(
+                "max_eval_samples is deprecated: it now sets eval_subset_rows (a stratified subset)",
+                FutureWarning,
+                stacklevel=2,
+            )
             self.eval_subset_rows, self.max_eval_samples = self.max_eval_samples, None
         if self.eval_subset_rows is not None and self.eval_subset_rows < 1:
             raise ValueError(f"eval_subset_rows: expected a number of rows >= 1 or null, got {self.eval_subset_rows}")
@@ -144,8 +148,10 @@ class ParaphrxSFTConfig(SFTConfig):
         super().__post_init__()
         _check_report_to(self.report_to)
         if self.push_to_hub and self.hub_strategy.value not in ("every_save", "end"):
-            raise ValueError(f"hub_strategy: {self.hub_strategy.value}: paraphrx pushes the finished run once (adapter, "
-                             "card and records), never checkpoints; leave hub_strategy out")
+            raise ValueError(
+                f"hub_strategy: {self.hub_strategy.value}: paraphrx pushes the finished run once (adapter, "
+                "card and records), never checkpoints; leave hub_strategy out"
+            )
         # `on` without CUDA: a one-line recipe error, now
         self.use_fast_path = fast_path_enabled(self.fast_path, use_cpu=self.use_cpu)
         # transformers' EarlyStoppingCallback would only assert this once training starts.
@@ -161,8 +167,10 @@ def _prefer_activation_checkpointing(args) -> None:
     """transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` and warns (FutureWarning) when
     only the old name is set, which TRL's default (True) and the recipes do; 5.17 (the GPU image) knows only the old
     name, so the recipes keep it and the value moves to the new name here, where the field exists."""
-    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
         if hasattr(args, new) and getattr(args, new) is None and getattr(args, old) is not None:
             setattr(args, new, getattr(args, old))
 
@@ -191,8 +199,10 @@ def _check_report_to(report_to: list[str]) -> None:
 
     for name in report_to:
         if name not in integration_utils.INTEGRATION_TO_CALLBACK:
-            raise ValueError(f"report_to: unknown integration {name!r} (one of none, all, "
-                             f"{', '.join(integration_utils.INTEGRATION_TO_CALLBACK)})")
+            raise ValueError(
+                f"report_to: unknown integration {name!r} (one of none, all, "
+                f"{', '.join(integration_utils.INTEGRATION_TO_CALLBACK)})"
+            )
         available = getattr(integration_utils, f"is_{_INTEGRATION_PACKAGES.get(name, name)}_available", None)
         if available is not None and not available():
             extra = f'pip install -e ".[{name}]"' if name in ("wandb", "tensorboard") else f"pip install {name}"

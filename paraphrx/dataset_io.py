@@ -33,7 +33,9 @@ def check_local_dataset(dataset: str) -> None:
         raise FileNotFoundError(errno.ENOENT, problem + hint, dataset)
 
 
-def load_prepared(dataset: str, split: str, revision: str | None = None, buckets: tuple[int, ...] | None = None) -> Dataset:
+def load_prepared(
+    dataset: str, split: str, revision: str | None = None, buckets: tuple[int, ...] | None = None
+) -> Dataset:
     """Load one split of a prepared dataset by Hub id or local path; optionally keep only some buckets."""
     check_local_dataset(dataset)
     local = Path(dataset)

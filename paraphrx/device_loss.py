@@ -26,9 +26,16 @@ def keep_loss_metrics_on_device(trainer) -> Iterator[None]:
 
     def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
         positions = {key: inputs.pop(key) for key in (POSITIONS, TARGETS) if key in inputs}  # LabelPositionsCollator
-        plain = (model.training and not return_outputs and trainer.compute_loss_func is None
-                 and trainer.label_smoother is None and not trainer.aux_loss_enabled and trainer.args.loss_type == "nll"
-                 and "position_ids" in inputs and "attention_mask" not in inputs)
+        plain = (
+            model.training
+            and not return_outputs
+            and trainer.compute_loss_func is None
+            and trainer.label_smoother is None
+            and not trainer.aux_loss_enabled
+            and trainer.args.loss_type == "nll"
+            and "position_ids" in inputs
+            and "attention_mask" not in inputs
+        )
         if not plain:
             return trl_compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return _loss_on_device(trainer, model, inputs, positions, num_items_in_batch)

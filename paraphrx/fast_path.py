@@ -50,17 +50,24 @@ def _one_padding_free_batch(args) -> AbstractContextManager:
     step, no pad tokens; flex attention keeps the samples apart. TRL refuses `max_length` with padding-free batches,
     so the rows are cut before batching instead (`_cut_rows`)."""
     examples = args.per_device_train_batch_size * args.gradient_accumulation_steps
-    return patch_attributes(args, per_device_train_batch_size=examples, gradient_accumulation_steps=1,
-                            padding_free=True, max_length=None)
+    return patch_attributes(
+        args, per_device_train_batch_size=examples, gradient_accumulation_steps=1, padding_free=True, max_length=None
+    )
 
 
 @contextmanager
 def _cut_rows(trainer, recipe_args) -> Iterator[None]:
     max_length = recipe_args.max_length
-    with patch_attributes(trainer, train_dataset=truncate_tokenized(trainer.train_dataset, max_length),
-                          eval_dataset=truncate_tokenized(trainer.eval_dataset, max_length)):
-        logger.info("fast path: one padding-free batch of {} examples per optimizer step, sequences cut at {} tokens",
-                    trainer.args.per_device_train_batch_size, max_length)
+    with patch_attributes(
+        trainer,
+        train_dataset=truncate_tokenized(trainer.train_dataset, max_length),
+        eval_dataset=truncate_tokenized(trainer.eval_dataset, max_length),
+    ):
+        logger.info(
+            "fast path: one padding-free batch of {} examples per optimizer step, sequences cut at {} tokens",
+            trainer.args.per_device_train_batch_size,
+            max_length,
+        )
         yield
 
 
@@ -76,11 +83,14 @@ def _no_host_waits(args) -> Iterator[None]:
     (the device-side loss and the packed mask below remove the waits inside the forward)."""
     optim = "adamw_torch_fused" if args.optim == "adamw_torch" else args.optim  # the same AdamW, one kernel for all
     with ExitStack() as undo:
-        undo.enter_context(patch_attributes(
-            args, optim=optim,
-            logging_nan_inf_filter=False,  # it reads the loss on the host after every step
-            dataloader_pin_memory=True,  # pinned batches copy to the GPU without a host wait
-        ))
+        undo.enter_context(
+            patch_attributes(
+                args,
+                optim=optim,
+                logging_nan_inf_filter=False,  # it reads the loss on the host after every step
+                dataloader_pin_memory=True,  # pinned batches copy to the GPU without a host wait
+            )
+        )
         undo.enter_context(patch_attributes(args.accelerator_config, non_blocking=True))
         yield
 
@@ -112,16 +122,22 @@ CHANGES: tuple[Change, ...] = (
     Change("collation in a dataloader worker", _collate_in_a_worker),
     Change("rows tokenized on several cores", _prepare_rows_on_several_cores),
     Change("compile caches in one folder", to_args=lambda args: compile_cache_folder()),
-    Change("compiled decoder layers",
-           lambda args: patch_attributes(args, use_liger_kernel=False),  # the compiled layers fuse what Liger would
-           lambda trainer, _: compiled_decoder_layers(trainer.model)),
-    Change("one attention mask for every layer",
-           to_trainer=lambda trainer, recipe_args: one_mask_for_every_layer(trainer.model, recipe_args.max_length)),
+    Change(
+        "compiled decoder layers",
+        lambda args: patch_attributes(args, use_liger_kernel=False),  # the compiled layers fuse what Liger would
+        lambda trainer, _: compiled_decoder_layers(trainer.model),
+    ),
+    Change(
+        "one attention mask for every layer",
+        to_trainer=lambda trainer, recipe_args: one_mask_for_every_layer(trainer.model, recipe_args.max_length),
+    ),
     Change("block masks compiled once", to_trainer=lambda trainer, _: block_masks_compiled_once()),
     Change("loss metrics kept on the device", to_trainer=lambda trainer, _: keep_loss_metrics_on_device(trainer)),
     Change("module walks listed once", to_trainer=lambda trainer, _: list_module_walks_once(trainer)),
-    Change("trained positions from the collator",  # needs the device-side loss above, which passes them on
-           to_trainer=lambda trainer, _: score_collated_positions(trainer)),
+    Change(
+        "trained positions from the collator",  # needs the device-side loss above, which passes them on
+        to_trainer=lambda trainer, _: score_collated_positions(trainer),
+    ),
     Change("packed mask without a host read", to_trainer=lambda trainer, _: packed_masks_without_host_read()),
     Change("packed evaluation", to_trainer=_evaluate_packed),
 )
@@ -154,11 +170,17 @@ def truncate_tokenized(dataset, max_length: int | None):
     columns = [c for c in ("input_ids", "labels", "completion_mask", "assistant_masks") if c in dataset.column_names]
     if len(dataset) == 0 or max(token_lengths(dataset)) <= max_length:
         return dataset
-    cut = dataset.map(lambda rows: {c: [values[:max_length] for values in rows[c]] for c in columns}, batched=True,
-                      desc=f"truncating to {max_length}")
+    cut = dataset.map(
+        lambda rows: {c: [values[:max_length] for values in rows[c]] for c in columns},
+        batched=True,
+        desc=f"truncating to {max_length}",
+    )
     if "labels" in columns:  # a prompt that fills max_length leaves no label to train on
-        cut = cut.filter(lambda rows: [any(label != -100 for label in labels) for labels in rows], batched=True,
-                         input_columns="labels")
+        cut = cut.filter(
+            lambda rows: [any(label != -100 for label in labels) for labels in rows],
+            batched=True,
+            input_columns="labels",
+        )
     return cut
 
 
@@ -246,14 +268,18 @@ def one_mask_for_every_layer(model: nn.Module, max_length: int | None) -> Iterat
         yield False
         return
     if max_length is None or max_length > window:
-        logger.info("fast path: the sliding-window layers keep their own mask: rows of {} tokens may exceed the "
-                    "window of {}", max_length or "any number of", window)
+        logger.info(
+            "fast path: the sliding-window layers keep their own mask: rows of {} tokens may exceed the window of {}",
+            max_length or "any number of",
+            window,
+        )
         yield False
         return
     module, causal_mask = builders
     with patch_attribute(module, internals.SLIDING_MASK_BUILDER, causal_mask):
-        logger.info("fast path: one attention mask for every layer (rows of at most {} tokens, window {})",
-                    max_length, window)
+        logger.info(
+            "fast path: one attention mask for every layer (rows of at most {} tokens, window {})", max_length, window
+        )
         yield True
 
 
@@ -304,8 +330,10 @@ def compile_cache_folder() -> Iterator[str]:
     time are safe: torch and Triton write every entry under a temporary name and rename it into place, and an
     entry's key covers the code, shapes, settings and library versions it depends on."""
     root = _chosen_inductor_cache_dir() or compile_cache_root()
-    values = {"TORCHINDUCTOR_CACHE_DIR": root, "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR")
-              or os.path.join(root, "triton")}
+    values = {
+        "TORCHINDUCTOR_CACHE_DIR": root,
+        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR") or os.path.join(root, "triton"),
+    }
     before = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:

@@ -62,15 +62,24 @@ def create_repo(repo_id: str, repo_type: str, private: bool = False, private_fla
     return getattr(url, "repo_id", None) or repo_id
 
 
-def upload_folder(folder: str | Path, repo_id: str, repo_type: str, commit_message: str,
-                  delete_patterns: Sequence[str] | None = None, ignore_patterns: Sequence[str] | None = None) -> str:
+def upload_folder(
+    folder: str | Path,
+    repo_id: str,
+    repo_type: str,
+    commit_message: str,
+    delete_patterns: Sequence[str] | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+) -> str:
     """Upload `folder` in one commit (deleting `delete_patterns` of an earlier push in the same commit); the commit
     URL."""
     from huggingface_hub import HfApi
 
     logger.info("uploading {} to {} ({})", folder, repo_id, repo_type)
     info = HfApi().upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message=commit_message,
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type=repo_type,
+        commit_message=commit_message,
         delete_patterns=list(delete_patterns) if delete_patterns else None,
         ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
     )

@@ -71,7 +71,9 @@ def render_label_mask(
     rows = dataset.select(range(min(num_examples, len(dataset))))
     # SFTTrainer drops rows left without a trained token (a prompt that fills max_length); the index keeps the rest
     # paired with their source row.
-    prepared = prepare_sft_dataset(rows.add_column(_ROW, list(range(len(rows)))), tokenizer, training_args, "label-mask")
+    prepared = prepare_sft_dataset(
+        rows.add_column(_ROW, list(range(len(rows)))), tokenizer, training_args, "label-mask"
+    )
     by_row = {row[_ROW]: row for row in prepared}
     blocks = []
     for i, raw in enumerate(rows):
@@ -92,8 +94,20 @@ class LabelMaskArguments:
 
 # The view loads no model and trains nothing: the settings of a GPU recipe that only matter on a device (bf16 refuses
 # a machine without a GPU) or for reporting are set aside, so `recipes/bucket1-4.yaml` works on any CPU.
-NO_DEVICE = ["--use_cpu", "true", "--bf16", "false", "--fp16", "false", "--fast_path", "off", "--report_to", "none",
-             "--push_to_hub", "false"]
+NO_DEVICE = [
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--fp16",
+    "false",
+    "--fast_path",
+    "off",
+    "--report_to",
+    "none",
+    "--push_to_hub",
+    "false",
+]
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -110,7 +124,11 @@ def main(argv: list[str] | None = None) -> str:
             tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
         text = render_label_mask(train, tokenizer, training_args, view_args.num_examples, view_args.show_tokens)
         logger.info(
-            "label mask of {}:{} ({})\n{}", record["dataset"], record["train_split"], model_args.model_name_or_path, text
+            "label mask of {}:{} ({})\n{}",
+            record["dataset"],
+            record["train_split"],
+            model_args.model_name_or_path,
+            text,
         )
     return text
 

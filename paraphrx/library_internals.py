@@ -147,8 +147,10 @@ def require_resume_internals() -> None:
     if missing:
         import transformers
 
-        raise ImportError(f"paraphrx: transformers {transformers.__version__} has no Trainer.{missing[0]}; "
-                          "update paraphrx/resume.py for this version")
+        raise ImportError(
+            f"paraphrx: transformers {transformers.__version__} has no Trainer.{missing[0]}; "
+            "update paraphrx/resume.py for this version"
+        )
 
 
 def run_loss_total(trainer) -> float:

@@ -28,12 +28,19 @@ def trl_log_probs(hidden, weight, bias, targets, softcap):
     from trl.kernels import ChunkedLogProbFunction
 
     log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
-        hidden, weight, bias, targets, 1.0, internals.TRL_LOGPROB_CHUNK_SIZE, softcap, 1.0, OUTPUTS)
+        hidden, weight, bias, targets, 1.0, internals.TRL_LOGPROB_CHUNK_SIZE, softcap, 1.0, OUTPUTS
+    )
     return log_probs, entropy, is_top1
 
 
-def _tiled_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
-                     token_block: int, grad_hidden: torch.Tensor | None = None):
+def _tiled_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    softcap: float | None,
+    token_block: int,
+    grad_hidden: torch.Tensor | None = None,
+):
     """(log_probs, entropy, is_top1) over token tiles that span the whole vocabulary. With `grad_hidden` ([tokens,
     hidden], fp32), each tile is also turned into d log p / d logits in place and folded into it (one more GEMM)."""
     device, (n_tokens, vocab) = hidden.device, (hidden.shape[0], weight.shape[0])
@@ -55,17 +62,46 @@ def _tiled_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         rows, tile = slice(start, end), tiles[: end - start]
         torch.mm(hidden[rows].to(dtype), weight.t(), out=tile)
         fold = internals.forward_kernel[(end - start,)] if triton else internals.forward_tile
-        fold(tile, tile.stride(0), targets[rows], running_max[rows], sum_exp[rows], x_sum_exp[rows], unused[rows],
-             unused[rows], max_before_target[rows], target_logit[rows], 0, vocab, HAS_ENTROPY=True,
-             HAS_LOG_SUM_SQ_PROBS=False, HAS_MEAN_LOGITS=False, HAS_IS_TOP1=True, BLOCK_SIZE=block,
-             **kernel_args)
+        fold(
+            tile,
+            tile.stride(0),
+            targets[rows],
+            running_max[rows],
+            sum_exp[rows],
+            x_sum_exp[rows],
+            unused[rows],
+            unused[rows],
+            max_before_target[rows],
+            target_logit[rows],
+            0,
+            vocab,
+            HAS_ENTROPY=True,
+            HAS_LOG_SUM_SQ_PROBS=False,
+            HAS_MEAN_LOGITS=False,
+            HAS_IS_TOP1=True,
+            BLOCK_SIZE=block,
+            **kernel_args,
+        )
         torch.add(running_max[rows], torch.log(sum_exp[rows]), out=log_z[rows])
         if grad_hidden is None:
             continue
         # the whole vocabulary of these tokens is in the tile: turn it into d log p / d logits in place
         fold = internals.backward_kernel[(end - start, -(-vocab // block))] if triton else internals.backward_tile
-        fold(tile, tile.stride(0), targets[rows], log_z[rows], log_z[rows], ones[rows], ones[rows], 0, vocab,
-             HAS_LOGPROB_GRAD=True, HAS_ENTROPY_GRAD=False, BLOCK_SIZE=block, **kernel_args)
+        fold(
+            tile,
+            tile.stride(0),
+            targets[rows],
+            log_z[rows],
+            log_z[rows],
+            ones[rows],
+            ones[rows],
+            0,
+            vocab,
+            HAS_LOGPROB_GRAD=True,
+            HAS_ENTROPY_GRAD=False,
+            BLOCK_SIZE=block,
+            **kernel_args,
+        )
         internals.addmm_fp32(grad_hidden[rows], tile, weight)
 
     log_probs = target_logit - log_z
@@ -74,8 +110,13 @@ def _tiled_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
     return log_probs, entropy, is_top1
 
 
-def log_probs_forward_only(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
-                           token_block: int = TOKEN_BLOCK):
+def log_probs_forward_only(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    softcap: float | None,
+    token_block: int = TOKEN_BLOCK,
+):
     """The same (log_probs, entropy, is_top1) as `LogProbsWithGradient`, for evaluation: one vocabulary GEMM per tile
     and no gradient kept; the [tokens, vocabulary] logits never exist beyond one tile."""
     with torch.no_grad():
@@ -88,8 +129,14 @@ class LogProbsWithGradient(torch.autograd.Function):
     Differentiable in `hidden` through `log_probs` only (entropy and accuracy are metrics)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
-                token_block: int = TOKEN_BLOCK):
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        softcap: float | None,
+        token_block: int = TOKEN_BLOCK,
+    ):
         ctx.set_materialize_grads(False)
         grad_hidden = torch.zeros((hidden.shape[0], hidden.shape[1]), device=hidden.device, dtype=torch.float32)
         log_probs, entropy, is_top1 = _tiled_log_probs(hidden, weight, targets, softcap, token_block, grad_hidden)

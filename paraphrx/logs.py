@@ -26,8 +26,14 @@ from paraphrx.errors import UserError, describe, report
 from paraphrx.patches import patch_attribute
 from paraphrx.paths import output_folder_problem
 
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY", "JUDGE_API_KEY",
-                   "OPENAI_API_KEY")
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HUGGINGFACE_TOKEN",
+    "WANDB_API_KEY",
+    "JUDGE_API_KEY",
+    "OPENAI_API_KEY",
+)
 # Token shapes worth masking even when they did not come from the environment (Hub tokens, OpenAI-style keys).
 _SECRET_PATTERNS = [re.compile(r"hf_[A-Za-z0-9]{20,}"), re.compile(r"sk-[A-Za-z0-9_-]{20,}")]
 _SECRET_VALUES: set[str] = set()  # secrets given another way (a flag), registered by `add_secret`
@@ -87,8 +93,13 @@ class _InterceptHandler(logging.Handler):
 
 
 @contextmanager
-def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO", main_process: bool = True,
-                interrupted: Callable[[], str] | None = None) -> Iterator[Path | None]:
+def run_logging(
+    run_name: str,
+    log_dir: str | Path = "logs",
+    level: str = "INFO",
+    main_process: bool = True,
+    interrupted: Callable[[], str] | None = None,
+) -> Iterator[Path | None]:
     """Log a run (see the module docstring) until the context ends; yields the log file (None off the main process,
     which logs warnings to stderr only). An exception leaving the context is reported before logging is undone; for
     Ctrl-C, `interrupted()` says what was kept and how to go on. An unusable `log_dir` is one line
@@ -111,11 +122,20 @@ def run_logging(run_name: str, log_dir: str | Path = "logs", level: str = "INFO"
         # With a file, tracebacks go there only: stderr keeps one line per error. (A format given as a function gets
         # no traceback appended; a format string always does.) diagnose=False: loguru would otherwise print every
         # local variable of a traceback (a token among them).
-        logger.add(_RedactingSink(sys.stderr), level=level if main_process else "WARNING",
-                   format=(lambda _: _FORMAT + "\n") if path else _FORMAT, colorize=False, diagnose=False)
+        logger.add(
+            _RedactingSink(sys.stderr),
+            level=level if main_process else "WARNING",
+            format=(lambda _: _FORMAT + "\n") if path else _FORMAT,
+            colorize=False,
+            diagnose=False,
+        )
         if path is not None:
-            logger.add(_RedactingSink(path.open("a", encoding="utf-8"), owned=True), level="DEBUG", format=_FORMAT,
-                       diagnose=False)
+            logger.add(
+                _RedactingSink(path.open("a", encoding="utf-8"), owned=True),
+                level="DEBUG",
+                format=_FORMAT,
+                diagnose=False,
+            )
             logger.info("logging to {}", path)
         try:
             yield path

@@ -86,30 +86,53 @@ def render_model_card(recipe: dict, dataset_record: dict, state, location: str, 
     targets = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
     buckets = dataset_record.get("eval_buckets") or []
     contiguous = buckets == list(range(buckets[0], buckets[-1] + 1)) if buckets else False
-    bucket_text = (f"bucket {buckets[0]}" if len(buckets) == 1 else
-                   f"buckets {buckets[0]}-{buckets[-1]}" if contiguous else f"buckets {', '.join(map(str, buckets))}")
+    bucket_text = (
+        f"bucket {buckets[0]}"
+        if len(buckets) == 1
+        else f"buckets {buckets[0]}-{buckets[-1]}"
+        if contiguous
+        else f"buckets {', '.join(map(str, buckets))}"
+    )
     epochs = f", {state.epoch:.3g} epochs" if getattr(state, "epoch", None) else ""
-    best = (f"{state.best_metric:.4f} at step {getattr(state, 'best_global_step', None)}"
-            if state.best_metric is not None else "– (no evaluation)")
+    best = (
+        f"{state.best_metric:.4f} at step {getattr(state, 'best_global_step', None)}"
+        if state.best_metric is not None
+        else "– (no evaluation)"
+    )
     rows = [
         ("base model", f"{_link(base)}{revision}, loaded in {loaded}"),
         ("dataset", data_line),
         ("train split", f"`{dataset_record.get('train_split')}`: {dataset_record.get('train_rows'):,} rows"),
-        ("eval split", f"`{dataset_record.get('eval_split')}`, {bucket_text}: {_eval_rows(dataset_record)}"
-                       if dataset_record.get("eval_split") else "none"),
-        ("LoRA", f"r={recipe.get('lora_r')}, alpha={recipe.get('lora_alpha')}, dropout {recipe.get('lora_dropout')}, "
-                 f"on {targets}"),
-        ("optimisation", f"{recipe.get('optim')}, learning rate {recipe.get('learning_rate')} "
-                         f"({recipe.get('lr_scheduler_type')}), {recipe.get('per_device_train_batch_size')} per device "
-                         f"× {recipe.get('gradient_accumulation_steps')} accumulation, seed {recipe.get('seed')}"),
+        (
+            "eval split",
+            f"`{dataset_record.get('eval_split')}`, {bucket_text}: {_eval_rows(dataset_record)}"
+            if dataset_record.get("eval_split")
+            else "none",
+        ),
+        (
+            "LoRA",
+            f"r={recipe.get('lora_r')}, alpha={recipe.get('lora_alpha')}, dropout {recipe.get('lora_dropout')}, "
+            f"on {targets}",
+        ),
+        (
+            "optimisation",
+            f"{recipe.get('optim')}, learning rate {recipe.get('learning_rate')} "
+            f"({recipe.get('lr_scheduler_type')}), {recipe.get('per_device_train_batch_size')} per device "
+            f"× {recipe.get('gradient_accumulation_steps')} accumulation, seed {recipe.get('seed')}",
+        ),
         ("steps", f"{state.global_step} optimizer steps{epochs}"),
         ("best eval_loss", best + (" (the adapter kept)" if recipe.get("load_best_model_at_end") else "")),
     ]
     full = full_validation_result(state, bool(recipe.get("load_best_model_at_end")))
     if full:
-        rows.append(("whole validation split", f"{dataset_record.get('full_eval_rows', 0):,} rows, once at the end, "
-                     f"the adapter of step {full['adapter_step']}: loss {full['loss']:.4f}, perplexity "
-                     f"{full['perplexity']:.4g}"))
+        rows.append(
+            (
+                "whole validation split",
+                f"{dataset_record.get('full_eval_rows', 0):,} rows, once at the end, "
+                f"the adapter of step {full['adapter_step']}: loss {full['loss']:.4f}, perplexity "
+                f"{full['perplexity']:.4g}",
+            )
+        )
     if command:
         rows.append(("command", f"`{command}`"))
     table = "\n".join(["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])
@@ -121,7 +144,7 @@ def render_model_card(recipe: dict, dataset_record: dict, state, location: str, 
 # {name}
 
 A LoRA adapter for {_link(base)}, trained with paraphrx (TRL `SFTTrainer`) on the paraphrases
-of split `{dataset_record.get('train_split')}` of {_link(dataset, 'datasets/')}: paraphrase-robustness data, one
+of split `{dataset_record.get("train_split")}` of {_link(dataset, "datasets/")}: paraphrase-robustness data, one
 instruction phrased many ways, so that the model answers the same however a request is phrased.
 
 ## Training

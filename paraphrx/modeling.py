@@ -61,8 +61,9 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False) -> 
     )
 
 
-def load_base_model(model_args: ModelConfig, trust_remote_code: bool = False, fast_path: bool = False,
-                    use_cpu: bool = False) -> PreTrainedModel:
+def load_base_model(
+    model_args: ModelConfig, trust_remote_code: bool = False, fast_path: bool = False, use_cpu: bool = False
+) -> PreTrainedModel:
     """The base model as `model_args` asks (e.g. NF4 4-bit with double quantisation and bf16 compute, eager
     attention when it names none), on this process's GPU unless `use_cpu`; on the fast path with flex attention and
     the NF4 weights dequantized once."""
@@ -99,8 +100,9 @@ def load_model_and_tokenizer(model_args: ModelConfig, training_args) -> tuple[Pr
     """What a training run loads: the base (on the fast path when the recipe resolved to it) and its tokenizer. A base
     that cannot be loaded is one line (ModelLoadError); an error after loading keeps its traceback."""
     with loading(f"base model {model_args.model_name_or_path}", ModelLoadError):
-        model = load_base_model(model_args, training_args.trust_remote_code, training_args.use_fast_path,
-                                training_args.use_cpu)
+        model = load_base_model(
+            model_args, training_args.trust_remote_code, training_args.use_fast_path, training_args.use_cpu
+        )
         return model, load_tokenizer(model_args, training_args.trust_remote_code)
 
 
@@ -119,8 +121,9 @@ def dequantize_frozen_base(model: nn.Module, dtype: torch.dtype = torch.bfloat16
             if not isinstance(child, bnb.nn.Linear4bit):
                 continue
             weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)
-            linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                               device=weight.device, dtype=dtype)
+            linear = nn.Linear(
+                child.in_features, child.out_features, bias=child.bias is not None, device=weight.device, dtype=dtype
+            )
             linear.weight = nn.Parameter(weight, requires_grad=False)
             if child.bias is not None:
                 linear.bias = nn.Parameter(child.bias.data.to(dtype), requires_grad=False)

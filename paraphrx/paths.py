@@ -49,7 +49,9 @@ def source_problem(name: str, revision: str | None = None, filename: str = "conf
     """Why a model, tokenizer or adapter named `name` cannot be loaded without asking the Hub, or None."""
     problem = local_folder_problem(name)
     if problem is None and uncached_offline(name, revision, filename):
-        problem = "neither a folder here nor in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+        problem = (
+            "neither a folder here nor in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
     return problem
 
 

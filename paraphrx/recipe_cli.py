@@ -86,11 +86,13 @@ class _FlatYamlLoader(yaml.SafeLoader):
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here",
-                                              self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed here", self.peek_event().start_mark
+            )
         if self.depth >= MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                              self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark
+            )
         self.depth += 1
         try:
             return super().compose_node(parent, index)
@@ -132,7 +134,18 @@ def read_recipe(path: Path, known_keys: set[str]) -> dict:
 
 # --- value types: TrlParser hands a recipe's values to the dataclasses unconverted (argparse converts only strings),
 # so `lora_r: 16.5` or `max_steps: 2.5` would reach peft or the Trainer and fail there, deep in a traceback.
-_BOOL_WORDS = ("yes", "no", "true", "false", "t", "f", "y", "n", "1", "0")  # what HfArgumentParser's string_to_bool takes
+_BOOL_WORDS = (
+    "yes",
+    "no",
+    "true",
+    "false",
+    "t",
+    "f",
+    "y",
+    "n",
+    "1",
+    "0",
+)  # what HfArgumentParser's string_to_bool takes
 
 
 def _parses(kind, text: str) -> bool:
@@ -156,13 +169,17 @@ def value_fits(value, hint) -> bool:
     if origin is typing.Literal:  # YAML 1.1 reads a bare on/off as a boolean; `fast_path` takes it so
         return value in args or (isinstance(value, bool) and {"on", "off"} <= set(args))
     if origin in (list, tuple) or hint in (list, tuple):  # one value for a list field is taken as is (`all-linear`)
-        return all(value_fits(item, args[0]) for item in (value if isinstance(value, list) else [value])) if args else True
+        return (
+            all(value_fits(item, args[0]) for item in (value if isinstance(value, list) else [value])) if args else True
+        )
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     if hint is bool:
         return isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOL_WORDS)
     if hint is int:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and _parses(int, value))
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and _parses(int, value)
+        )
     if hint is float:
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         return numeric or (isinstance(value, str) and _parses(float, value))
@@ -191,8 +208,14 @@ def describe_type(hint) -> str:
         return "one of " + ", ".join(repr(member.value) for member in hint)
     if origin in (list, tuple) or hint in (list, tuple):
         return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
-             dict: "a mapping"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        type(None): "null",
+        dict: "a mapping",
+    }
     return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
@@ -238,8 +261,9 @@ def blame(message: str, path: Path | None, file_keys: set[str], argv: Sequence[s
     return f"{path} and the command line" if from_cli else str(path)
 
 
-def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=None, check: Callable[..., None] | None = None,
-                 **parser_kwargs) -> tuple:
+def parse_recipe(
+    argv: Sequence[str] | None = None, dataclass_types=None, check: Callable[..., None] | None = None, **parser_kwargs
+) -> tuple:
     """Parse argv (default sys.argv[1:]) into `dataclass_types` instances (default: the training recipe's); raises
     RecipeError on bad input, naming the key and where it came from (the recipe file or the command line).
     `check(*parsed)` may refuse a combination by raising ValueError; `parser_kwargs` go to argparse (`prog`,
@@ -266,8 +290,9 @@ def parse_recipe(argv: Sequence[str] | None = None, dataclass_types=None, check:
     return tuple(parsed)
 
 
-def parse_recipe_or_exit(argv: Sequence[str] | None = None, dataclass_types=None, check: Callable[..., None] | None = None,
-                         **parser_kwargs) -> tuple:
+def parse_recipe_or_exit(
+    argv: Sequence[str] | None = None, dataclass_types=None, check: Callable[..., None] | None = None, **parser_kwargs
+) -> tuple:
     """`parse_recipe` for entry points: a bad recipe prints one line to stderr and exits with code 2."""
     try:
         return parse_recipe(argv, dataclass_types, check, **parser_kwargs)

@@ -34,8 +34,10 @@ class RunTotalsCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         # as `args`: transformers rebuilds a restored callback as type(cb)(**args)
-        return {"args": {"loss_sum": self.loss_sum, "steps": self.steps, "num_tokens": self.num_tokens},
-                "attributes": {}}
+        return {
+            "args": {"loss_sum": self.loss_sum, "steps": self.steps, "num_tokens": self.num_tokens},
+            "attributes": {},
+        }
 
     def update(self, total_loss_this_call: float, global_step: int, num_tokens: int) -> None:
         self.loss_sum = self.loss_sum_at_start + total_loss_this_call

@@ -54,8 +54,12 @@ class FolderLock:
         except BaseException:
             os.close(fd)
             raise
-        who = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join([sys.executable, *sys.argv]),
-               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        who = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(who).encode(), 0)
         self.fd: int | None = fd

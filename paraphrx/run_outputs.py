@@ -119,8 +119,11 @@ def _plan(training_args, out: Path) -> tuple[RunFolder, int | None]:
                 "--overwrite_output_dir only replaces runs, so choose another --output_dir"
             )
         staging, fd = owned_folder(out.parent, leftover_prefix(out, "tmp"))
-        logger.warning("overwrite_output_dir: a new run trains in {}; the previous one stays in {} until it completes",
-                       staging, out)
+        logger.warning(
+            "overwrite_output_dir: a new run trains in {}; the previous one stays in {} until it completes",
+            staging,
+            out,
+        )
         return RunFolder(out, staging), fd
     if (out / COMPLETE_MARKER).exists():
         raise RunFolderError(
@@ -207,8 +210,14 @@ def resolved_recipe(*configs) -> dict:
     return recipe
 
 
-def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: bool = False,
-                 output_dir: str | Path | None = None, hub_repo: str | None = None) -> Path:
+def finalize_run(
+    trainer,
+    recipe: dict,
+    dataset_record: dict,
+    keep_checkpoints: bool = False,
+    output_dir: str | Path | None = None,
+    hub_repo: str | None = None,
+) -> Path:
     """Save the final adapter and run records into the run folder, each file atomically, the completion marker last.
 
     `output_dir` is the run folder users see when Trainer trained elsewhere (`RunFolder.train_dir`, a replacing run's
@@ -230,8 +239,9 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
     (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (staging / DATASET_FILE).write_text(json.dumps(dataset_record, indent=2, default=str) + "\n", encoding="utf-8")
-    card = render_model_card(recipe, dataset_record, trainer.state, location=hub_repo or str(dest),
-                             command=launch_command())
+    card = render_model_card(
+        recipe, dataset_record, trainer.state, location=hub_repo or str(dest), command=launch_command()
+    )
     (staging / "README.md").write_text(card, encoding="utf-8")
     for item in staging.iterdir():
         os.replace(item, out / item.name)  # one rename per file: each appears whole
@@ -260,8 +270,11 @@ def finalize_run(trainer, recipe: dict, dataset_record: dict, keep_checkpoints: 
 
 def resume_hint(output_dir: str | Path) -> str:
     """What Ctrl-C leaves and how to go on, for the one line it ends with."""
-    steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in Path(output_dir).glob("checkpoint-*")
-                   if p.name.removeprefix("checkpoint-").isdigit())
+    steps = sorted(
+        int(p.name.removeprefix("checkpoint-"))
+        for p in Path(output_dir).glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit()
+    )
     if not steps:
         return "no checkpoint was saved yet; rerun the same command to start again"
     return f"rerun the same command to resume from the newest verified checkpoint ({output_dir}/checkpoint-{steps[-1]})"
@@ -291,7 +304,8 @@ def push_run(folder: str | Path, repo_id: str) -> str:
     """Upload a finished run folder (adapter, tokenizer, card, records; no checkpoints) to its model repo."""
     after = f"; the run is complete in {folder} (upload it later: hf upload {repo_id} {folder})"
     with hub_failures(f"push_to_hub (hub_model_id {repo_id})", after):
-        url = upload_folder(folder, repo_id, "model", f"paraphrx: {Path(folder).name}",
-                            ignore_patterns=["checkpoint-*", ".*"])
+        url = upload_folder(
+            folder, repo_id, "model", f"paraphrx: {Path(folder).name}", ignore_patterns=["checkpoint-*", ".*"]
+        )
     logger.info("pushed to {}", url)
     return url

@@ -130,8 +130,10 @@ def save_tiny_gemma(output_dir: str | Path, corpus_paths: list[Path] | None = No
 @dataclass
 class TinyGemmaArguments:
     output_dir: str = field(default="models/tiny-gemma2", metadata={"help": "Where to save the model folder."})
-    corpus: list[str] = field(default_factory=lambda: [str(DEFAULT_CORPUS)],
-                              metadata={"help": "Paraphrase JSON files the tokenizer is trained on."})
+    corpus: list[str] = field(
+        default_factory=lambda: [str(DEFAULT_CORPUS)],
+        metadata={"help": "Paraphrase JSON files the tokenizer is trained on."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the random weights."})
 
 

@@ -40,8 +40,9 @@ class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
             sort_adapter_config(output_dir or self.args.output_dir)
 
 
-def build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset=None,
-                  undo: ExitStack | None = None) -> SFTTrainer:
+def build_trainer(
+    model, tokenizer, training_args, model_args, train_dataset, eval_dataset=None, undo: ExitStack | None = None
+) -> SFTTrainer:
     """The run's trainer. When the recipe resolved to the fast path (`training_args.use_fast_path`), the fast path's
     changes go to the arguments before SFTTrainer reads them and to the built trainer after, each registered on
     `undo`, the run's ExitStack (train_sft.main closes it when the run ends)."""
@@ -87,4 +88,3 @@ def end_run(trainer) -> None:
     trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
         trainer.end()
-

@@ -76,7 +76,13 @@ def load_training_splits(
     if evaluation is not None:
         logger.info(
             "data: {} of {} validation rows ({} of {} prompts) from {}:{} buckets {} evaluated every eval_steps, all "
-            "of them once at the end", record["eval_rows"], record["full_eval_rows"], subset_record["prompts"],
-            subset_record["of_prompts"], name, record["eval_split"], list(buckets),
+            "of them once at the end",
+            record["eval_rows"],
+            record["full_eval_rows"],
+            subset_record["prompts"],
+            subset_record["of_prompts"],
+            name,
+            record["eval_split"],
+            list(buckets),
         )
     return train, evaluation, validation, record

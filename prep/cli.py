@@ -41,8 +41,12 @@ def run(config: PrepConfig, command: str) -> Path:
         raise ConfigError(f"--data_paths: {missing[0]}: no such file")
 
     data = read_sources(config.data_paths, config.use_paraphrase_answer, config.skip_invalid)
-    logger.info("read {} of {} from {}", plural(data.rows.num_rows, "paraphrase row"),
-                plural(data.prompts.num_rows, "prompt"), plural(len(data.inputs), "file"))
+    logger.info(
+        "read {} of {} from {}",
+        plural(data.rows.num_rows, "paraphrase row"),
+        plural(data.prompts.num_rows, "prompt"),
+        plural(len(data.inputs), "file"),
+    )
     if data.skipped:
         logger.warning("--skip_invalid dropped {} row(s): {}", len(data.skipped), data.skipped_summary())
 
@@ -63,8 +67,13 @@ def run(config: PrepConfig, command: str) -> Path:
     stats = split_stats(data, split_rows)
     held_out = held_out_prompts(data, sides)
     for split, st in stats.items():
-        logger.info("{}: {}, {}, by bucket {}", split, plural(st["rows"], "row"), plural(st["prompts"], "prompt"),
-                    st["by_bucket"])
+        logger.info(
+            "{}: {}, {}, by bucket {}",
+            split,
+            plural(st["rows"], "row"),
+            plural(st["prompts"], "prompt"),
+            st["by_bucket"],
+        )
 
     out = Path(config.output_dir)
     try:
@@ -72,9 +81,7 @@ def run(config: PrepConfig, command: str) -> Path:
     except OSError as err:  # e.g. an --output_dir below a file: a flag to fix, not a crash
         raise ConfigError(f"--output_dir: {describe(err)}") from None
     with atomic_folder(out) as tmp:
-        split_files = write_splits(
-            tmp, data, split_rows, config.template, config.use_paraphrase_answer, max_shard_mb
-        )
+        split_files = write_splits(tmp, data, split_rows, config.template, config.use_paraphrase_answer, max_shard_mb)
         versions = {pkg: version(pkg) for pkg in ("paraphrx", "pyarrow", "datasets")}
         card = render_card(
             name=out.name, command=command, config=config, bucket_splits=bucket_splits, split_files=split_files, stats=stats,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from paraphrx.buckets import DEFAULT_SPECS, BucketSpecError, parse_bucket_spec, split_name
 from paraphrx.errors import UserError
@@ -46,7 +46,7 @@ class PrepConfig:
     skip_invalid: bool = field(
         default=False, metadata={"help": "Drop invalid rows (and report them) instead of stopping."}
     )
-    push_to_hub: Optional[str] = field(
+    push_to_hub: str | None = field(
         default=None,
         metadata={"help": "Upload the folder to this Hub dataset repo (token: HF_TOKEN or `hf auth login`)."},
     )
@@ -100,6 +100,8 @@ def parse_split_fractions(text: str) -> tuple[float, float, float]:
         )
     total = sum(values)
     if not any(math.isclose(total, whole, rel_tol=1e-6) for whole in (100, 1)):
-        raise ConfigError(f"--split: {text} sums to {total:g}; give percentages that sum to 100 (80/10/10) or "
-                          "fractions that sum to 1 (0.8,0.1,0.1)")
+        raise ConfigError(
+            f"--split: {text} sums to {total:g}; give percentages that sum to 100 (80/10/10) or "
+            "fractions that sum to 1 (0.8,0.1,0.1)"
+        )
     return tuple(v / total for v in values)  # type: ignore[return-value]

@@ -16,5 +16,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
 
     Raises PublicRepoError when `private` is asked for but `repo_id` already exists as a public repo."""
     repo_id = create_repo(repo_id, "dataset", private=private)
-    return upload_folder(folder, repo_id, "dataset", commit_message or "paraphrx prep: upload prepared dataset",
-                         delete_patterns=["data/*.parquet", "prompt_split.json"])
+    return upload_folder(
+        folder,
+        repo_id,
+        "dataset",
+        commit_message or "paraphrx prep: upload prepared dataset",
+        delete_patterns=["data/*.parquet", "prompt_split.json"],
+    )

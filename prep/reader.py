@@ -83,7 +83,10 @@ class StructureScanner:
         drop = row - self.first_row
         if drop > 4096:
             self.row_starts, self.row_keys, self.row_objects = (
-                self.row_starts[drop:], self.row_keys[drop:], self.row_objects[drop:])
+                self.row_starts[drop:],
+                self.row_keys[drop:],
+                self.row_objects[drop:],
+            )
             self.first_row = row
 
     def feed(self, chunk: bytes) -> None:
@@ -121,7 +124,7 @@ class StructureScanner:
         starts = starts[starts <= end]
         open_row = self.row_starts[-1:]  # the row the previous chunk ended in, if any
         firsts = np.concatenate((open_row, starts))
-        lasts = np.concatenate((starts - 1, [end]))[1 - len(open_row):]
+        lasts = np.concatenate((starts - 1, [end]))[1 - len(open_row) :]
         self.row_starts = np.concatenate((self.row_starts, starts))
         self.row_keys = np.concatenate((self.row_keys, np.zeros(len(starts), np.int64)))
         self.row_objects = np.concatenate((self.row_objects, np.zeros(len(starts), np.int64)))
@@ -131,8 +134,11 @@ class StructureScanner:
             np.add.at(counts, row[row >= 0], 1)
         too_long = np.flatnonzero(lasts - firsts > MAX_ROW_BYTES)
         if len(too_long):
-            raise StructureProblem(int(firsts[too_long[0]]) + MAX_ROW_BYTES,
-                                   f"more than {MAX_ROW_BYTES:,} bytes of JSON in one row", "row too large")
+            raise StructureProblem(
+                int(firsts[too_long[0]]) + MAX_ROW_BYTES,
+                f"more than {MAX_ROW_BYTES:,} bytes of JSON in one row",
+                "row too large",
+            )
 
     def _unescaped_quotes(self, quotes: np.ndarray, slashes: np.ndarray, size: int) -> np.ndarray:
         """The `"` positions not escaped, i.e. not preceded by an odd run of backslashes (this chunk's or carried)."""
@@ -162,11 +168,13 @@ class StructureScanner:
             while at - run - 1 >= 0 and text[at - run - 1] == _BACKSLASH:
                 run += 1
             paired = (_HIGH.match(text, at) and _LOW.match(text, at + 6)) or (
-                _LOW.match(text, at) and at >= 6 and _HIGH.match(text, at - 6))
+                _LOW.match(text, at) and at >= 6 and _HIGH.match(text, at - 6)
+            )
             if not paired and run % 2 == 0:  # (after an odd run of backslashes it is plain text: `\\ud800`)
                 escape = text[at : at + 6].decode(errors="replace")
-                raise StructureProblem(base + at, f"lone surrogate {escape} (half of a UTF-16 pair, not a character)",
-                                       "lone surrogate")
+                raise StructureProblem(
+                    base + at, f"lone surrogate {escape} (half of a UTF-16 pair, not a character)", "lone surrogate"
+                )
             at += 6
         self.tail = text[-24:]
 
@@ -272,10 +280,16 @@ def _json_error(path: str, row: int, error: Exception, field: str | None) -> Val
         near = context[max(caret - 1, 0) :][:16]
         for word in _NOT_NUMBERS.finditer(context):
             if word.start() < caret <= word.end():
-                return ValidationError(f"{word.group()} is not a JSON number", path=path, row=row, field=field,
-                                       kind="not a number")
-    return ValidationError(f"invalid JSON: {first}" + (f" at {near!r}" if near else ""), path=path, row=row,
-                           field=field, kind="invalid JSON")
+                return ValidationError(
+                    f"{word.group()} is not a JSON number", path=path, row=row, field=field, kind="not a number"
+                )
+    return ValidationError(
+        f"invalid JSON: {first}" + (f" at {near!r}" if near else ""),
+        path=path,
+        row=row,
+        field=field,
+        kind="invalid JSON",
+    )
 
 
 def iter_rows(path: str | Path, progress=None, digest: dict | None = None) -> Iterator[tuple[int, object]]:
@@ -299,8 +313,13 @@ def iter_rows(path: str | Path, progress=None, digest: dict | None = None) -> It
                 if _keys_and_objects(value) != scanner.row_counts(done):
                     field, key = locate(path, scanner.row_start(done))
                     if key is not None:
-                        raise ValidationError(f"key {key!r} appears twice in one object", path=path, row=done,
-                                              field=field, kind="duplicate key")
+                        raise ValidationError(
+                            f"key {key!r} appears twice in one object",
+                            path=path,
+                            row=done,
+                            field=field,
+                            kind="duplicate key",
+                        )
                 yield done, value
                 done += 1
                 scanner.forget_rows_before(done)
@@ -308,8 +327,11 @@ def iter_rows(path: str | Path, progress=None, digest: dict | None = None) -> It
         except StructureProblem as problem:
             row = scanner.row_at(problem.offset)
             start = scanner.row_start(row)
-            field = locate(path, start, problem.offset)[0] if start is not None and problem.kind != "row too large" \
+            field = (
+                locate(path, start, problem.offset)[0]
+                if start is not None and problem.kind != "row too large"
                 else None
+            )
             raise ValidationError(problem.message, path=path, row=row, field=field, kind=problem.kind) from None
         except (ijson.JSONError, UnicodeDecodeError) as e:
             start = scanner.row_start(done)

@@ -96,8 +96,9 @@ def _check(obj: dict, fields: dict, prefix: str = "") -> None:
             )
         limit = MAX_CHARS.get(name, MAX_TEXT_CHARS)
         if expected is str and len(value) > limit:
-            raise ValidationError(f"{len(value):,} characters, more than the limit of {limit:,}", field=prefix + name,
-                                  kind="too long")
+            raise ValidationError(
+                f"{len(value):,} characters, more than the limit of {limit:,}", field=prefix + name, kind="too long"
+            )
 
 
 def validate_row(row) -> None:
@@ -110,7 +111,9 @@ def validate_row(row) -> None:
     if "input" in row:
         _check(row, OPTIONAL_ROW_FIELDS)
     if not -(2**63) <= row["prompt_count"] < 2**63:  # stored as int64
-        raise ValidationError(f"{row['prompt_count']} does not fit in 64 bits", field="prompt_count", kind="out of range")
+        raise ValidationError(
+            f"{row['prompt_count']} does not fit in 64 bits", field="prompt_count", kind="out of range"
+        )
     counts = row["count_in_buckets"]
     if len(counts) != 5 or not all(_type_ok(c, int) and c >= 0 for c in counts):
         raise ValidationError(

@@ -24,8 +24,9 @@ def tiny_recipe(name: str = "bucket1") -> str:
     return str(REPO / "recipes" / "tiny" / f"{name}.yaml")
 
 
-def make_adapter(model_dir: Path, out_dir: Path, seed: int, targets=("q_proj", "v_proj", "down_proj"), r: int = 4,
-                 **lora_kwargs) -> Path:
+def make_adapter(
+    model_dir: Path, out_dir: Path, seed: int, targets=("q_proj", "v_proj", "down_proj"), r: int = 4, **lora_kwargs
+) -> Path:
     """A LoRA adapter on the tiny model whose B weights are random (A is PEFT's random init, seeded), so it visibly
     changes the answers."""
     import torch
@@ -34,8 +35,9 @@ def make_adapter(model_dir: Path, out_dir: Path, seed: int, targets=("q_proj", "
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)  # PEFT draws A from the global generator
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                                  task_type="CAUSAL_LM", **lora_kwargs))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM", **lora_kwargs)
+    )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, weight in peft_model.named_parameters():
@@ -79,7 +81,10 @@ def prepared_dataset_dir(tmp_path_factory) -> Path:
 def eval_adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
     """Two adapter folders as training names them (tiny-bucket1, tiny-bucket1-2), each with other random weights."""
     root = tmp_path_factory.mktemp("outputs")
-    return [make_adapter(tiny_model_dir, root / "tiny-bucket1", 1), make_adapter(tiny_model_dir, root / "tiny-bucket1-2", 2)]
+    return [
+        make_adapter(tiny_model_dir, root / "tiny-bucket1", 1),
+        make_adapter(tiny_model_dir, root / "tiny-bucket1-2", 2),
+    ]
 
 
 class FakeHfApi:
@@ -99,8 +104,9 @@ class FakeHfApi:
         self.calls.append(("repo_info", {"repo_id": repo_id, "repo_type": repo_type}))
         if repo_id not in self.existing:
             request = SimpleNamespace(url=f"https://huggingface.co/api/{repo_type or 'model'}s/{repo_id}")
-            raise RepositoryNotFoundError("404 Repository Not Found",
-                                          response=SimpleNamespace(headers={}, request=request))
+            raise RepositoryNotFoundError(
+                "404 Repository Not Found", response=SimpleNamespace(headers={}, request=request)
+            )
         return SimpleNamespace(id=repo_id, private=self.existing[repo_id])
 
     def create_repo(self, repo_id, **kwargs):
@@ -142,8 +148,19 @@ def judge_server(tiny_model_dir, tmp_path_factory):
     cli = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with log.open("w") as out:
-        command = [str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
-                   "--device", "cpu", "--dtype", "float32"]
+        command = [
+            str(cli),
+            "serve",
+            str(tiny_model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ]
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 300
@@ -207,8 +224,9 @@ def run_python(argv, cwd, patch: str = "", env: dict | None = None, timeout: int
 def run_killed(argv, cwd, patch: str, **kwargs):
     """`run_python` that must end by SIGKILL at the instant `patch` names (fails the test otherwise)."""
     proc = run_python(argv, cwd, patch, **kwargs)
-    assert proc.returncode == -signal.SIGKILL, f"not killed at the named instant (exit {proc.returncode}):\n" + \
-        proc.stderr[-3000:]
+    assert proc.returncode == -signal.SIGKILL, (
+        f"not killed at the named instant (exit {proc.returncode}):\n" + proc.stderr[-3000:]
+    )
     return proc
 
 
@@ -218,6 +236,8 @@ def write_prepared(folder: Path, rows: list[dict]) -> Path:
 
     (folder / "data").mkdir(parents=True)
     Dataset.from_list(rows).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n"
-                                      "    path: data/test-*.parquet\n---\n", encoding="utf-8")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n    path: data/test-*.parquet\n---\n",
+        encoding="utf-8",
+    )
     return folder

@@ -55,7 +55,7 @@ def bash_blocks(path: Path) -> list[Block]:
             end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
             before = next((line.strip() for line in reversed(lines[:i]) if line.strip()), "")
             marker = MARKER.fullmatch(before)
-            blocks.append(Block(path, i + 1, "\n".join(lines[i + 1:end]), marker.group(1) if marker else None))
+            blocks.append(Block(path, i + 1, "\n".join(lines[i + 1 : end]), marker.group(1) if marker else None))
             i = end
         i += 1
     return blocks
@@ -71,7 +71,7 @@ def test_every_doc_is_read_and_every_marker_stands_before_a_block_with_its_reaso
         for i, line in enumerate(lines):
             if line.strip().startswith("<!--") and "docs-test" in line:
                 assert MARKER.fullmatch(line.strip()), f"{path.name}:{i + 1}: <!-- docs-test: skip, <why> -->"
-                following = next(x.strip() for x in lines[i + 1:] if x.strip())
+                following = next(x.strip() for x in lines[i + 1 :] if x.strip())
                 assert following == "```bash", f"{path.name}:{i + 1}: a marker stands right before a bash block"
     running = "\n".join(block.text for block in BLOCKS if block.skip is None)
     assert [command for command in MUST_RUN if command not in running] == []
@@ -82,8 +82,16 @@ def clone(tmp_path_factory, tiny_model_dir, prepared_dataset_dir) -> Path:
     """The repository's files (tracked, and new ones git does not ignore) in a fresh folder, with the test session's
     tiny model and prepared dataset where `make demo` puts them, and this checkout's environment linked in."""
     root = tmp_path_factory.mktemp("clone")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -98,10 +106,18 @@ def clone(tmp_path_factory, tiny_model_dir, prepared_dataset_dir) -> Path:
 
 
 def _environment(root: Path) -> dict:
-    torch, _, index = (REPO / ".venv" / ".installed").read_text().strip().partition(" ") \
-        if (REPO / ".venv" / ".installed").exists() else ("", "", "")
-    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1", "VIRTUAL_ENV": str(REPO / ".venv")}
+    torch, _, index = (
+        (REPO / ".venv" / ".installed").read_text().strip().partition(" ")
+        if (REPO / ".venv" / ".installed").exists()
+        else ("", "", "")
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "VIRTUAL_ENV": str(REPO / ".venv"),
+    }
     if torch:
         env |= {"TORCH": torch, "TORCH_INDEX": index}  # the Makefile's stamp check sees the environment as built
     env.pop("MAKEFLAGS", None)
@@ -112,7 +128,15 @@ def _environment(root: Path) -> dict:
 def test_the_documented_commands_run(block: Block, clone: Path):
     if block.skip:
         pytest.skip(block.skip)
-    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=clone, env=_environment(clone),
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"{block.name} failed (exit {proc.returncode}):\n{block.text}\n---\n" \
+    proc = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block.text],
+        cwd=clone,
+        env=_environment(clone),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, (
+        f"{block.name} failed (exit {proc.returncode}):\n{block.text}\n---\n"
         f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )

@@ -66,8 +66,9 @@ def run_stats(table: ScoreTable, weights: np.ndarray, worst: int | None, styles:
     return stats
 
 
-def analyse_source(rows: list[dict], source: str, groups: dict[str, list[str]], metrics: list[str],
-                   replicates: int, seed: int) -> dict:
+def analyse_source(
+    rows: list[dict], source: str, groups: dict[str, list[str]], metrics: list[str], replicates: int, seed: int
+) -> dict:
     """The analysis of one source: `rows` are every model's records of it, `groups` model name -> its runs."""
     prompts = sorted({r["prompt_count"] for r in rows})
     index = {(source, p): i for i, p in enumerate(prompts)}
@@ -99,8 +100,10 @@ def analyse_source(rows: list[dict], source: str, groups: dict[str, list[str]], 
             if len(members) == 1:
                 models[name] = per_run[members[0]]
             else:
-                models[name] = _map(lambda *stats: seed_average(dict(zip(members, stats))),
-                                    *(per_run[m] for m in members))
+                models[name] = _map(
+                    lambda *stats, members=members: seed_average(dict(zip(members, stats))),
+                    *(per_run[m] for m in members),
+                )
         base = models.get(BASE)
         vs_base = {}
         if base is not None:
@@ -128,8 +131,9 @@ def style_order(models: dict[str, dict], styles: list[str]) -> list[str]:
     return ([ORIGINAL] if ORIGINAL in styles else []) + rest
 
 
-def analyse(records: list[dict], models: list[str], seed_groups: dict[str, list[str]] | None, replicates: int,
-            seed: int) -> dict:
+def analyse(
+    records: list[dict], models: list[str], seed_groups: dict[str, list[str]] | None, replicates: int, seed: int
+) -> dict:
     """{source: analysis}: `models` are the evaluated runs, `seed_groups` the recipe names of runs that differ only
     in seed (the other runs stand alone)."""
     grouped = {run for members in (seed_groups or {}).values() for run in members}

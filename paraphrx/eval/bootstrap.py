@@ -67,16 +67,25 @@ class Stat:
             per_seed = None
             if self.per_seed is not None and other.per_seed is None and other.value is not None:
                 per_seed = {run: None if v is None else float(fn(v, other.value)) for run, v in self.per_seed.items()}
-        return Stat(values, self.answers + other.answers, self.prompts | other.prompts,
-                    min(self.min_prompts, other.min_prompts), per_seed)
+        return Stat(
+            values,
+            self.answers + other.answers,
+            self.prompts | other.prompts,
+            min(self.min_prompts, other.min_prompts),
+            per_seed,
+        )
 
     def __sub__(self, other: Stat) -> Stat:
         return self.combine(other, np.subtract)
 
     def to_dict(self) -> dict:
         interval = self.interval()
-        out = {"value": self.value, "ci": list(interval) if interval else None, "answers": self.answers,
-               "prompts": self.n_prompts}
+        out = {
+            "value": self.value,
+            "ci": list(interval) if interval else None,
+            "answers": self.answers,
+            "prompts": self.n_prompts,
+        }
         if self.per_seed is not None:
             defined = [v for v in self.per_seed.values() if v is not None]
             out["sd"] = float(np.std(defined, ddof=1)) if len(defined) > 1 else None
@@ -101,6 +110,10 @@ def seed_average(stats: dict[str, Stat | None]) -> Stat | None:
     present = [s for s in stats.values() if s is not None]
     if not present:
         return None
-    return Stat(np.mean([s.values for s in present], axis=0), sum(s.answers for s in present),
-                np.logical_or.reduce([s.prompts for s in present]), min(s.min_prompts for s in present),
-                per_seed={run: None if s is None else s.value for run, s in stats.items()})
+    return Stat(
+        np.mean([s.values for s in present], axis=0),
+        sum(s.answers for s in present),
+        np.logical_or.reduce([s.prompts for s in present]),
+        min(s.min_prompts for s in present),
+        per_seed={run: None if s is None else s.value for run, s in stats.items()},
+    )

@@ -28,14 +28,18 @@ class EvalArguments:
     split: str = field(default="test", metadata={"help": "Split whose paraphrases are answered (every bucket)."})
     adapters: list[str] | None = field(
         default=None,
-        metadata={"help": "Adapter folders to evaluate (default: every outputs/bucket*/ with an adapter_config.json). "
-                          "Each is named after its folder."},
+        metadata={
+            "help": "Adapter folders to evaluate (default: every outputs/bucket*/ with an adapter_config.json). "
+            "Each is named after its folder."
+        },
     )
     include_base: bool = field(default=True, metadata={"help": "Also evaluate the base model without any adapter."})
     merge_adapters: bool = field(
         default=False,
-        metadata={"help": "Fold each adapter into the base with merge_and_unload() (reloads the base per adapter; "
-                          "on a 4-bit base the merged weights are re-rounded, so results differ slightly)."},
+        metadata={
+            "help": "Fold each adapter into the base with merge_and_unload() (reloads the base per adapter; "
+            "on a 4-bit base the merged weights are re-rounded, so results differ slightly)."
+        },
     )
     use_recipe_model_config: bool = field(
         default=True,
@@ -43,10 +47,12 @@ class EvalArguments:
     )
     generation_engine: str = field(
         default="auto",
-        metadata={"help": "auto: the decode engine (every model in one batch, paraphrx/eval/engine.py) when it covers "
-                          "the base and adapters, else HF generate; engine: the engine or a one-line error; hf: HF "
-                          "generate in left-padded batches, one model at a time.",
-                  "choices": ["auto", "engine", "hf"]},
+        metadata={
+            "help": "auto: the decode engine (every model in one batch, paraphrx/eval/engine.py) when it covers "
+            "the base and adapters, else HF generate; engine: the engine or a one-line error; hf: HF "
+            "generate in left-padded batches, one model at a time.",
+            "choices": ["auto", "engine", "hf"],
+        },
     )
     engine_slots: int | None = field(
         default=None,
@@ -63,8 +69,10 @@ class EvalArguments:
     )
     max_paraphrases_per_prompt: int | None = field(
         default=None,
-        metadata={"help": "Quick runs: keep at most N paraphrases per prompt, the original first, then spread "
-                          "evenly over the buckets."},
+        metadata={
+            "help": "Quick runs: keep at most N paraphrases per prompt, the original first, then spread "
+            "evenly over the buckets."
+        },
     )
     output_dir: str = field(default="outputs/eval", metadata={"help": "Results land in <output_dir>/<output_name>/."})
     output_name: str | None = field(
@@ -77,8 +85,10 @@ class EvalArguments:
     use_cache: bool = field(default=True, metadata={"help": "Reuse cached generations and add new ones."})
     recompute_metrics_only: bool = field(
         default=False,
-        metadata={"help": "Re-score <output_dir>/<output_name>/generations.jsonl and rewrite the report; "
-                          "loads no model and generates nothing."},
+        metadata={
+            "help": "Re-score <output_dir>/<output_name>/generations.jsonl and rewrite the report; "
+            "loads no model and generates nothing."
+        },
     )
     log_dir: str = field(default="logs", metadata={"help": "Folder for loguru log files."})
     # The report's statistics (README "Evaluation": intervals, paired comparisons, seeds).
@@ -89,18 +99,24 @@ class EvalArguments:
     # The LLM judge (optional scorer; README "Evaluation", judge).
     judge_model: str | None = field(
         default=None,
-        metadata={"help": "Also score every answer with this LLM judge (its model name at the endpoint) on the "
-                          "ten-criterion rubric; off unless given."},
+        metadata={
+            "help": "Also score every answer with this LLM judge (its model name at the endpoint) on the "
+            "ten-criterion rubric; off unless given."
+        },
     )
     judge_base_url: str | None = field(
         default=None,
-        metadata={"help": "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, transformers serve); "
-                          "default: OPENAI_BASE_URL, else api.openai.com."},
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, transformers serve); "
+            "default: OPENAI_BASE_URL, else api.openai.com."
+        },
     )
     judge_api_key: str | None = field(
         default=None,
-        metadata={"help": "Key of the judge endpoint; better set JUDGE_API_KEY (or OPENAI_API_KEY) in the "
-                          "environment. Never logged or written."},
+        metadata={
+            "help": "Key of the judge endpoint; better set JUDGE_API_KEY (or OPENAI_API_KEY) in the "
+            "environment. Never logged or written."
+        },
     )
     judge_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once."})
     judge_max_retries: int = field(
@@ -110,8 +126,16 @@ class EvalArguments:
     judge_max_tokens: int = field(default=256, metadata={"help": "Length limit of a judge reply in tokens."})
 
     def __post_init__(self):
-        for name in ("batch_size", "engine_slots", "max_new_tokens", "max_prompt_tokens", "max_prompts",
-                     "max_paraphrases_per_prompt", "judge_concurrency", "judge_max_tokens"):
+        for name in (
+            "batch_size",
+            "engine_slots",
+            "max_new_tokens",
+            "max_prompt_tokens",
+            "max_prompts",
+            "max_paraphrases_per_prompt",
+            "judge_concurrency",
+            "judge_max_tokens",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
@@ -138,14 +162,18 @@ class EvalArguments:
             digest = hashlib.sha256("+".join(names).encode()).hexdigest()[:8]
             parts.append("+".join(names) if len(names) <= 3 else f"{len(names)}adapters-{digest}")
         default = {f.name: _default(f) for f in dataclasses.fields(EvalArguments)}
-        parts += [text for changed, text in (
-            (self.split != default["split"], self.split),
-            (not self.include_base, "nobase"),
-            (self.merge_adapters, "merged"),
-            (self.max_prompts is not None, f"{self.max_prompts}prompts"),
-            (self.max_paraphrases_per_prompt is not None, f"{self.max_paraphrases_per_prompt}per-prompt"),
-            (self.max_new_tokens != default["max_new_tokens"], f"{self.max_new_tokens}tokens"),
-        ) if changed]
+        parts += [
+            text
+            for changed, text in (
+                (self.split != default["split"], self.split),
+                (not self.include_base, "nobase"),
+                (self.merge_adapters, "merged"),
+                (self.max_prompts is not None, f"{self.max_prompts}prompts"),
+                (self.max_paraphrases_per_prompt is not None, f"{self.max_paraphrases_per_prompt}per-prompt"),
+                (self.max_new_tokens != default["max_new_tokens"], f"{self.max_new_tokens}tokens"),
+            )
+            if changed
+        ]
         return Path(self.output_dir) / "-".join(parts)
 
 
@@ -158,11 +186,14 @@ class EvalModelConfig:
     model_revision: str = field(default="main", metadata={"help": "Hub revision of the base model."})
     dtype: str | None = field(
         default="bfloat16",
-        metadata={"help": "Weights (and 4-bit compute) dtype when no recipe.yaml says otherwise.",
-                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+        metadata={
+            "help": "Weights (and 4-bit compute) dtype when no recipe.yaml says otherwise.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
     )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention implementation (default: eager, which applies Gemma-2's soft-capping)."}
+        default=None,
+        metadata={"help": "Attention implementation (default: eager, which applies Gemma-2's soft-capping)."},
     )
     load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (bitsandbytes)."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4 bit (bitsandbytes)."})
@@ -181,9 +212,24 @@ class EvalModelConfig:
 
 
 # What --recompute_metrics_only reads besides the stored generations: where they are, the report's statistics, the judge.
-RESCORING_FLAGS = {"dataset", "output_dir", "output_name", "recompute_metrics_only", "log_dir", "cache_dir", "use_cache",
-                   "bootstrap_replicates", "bootstrap_seed", "judge_model", "judge_base_url", "judge_api_key",
-                   "judge_concurrency", "judge_max_retries", "judge_timeout", "judge_max_tokens"}
+RESCORING_FLAGS = {
+    "dataset",
+    "output_dir",
+    "output_name",
+    "recompute_metrics_only",
+    "log_dir",
+    "cache_dir",
+    "use_cache",
+    "bootstrap_replicates",
+    "bootstrap_seed",
+    "judge_model",
+    "judge_base_url",
+    "judge_api_key",
+    "judge_concurrency",
+    "judge_max_retries",
+    "judge_timeout",
+    "judge_max_tokens",
+}
 
 
 def check_rescoring_flags(eval_args: EvalArguments, model_args: EvalModelConfig) -> None:
@@ -191,11 +237,17 @@ def check_rescoring_flags(eval_args: EvalArguments, model_args: EvalModelConfig)
     adapters, how many prompts, how the base is loaded, ...) would be ignored silently, so it is refused."""
     if not eval_args.recompute_metrics_only:
         return
-    ignored = [f"--{f.name}" for args in (eval_args, model_args) for f in dataclasses.fields(args)
-               if f.name not in RESCORING_FLAGS and getattr(args, f.name) != _default(f)]
+    ignored = [
+        f"--{f.name}"
+        for args in (eval_args, model_args)
+        for f in dataclasses.fields(args)
+        if f.name not in RESCORING_FLAGS and getattr(args, f.name) != _default(f)
+    ]
     if ignored:
-        raise ValueError(f"recompute_metrics_only re-scores the stored generations and ignores {', '.join(ignored)}: "
-                         "drop them (or run without --recompute_metrics_only to generate anew)")
+        raise ValueError(
+            f"recompute_metrics_only re-scores the stored generations and ignores {', '.join(ignored)}: "
+            "drop them (or run without --recompute_metrics_only to generate anew)"
+        )
 
 
 def _default(f: dataclasses.Field):

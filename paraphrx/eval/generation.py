@@ -65,14 +65,22 @@ def active_model(model, name: str) -> Iterator:
 
 def cut_at_input_length(output_ids: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """The generated part of `generate`'s output: everything after the (left-padded) prompt columns."""
-    return output_ids[:, input_ids.shape[1]:]
+    return output_ids[:, input_ids.shape[1] :]
 
 
 def greedy_config(model, tokenizer, max_new_tokens: int, **overrides):
     """The model's generation config, made greedy; its eos ids stay (gemma: both <eos> and <end_of_turn>)."""
     config = copy.deepcopy(model.generation_config)
-    config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **overrides)
+    config.update(
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
     if config.eos_token_id is None:
         config.eos_token_id = tokenizer.eos_token_id
     return config
@@ -101,7 +109,7 @@ def generate_batched(
     answers: list[str | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not prompts):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         batch = [prompts[i] for i in index]
         inputs = tokenizer(batch, padding=True, return_tensors="pt").to(device)
         extra = batch_generate_kwargs(batch) if batch_generate_kwargs is not None else {}
@@ -115,8 +123,14 @@ def generate_batched(
     return answers
 
 
-def generate_per_example(model, tokenizer, prompts: list[str], max_new_tokens: int = 256,
-                         batch_generate_kwargs: Callable[[list[str]], dict] | None = None, **generate_kwargs) -> list[str]:
+def generate_per_example(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    batch_generate_kwargs: Callable[[list[str]], dict] | None = None,
+    **generate_kwargs,
+) -> list[str]:
     """The reference path: one unpadded `generate` call per prompt (what the batched path must reproduce)."""
     config = greedy_config(model, tokenizer, max_new_tokens, **generate_kwargs)
     device = next(model.parameters()).device
@@ -126,5 +140,5 @@ def generate_per_example(model, tokenizer, prompts: list[str], max_new_tokens: i
         extra = batch_generate_kwargs([prompt]) if batch_generate_kwargs is not None else {}
         with torch.inference_mode():
             output = model.generate(**inputs, generation_config=config, **extra)
-        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     return answers

@@ -151,13 +151,18 @@ def _client(settings: JudgeSettings):
         from openai import OpenAI
     except ImportError:
         raise JudgeError("the judge needs the openai client: pip install -e '.[judge]'") from None
-    return OpenAI(base_url=settings.base_url, api_key=_api_key(settings), max_retries=settings.max_retries,
-                  timeout=settings.timeout)
+    return OpenAI(
+        base_url=settings.base_url,
+        api_key=_api_key(settings),
+        max_retries=settings.max_retries,
+        timeout=settings.timeout,
+    )
 
 
 def _ask(client, settings: JudgeSettings, request: str) -> str:
-    reply = client.chat.completions.create(model=settings.model, messages=json.loads(request), temperature=0.0,
-                                           max_tokens=settings.max_tokens)
+    reply = client.chat.completions.create(
+        model=settings.model, messages=json.loads(request), temperature=0.0, max_tokens=settings.max_tokens
+    )
     return reply.choices[0].message.content or ""
 
 
@@ -168,6 +173,7 @@ def ask_all(requests: list[str], settings: JudgeSettings, cache: GenerationCache
         return {}
     client = _client(settings)
     import openai
+
     where = f"judge {settings.model} at {client.base_url}"
     fatal = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
     failures: dict[str, str] = {}
@@ -210,8 +216,13 @@ def judge_records(records: list[dict], settings: JudgeSettings, cache_dir: Path)
     requests = [judge_request(r) for r in records]
     todo = cache.missing(requests)
     unique = len(set(requests))
-    logger.info("judge {}: {} of {} distinct answers cached, asking for {}", settings.model, unique - len(todo),
-                unique, len(todo))
+    logger.info(
+        "judge {}: {} of {} distinct answers cached, asking for {}",
+        settings.model,
+        unique - len(todo),
+        unique,
+        len(todo),
+    )
     failures = ask_all(todo, settings, cache)
     judged = []
     for record, request in zip(records, requests):
@@ -221,9 +232,16 @@ def judge_records(records: list[dict], settings: JudgeSettings, cache_dir: Path)
         else:
             scores, error = parse_reply(reply)
             status = SCORED if scores else UNPARSEABLE
-        judged.append({**record, "judge_status": status, "judge_scores": scores,
-                       JUDGE_METRIC: scores[TASK_CRITERION] / 10.0 if scores else None, "judge_error": error,
-                       "judge_reply": None if scores else reply})
+        judged.append(
+            {
+                **record,
+                "judge_status": status,
+                "judge_scores": scores,
+                JUDGE_METRIC: scores[TASK_CRITERION] / 10.0 if scores else None,
+                "judge_error": error,
+                "judge_reply": None if scores else reply,
+            }
+        )
     counts = {s: sum(r["judge_status"] == s for r in judged) for s in (SCORED, UNPARSEABLE, FAILED)}
     logger.info("judge {}: {} scored, {} unparseable, {} failed", settings.model, *counts.values())
     return judged

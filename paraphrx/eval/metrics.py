@@ -29,9 +29,15 @@ PRIMARY_METRIC = {"alpaca": "rougeL", "gsm8k": "gsm8k_flexible", "mmlu": "mmlu_l
 TEXT_METRICS = ("exact_match", "rouge1", "rougeL", "sentence_bleu")
 SOURCE_METRICS = {"gsm8k": ("gsm8k_strict", "gsm8k_flexible"), "mmlu": ("mmlu_letter",)}
 METRIC_LABELS = {
-    "exact_match": "EM", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "sentence_bleu": "sent. BLEU",
-    "corpus_bleu": "BLEU", "gsm8k_strict": "GSM8K strict", "gsm8k_flexible": "GSM8K flexible",
-    "mmlu_letter": "MMLU letter", "judge_task": "judge task score",
+    "exact_match": "EM",
+    "rouge1": "ROUGE-1",
+    "rougeL": "ROUGE-L",
+    "sentence_bleu": "sent. BLEU",
+    "corpus_bleu": "BLEU",
+    "gsm8k_strict": "GSM8K strict",
+    "gsm8k_flexible": "GSM8K flexible",
+    "mmlu_letter": "MMLU letter",
+    "judge_task": "judge task score",
 }
 
 
@@ -159,8 +165,11 @@ def mmlu_letter(text: str) -> str | None:
 # --- one answer ------------------------------------------------------------------------------------------------------
 def score_answer(prediction: str, reference: str, source: str) -> dict:
     """All per-answer scores for one generation, plus the extracted answer for GSM8K/MMLU."""
-    scores = {"exact_match": exact_match(prediction, reference), **rouge_f1(prediction, reference),
-              "sentence_bleu": sentence_bleu(prediction, reference)}
+    scores = {
+        "exact_match": exact_match(prediction, reference),
+        **rouge_f1(prediction, reference),
+        "sentence_bleu": sentence_bleu(prediction, reference),
+    }
     if source == "gsm8k":
         gold = gsm8k_reference_answer(reference)
         strict, flexible = gsm8k_strict_answer(prediction), gsm8k_flexible_answer(prediction)

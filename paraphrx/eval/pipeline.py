@@ -38,8 +38,15 @@ REQUIRED_COLUMNS = ("prompt", "reference", "source", "prompt_count", "instruct_t
 ROW_FIELDS = REQUIRED_COLUMNS + ("task_score", "paraphrase", "input", "completion")  # every column prep writes
 JUDGE_FIELDS = ("judge_status", "judge_scores", "judge_task", "judge_error", "judge_reply")
 # The recipe keys that decide how the base is loaded (TRL ModelConfig fields).
-RECIPE_MODEL_KEYS = ("dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
-                     "use_bnb_nested_quant", "bnb_4bit_quant_storage")
+RECIPE_MODEL_KEYS = (
+    "dtype",
+    "attn_implementation",
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+    "bnb_4bit_quant_storage",
+)
 
 
 class EvalError(UserError):
@@ -104,14 +111,18 @@ def resolve_model_config(model_args: EvalModelConfig, adapters: dict[str, Path],
         model_args.model_name_or_path = next(iter(bases.values()))
     for name, base in bases.items():
         if base != model_args.model_name_or_path:
-            raise EvalError(f"{adapters[name] / 'adapter_config.json'}: field 'base_model_name_or_path' is {base!r}, "
-                            f"but the evaluated base is {model_args.model_name_or_path!r}; evaluate them separately")
+            raise EvalError(
+                f"{adapters[name] / 'adapter_config.json'}: field 'base_model_name_or_path' is {base!r}, "
+                f"but the evaluated base is {model_args.model_name_or_path!r}; evaluate them separately"
+            )
     if loading:
         first_name, first = next(iter(loading.items()))
         for name, keys in loading.items():
             if keys != first:
-                raise EvalError(f"{adapters[name] / 'recipe.yaml'}: model keys {keys} differ from {first_name}'s "
-                                f"{first}; pass --use_recipe_model_config false and set them on the command line")
+                raise EvalError(
+                    f"{adapters[name] / 'recipe.yaml'}: model keys {keys} differ from {first_name}'s "
+                    f"{first}; pass --use_recipe_model_config false and set them on the command line"
+                )
         for key, value in first.items():
             if getattr(model_args, key) != value:
                 logger.info("{} = {!r} from {}'s recipe.yaml", key, value, first_name)
@@ -145,11 +156,17 @@ def load_rows(eval_args: EvalArguments) -> list[dict]:
         raise EvalError(f"{where}: no rows")
     selected = select_rows(rows, eval_args.max_prompts, eval_args.max_paraphrases_per_prompt)
     if eval_args.max_prompts is not None or eval_args.max_paraphrases_per_prompt is not None:
+
         def prompt_count(some):
             return len({(r["source"], r["prompt_count"]) for r in some})
 
-        logger.info("quick run: {} of {} rows, from {} of {} prompts", len(selected), len(rows), prompt_count(selected),
-                    prompt_count(rows))
+        logger.info(
+            "quick run: {} of {} rows, from {} of {} prompts",
+            len(selected),
+            len(rows),
+            prompt_count(selected),
+            prompt_count(rows),
+        )
     return selected
 
 
@@ -190,8 +207,13 @@ def loading_settings(model_args: EvalModelConfig, eval_args: EvalArguments) -> d
     }
 
 
-def generate_answers(prompts: list[str], models: dict[str, Path | None], model_args: EvalModelConfig,
-                     eval_args: EvalArguments, cache_dir: Path) -> tuple[dict[str, dict[str, str]], dict]:
+def generate_answers(
+    prompts: list[str],
+    models: dict[str, Path | None],
+    model_args: EvalModelConfig,
+    eval_args: EvalArguments,
+    cache_dir: Path,
+) -> tuple[dict[str, dict[str, str]], dict]:
     """{model name: {prompt: answer}} for every model, generating only what the cache lacks; and each identity.
 
     A Hub base that was never downloaded has no commit yet: it is loaded first, and the caches are keyed by the
@@ -200,8 +222,14 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
 
     def open_caches(base: dict) -> tuple[dict[str, GenerationCache], dict[str, list[str]]]:
         caches = {  # the base model's answers are the same merged or not: only adapters are merged
-            name: GenerationCache(cache_dir, {**base, "adapter": adapter_identity(path) if path else None,
-                                              "settings": {**settings, "merged": settings["merged"] and path is not None}})
+            name: GenerationCache(
+                cache_dir,
+                {
+                    **base,
+                    "adapter": adapter_identity(path) if path else None,
+                    "settings": {**settings, "merged": settings["merged"] and path is not None},
+                },
+            )
             for name, path in models.items()
         }
         return caches, {name: cache.missing(prompts) for name, cache in caches.items()}
@@ -216,8 +244,9 @@ def generate_answers(prompts: list[str], models: dict[str, Path | None], model_a
         if loaded != base:
             caches, todo = open_caches(loaded)
         _log_cached(prompts, todo)
-        check_prompt_lengths(tokenizer, list(dict.fromkeys(p for missing in todo.values() for p in missing)),
-                             eval_args.max_prompt_tokens)
+        check_prompt_lengths(
+            tokenizer, list(dict.fromkeys(p for missing in todo.values() for p in missing)), eval_args.max_prompt_tokens
+        )
         if eval_args.merge_adapters:
             for name, path in models.items():
                 if todo[name]:
@@ -263,8 +292,14 @@ def _log_cached(prompts: list[str], todo: dict[str, list[str]]) -> None:
         logger.info("{}: {} of {} cached", name, len(prompts) - len(missing), plural(len(prompts), "prompt"))
 
 
-def _generate_models(model, tokenizer, models: dict[str, Path | None], todo: dict[str, list[str]],
-                     caches: dict[str, GenerationCache], eval_args: EvalArguments) -> None:
+def _generate_models(
+    model,
+    tokenizer,
+    models: dict[str, Path | None],
+    todo: dict[str, list[str]],
+    caches: dict[str, GenerationCache],
+    eval_args: EvalArguments,
+) -> None:
     """Each model's missing answers on this loaded base; `models` maps a name to its adapter folder, or to None for
     the loaded model itself (the base, or a merged adapter). The engine answers them all in one batch, HF generate
     one model after another."""
@@ -279,8 +314,12 @@ def _generate_models(model, tokenizer, models: dict[str, Path | None], todo: dic
         return
     as_engine_model = {name: name if path else BASE for name, path in models.items()}
     jobs = {as_engine_model[n]: todo[n] for n in models if todo[n]}
-    logger.info("{}: generating {} in one batch (max {} new tokens)", ", ".join(n for n in models if todo[n]),
-                plural(sum(len(todo[n]) for n in models), "answer"), eval_args.max_new_tokens)
+    logger.info(
+        "{}: generating {} in one batch (max {} new tokens)",
+        ", ".join(n for n in models if todo[n]),
+        plural(sum(len(todo[n]) for n in models), "answer"),
+        eval_args.max_new_tokens,
+    )
     _generate_with_engine(engine, tokenizer, jobs, {as_engine_model[n]: caches[n] for n in models}, eval_args)
 
 
@@ -297,11 +336,13 @@ def _engine(model, adapters: dict[str, Path], eval_args: EvalArguments) -> Gemma
     return GemmaDecodeEngine(model, adapters, max_slots=eval_args.engine_slots)
 
 
-def _generate_with_engine(engine, tokenizer, jobs: dict[str, list[str]], caches: dict[str, GenerationCache],
-                          eval_args: EvalArguments) -> None:
+def _generate_with_engine(
+    engine, tokenizer, jobs: dict[str, list[str]], caches: dict[str, GenerationCache], eval_args: EvalArguments
+) -> None:
     """Every model's missing answers in one engine run; each answer reaches its cache as its row finishes."""
     total = sum(len(prompts) for prompts in jobs.values())
     with tqdm(total=total, desc="generate", unit="answer") as progress:
+
         def on_answers(name: str, prompts: list[str], texts: list[str]) -> None:
             caches[name].add(prompts, texts)
             progress.update(len(prompts))
@@ -310,10 +351,22 @@ def _generate_with_engine(engine, tokenizer, jobs: dict[str, list[str]], caches:
 
 
 def _generate(model, tokenizer, name, prompts, cache, eval_args) -> None:
-    logger.info("{}: generating {} (batch {}, max {} new tokens)", name, plural(len(prompts), "answer"),
-                eval_args.batch_size, eval_args.max_new_tokens)
-    generate_batched(model, tokenizer, prompts, batch_size=eval_args.batch_size,
-                     max_new_tokens=eval_args.max_new_tokens, on_batch=cache.add, desc=name)
+    logger.info(
+        "{}: generating {} (batch {}, max {} new tokens)",
+        name,
+        plural(len(prompts), "answer"),
+        eval_args.batch_size,
+        eval_args.max_new_tokens,
+    )
+    generate_batched(
+        model,
+        tokenizer,
+        prompts,
+        batch_size=eval_args.batch_size,
+        max_new_tokens=eval_args.max_new_tokens,
+        on_batch=cache.add,
+        desc=name,
+    )
 
 
 def _free_memory() -> None:
@@ -329,7 +382,8 @@ def score_records(rows: list[dict], answers: dict[str, dict[str, str]]) -> list[
     """One record per (model, row): the row's fields, the generation and its scores."""
     return [
         score_record({"model": name, **row, "generation": by_prompt[row["prompt"]]})
-        for name, by_prompt in answers.items() for row in rows
+        for name, by_prompt in answers.items()
+        for row in rows
     ]
 
 
@@ -353,8 +407,12 @@ def read_generations(path: Path) -> list[dict]:
             for key in ("model", "generation") + REQUIRED_COLUMNS:
                 if key not in record:
                     raise EvalError(f"{path}:{line_no}: missing field {key!r}")
-            records.append({**{k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)},
-                            **{k: record[k] for k in JUDGE_FIELDS if k in record}})
+            records.append(
+                {
+                    **{k: record.get(k) for k in ("model",) + ROW_FIELDS + ("generation",)},
+                    **{k: record[k] for k in JUDGE_FIELDS if k in record},
+                }
+            )
     return records
 
 
@@ -377,9 +435,13 @@ def judge_answers(records: list[dict], eval_args: EvalArguments) -> tuple[list[d
     if not eval_args.judge_model:
         return records, {}
     settings = JudgeSettings(
-        model=eval_args.judge_model, base_url=eval_args.judge_base_url, api_key=eval_args.judge_api_key,
-        concurrency=eval_args.judge_concurrency, max_retries=eval_args.judge_max_retries,
-        timeout=eval_args.judge_timeout, max_tokens=eval_args.judge_max_tokens,
+        model=eval_args.judge_model,
+        base_url=eval_args.judge_base_url,
+        api_key=eval_args.judge_api_key,
+        concurrency=eval_args.judge_concurrency,
+        max_retries=eval_args.judge_max_retries,
+        timeout=eval_args.judge_timeout,
+        max_tokens=eval_args.judge_max_tokens,
     )
     try:
         if eval_args.use_cache:
@@ -394,8 +456,10 @@ def judge_answers(records: list[dict], eval_args: EvalArguments) -> tuple[list[d
 
 def find_seed_groups(adapters: dict[str, Path]) -> dict[str, dict[str, int | None]]:
     """Adapters whose recipe.yaml differ only in seed (averaged in the report): {model name: {run: seed}}."""
-    recipes = {name: _read_yaml(path / "recipe.yaml") if (path / "recipe.yaml").is_file() else None
-               for name, path in adapters.items()}
+    recipes = {
+        name: _read_yaml(path / "recipe.yaml") if (path / "recipe.yaml").is_file() else None
+        for name, path in adapters.items()
+    }
     groups = seed_groups(recipes)
     for group, runs in groups.items():
         logger.info("{}: runs {} differ only in seed; the report averages them", group, list(runs))
@@ -411,8 +475,9 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
         context = read_run_context(out_dir / "summary.json")
         records = [score_record(r) for r in read_generations(out_dir / GENERATIONS_FILE)]
         models = list(dict.fromkeys(r["model"] for r in records))
-        logger.info("re-scoring {} of {} from {}", plural(len(records), "generation"), plural(len(models), "model"),
-                    out_dir)
+        logger.info(
+            "re-scoring {} of {} from {}", plural(len(records), "generation"), plural(len(models), "model"), out_dir
+        )
         records, judge = judge_answers(records, eval_args)
         context = {**context, **judge, "recomputed": True}
         return write_results(out_dir, records, build_summary(records, models, context, **bootstrap))
@@ -421,16 +486,24 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
     groups = find_seed_groups(adapters)
     given = model_args.model_name_or_path
     model_args = resolve_model_config(model_args, adapters, eval_args.use_recipe_model_config)
-    origin = ("--model_name_or_path" if given is not None
-              else f"{next(iter(adapters.values())) / 'adapter_config.json'}: base_model_name_or_path")
+    origin = (
+        "--model_name_or_path"
+        if given is not None
+        else f"{next(iter(adapters.values())) / 'adapter_config.json'}: base_model_name_or_path"
+    )
     check_base_model(model_args.model_name_or_path, model_args.model_revision, origin)
     models: dict[str, Path | None] = ({BASE: None} if eval_args.include_base else {}) | dict(adapters)
     if not models:
         raise EvalError("nothing to evaluate: --include_base false and no adapters")
     rows = load_rows(eval_args)
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
-    logger.info("{} ({} distinct) x {}: {}", plural(len(rows), "row"), plural(len(prompts), "prompt"),
-                plural(len(models), "model"), list(models))
+    logger.info(
+        "{} ({} distinct) x {}: {}",
+        plural(len(rows), "row"),
+        plural(len(prompts), "prompt"),
+        plural(len(models), "model"),
+        list(models),
+    )
 
     try:
         if eval_args.use_cache:
@@ -440,9 +513,11 @@ def run_evaluation(eval_args: EvalArguments, model_args: EvalModelConfig) -> Pat
                 answers, identities = generate_answers(prompts, models, model_args, eval_args, Path(scratch))
     except PromptTooLongError as err:  # name the row: its prompt's source, prompt_count and phrasing
         row = next(r for r in rows if r["prompt"] == err.prompt)
-        raise EvalError(f"{eval_args.dataset} split {eval_args.split!r}: {row['source']} prompt_count "
-                        f"{row['prompt_count']} ({row['instruct_type']}): field 'prompt': {err.tokens:,} tokens, "
-                        f"more than --max_prompt_tokens {err.limit:,}") from None
+        raise EvalError(
+            f"{eval_args.dataset} split {eval_args.split!r}: {row['source']} prompt_count "
+            f"{row['prompt_count']} ({row['instruct_type']}): field 'prompt': {err.tokens:,} tokens, "
+            f"more than --max_prompt_tokens {err.limit:,}"
+        ) from None
     records, judge = judge_answers(score_records(rows, answers), eval_args)
     context = {
         "dataset": dataset_fingerprint(eval_args.dataset, eval_args.dataset_revision),

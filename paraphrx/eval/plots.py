@@ -22,8 +22,11 @@ MISSING_COLOUR = "0.55"  # darker than the colour map's near-white 0
 
 
 def _panels(summary: dict) -> list[tuple[str, str, dict]]:
-    return [(source, metric, result) for source, analysis in summary["analysis"].items()
-            for metric, result in analysis["metrics"].items()]
+    return [
+        (source, metric, result)
+        for source, analysis in summary["analysis"].items()
+        for metric, result in analysis["metrics"].items()
+    ]
 
 
 def _colours(models: list[str]) -> dict[str, dict]:
@@ -32,8 +35,10 @@ def _colours(models: list[str]) -> dict[str, dict]:
 
     adapters = [m for m in models if m != BASE]
     cmap = colormaps["viridis"]
-    styles = {m: {"color": cmap(0.85 * i / max(1, len(adapters) - 1)), "linestyle": "-", "marker": "o"}
-              for i, m in enumerate(adapters)}
+    styles = {
+        m: {"color": cmap(0.85 * i / max(1, len(adapters) - 1)), "linestyle": "-", "marker": "o"}
+        for i, m in enumerate(adapters)
+    }
     styles[BASE] = {"color": "black", "linestyle": "--", "marker": "s"}
     return styles
 
@@ -78,9 +83,16 @@ def plot_score_by_bucket(summary: dict, path: Path) -> None:
             if not shown:
                 continue
             shift = 0.06 * (i - (len(models) - 1) / 2)
-            ax.errorbar([b + shift for b in shown], [by_bucket[b]["value"] for b in shown],
-                        yerr=np.array([_error(by_bucket[b]) for b in shown]).T, label=model, capsize=2,
-                        linewidth=2.4 if model == BASE else 1.6, zorder=3 if model == BASE else 2, **colours[model])
+            ax.errorbar(
+                [b + shift for b in shown],
+                [by_bucket[b]["value"] for b in shown],
+                yerr=np.array([_error(by_bucket[b]) for b in shown]).T,
+                label=model,
+                capsize=2,
+                linewidth=2.4 if model == BASE else 1.6,
+                zorder=3 if model == BASE else 2,
+                **colours[model],
+            )
         empty = summary["analysis"][source]["empty_buckets"]
         note = f" (no rows: bucket {', '.join(map(str, empty))})" if empty else ""
         ax.set_title(f"{source}: {METRIC_LABELS[metric]} by bucket{note}", fontsize=9)
@@ -107,8 +119,15 @@ def plot_bucket_gap(summary: dict, path: Path) -> None:
                 ax.annotate("no data", (x, 0), ha="center", va="bottom", rotation=90, fontsize=8, color="0.4")
                 continue
             # the base bar: light grey with hatching, so it reads as the reference, not as one more adapter
-            ax.bar(x, gap["value"], yerr=np.array([_error(gap)]).T, capsize=3, edgecolor="black",
-                   color="0.8" if model == BASE else colours[model]["color"], hatch="//" if model == BASE else "")
+            ax.bar(
+                x,
+                gap["value"],
+                yerr=np.array([_error(gap)]).T,
+                capsize=3,
+                edgecolor="black",
+                color="0.8" if model == BASE else colours[model]["color"],
+                hatch="//" if model == BASE else "",
+            )
         worst = summary["analysis"][source]["gap_bucket"]
         ax.set_xticks(range(len(models)), models)
         ax.axhline(0, color="grey", linewidth=0.8)
@@ -132,11 +151,17 @@ def plot_style_heatmap(summary: dict, path: Path) -> None:
     def draw(ax, fig, source, metric, result, colours):
         models = list(result["models"])
         styles = [s for s in result["style_order"] if s != ORIGINAL]
-        drops = np.array([[_value(result["models"][m]["by_style"][s]["drop"]) for m in models] for s in styles],
-                         dtype=np.float64).reshape(len(styles), len(models))
+        drops = np.array(
+            [[_value(result["models"][m]["by_style"][s]["drop"]) for m in models] for s in styles], dtype=np.float64
+        ).reshape(len(styles), len(models))
         limit = float(np.nanmax(np.abs(drops))) if np.isfinite(drops).any() else 1.0
-        image = ax.imshow(np.ma.masked_invalid(drops), aspect="auto", cmap=cmap, interpolation="nearest",
-                          norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit or -1.0, vmax=limit or 1.0))
+        image = ax.imshow(
+            np.ma.masked_invalid(drops),
+            aspect="auto",
+            cmap=cmap,
+            interpolation="nearest",
+            norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit or -1.0, vmax=limit or 1.0),
+        )
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(styles)), styles, fontsize=5)
         ax.set_title(f"{source}: {METRIC_LABELS[metric]} drop vs the original wording\n(grey: no rows)", fontsize=9)

@@ -33,8 +33,15 @@ GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 DEFAULT_REPLICATES = 1000
-ROBUSTNESS_COLUMNS = {"mean": "mean", "spread": "spread", "std": "std", "worst_case": "worst case", "pdr": "PDR",
-                      "cps": "CPS", "consistency": "consistency"}
+ROBUSTNESS_COLUMNS = {
+    "mean": "mean",
+    "spread": "spread",
+    "std": "std",
+    "worst_case": "worst case",
+    "pdr": "PDR",
+    "cps": "CPS",
+    "consistency": "consistency",
+}
 
 
 # --- numbers ---------------------------------------------------------------------------------------------------------
@@ -49,14 +56,16 @@ def judge_counts(records: list[dict]) -> dict | None:
     for record in records:
         if record.get("judge_status"):
             cell = counts[record["model"]].setdefault(
-                record["source"], {"answers": 0, SCORED: 0, UNPARSEABLE: 0, FAILED: 0})
+                record["source"], {"answers": 0, SCORED: 0, UNPARSEABLE: 0, FAILED: 0}
+            )
             cell["answers"] += 1
             cell[record["judge_status"]] += 1
     return dict(counts) or None
 
 
-def build_summary(records: list[dict], models: list[str], context: dict, replicates: int = DEFAULT_REPLICATES,
-                  seed: int = 0) -> dict:
+def build_summary(
+    records: list[dict], models: list[str], context: dict, replicates: int = DEFAULT_REPLICATES, seed: int = 0
+) -> dict:
     """Per model and source: mean of every metric, corpus BLEU overall and per bucket, robustness on every metric
     (point estimates); and `analysis`: the reported metrics with bootstrap intervals, paired differences against
     the base, the breakdown by style and seed averages (`paraphrx.eval.analysis`; `context["seed_groups"]`:
@@ -84,7 +93,8 @@ def build_summary(records: list[dict], models: list[str], context: dict, replica
         if judged:
             scored = [r for r in rows if r.get("judge_scores")]
             scores[model][source]["judge_criteria"] = {
-                c: statistics.fmean(r["judge_scores"][c] for r in scored) if scored else None for c in CRITERIA}
+                c: statistics.fmean(r["judge_scores"][c] for r in scored) if scored else None for c in CRITERIA
+            }
         robustness[model][source] = {
             "primary_metric": primary_metric(source),
             "metrics": {k: robustness_report(rows, k) for k in names},
@@ -94,8 +104,14 @@ def build_summary(records: list[dict], models: list[str], context: dict, replica
         "run": context,
         "models": models,
         "sources": sources,
-        "bootstrap": {"unit": "prompt", "replicates": replicates, "seed": seed, "level": LEVEL,
-                      "interval": "percentile", "min_prompts": MIN_PROMPTS},
+        "bootstrap": {
+            "unit": "prompt",
+            "replicates": replicates,
+            "seed": seed,
+            "level": LEVEL,
+            "interval": "percentile",
+            "min_prompts": MIN_PROMPTS,
+        },
         "seed_groups": seed_groups,
         "scores": scores,
         "robustness": robustness,
@@ -111,8 +127,9 @@ def write_results(out_dir: Path, records: list[dict], summary: dict) -> Path:
         with (tmp / GENERATIONS_FILE).open("w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        (tmp / SUMMARY_FILE).write_text(json.dumps(_jsonable(summary), indent=2, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
+        (tmp / SUMMARY_FILE).write_text(
+            json.dumps(_jsonable(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         plot_score_by_bucket(summary, tmp / BUCKET_PLOT)
         plot_bucket_gap(summary, tmp / GAP_PLOT)
         plot_style_heatmap(summary, tmp / STYLE_PLOT)
@@ -169,23 +186,34 @@ def _label(model: str, summary: dict) -> str:
 def _header(summary: dict) -> list[str]:
     run = summary.get("run", {})
     dataset = run.get("dataset", {})
-    facts = [f"dataset `{dataset.get('dataset', '?')}`" + (f" @ {dataset['revision']}" if dataset.get("revision") else ""),
-             f"split `{run.get('split', '?')}`", f"base `{run.get('base_model', '?')}`"]
+    facts = [
+        f"dataset `{dataset.get('dataset', '?')}`" + (f" @ {dataset['revision']}" if dataset.get("revision") else ""),
+        f"split `{run.get('split', '?')}`",
+        f"base `{run.get('base_model', '?')}`",
+    ]
     settings = run.get("settings")
     if settings:
         facts.append("4-bit NF4" if settings.get("load_in_4bit") else f"dtype {settings.get('dtype')}")
         facts.append("merged adapters" if settings.get("merged") else "unmerged adapters")
         facts.append(f"greedy, max {settings.get('max_new_tokens')} new tokens")
     boot = summary["bootstrap"]
-    lines = ["# paraphrx robustness report", "", "; ".join(facts) + f". Created {summary['created']}.", "",
-             f"Cells read `value [95% interval] (answers/prompts)`: the interval is a percentile bootstrap over "
-             f"prompts ({boot['replicates']} replicates, seed {boot['seed']}), none where a number rests on fewer "
-             f"than {boot['min_prompts']} prompts; answers/prompts are the scored answers and the prompts the number "
-             "rests on. Paired tables give adapter − base on the same resampled prompts; **bold**: the interval "
-             "excludes 0."]
+    lines = [
+        "# paraphrx robustness report",
+        "",
+        "; ".join(facts) + f". Created {summary['created']}.",
+        "",
+        f"Cells read `value [95% interval] (answers/prompts)`: the interval is a percentile bootstrap over "
+        f"prompts ({boot['replicates']} replicates, seed {boot['seed']}), none where a number rests on fewer "
+        f"than {boot['min_prompts']} prompts; answers/prompts are the scored answers and the prompts the number "
+        "rests on. Paired tables give adapter − base on the same resampled prompts; **bold**: the interval "
+        "excludes 0.",
+    ]
     if summary["seed_groups"]:
-        lines += ["", "Runs that differ only in `seed` are averaged: `mean ± sd across seeds [interval of the "
-                      "seed average]`; each seed's numbers are listed under Seeds."]
+        lines += [
+            "",
+            "Runs that differ only in `seed` are averaged: `mean ± sd across seeds [interval of the "
+            "seed average]`; each seed's numbers are listed under Seeds.",
+        ]
     return lines + [""]
 
 
@@ -208,15 +236,27 @@ def _metric_sections(summary: dict, source: str, metric: str, result: dict) -> l
     gap = f"gap 1−{worst}" if worst else "gap"
     models = list(result["models"])
     out = [f"### {title} by bucket (1 = phrasings the base model handled best)", ""]
-    rows = [[_label(m, summary), *(_cell(result["models"][m]["by_bucket"][b]) for b in BUCKETS),
-             _cell(result["models"][m]["gap"])] for m in models]
+    rows = [
+        [
+            _label(m, summary),
+            *(_cell(result["models"][m]["by_bucket"][b]) for b in BUCKETS),
+            _cell(result["models"][m]["gap"]),
+        ]
+        for m in models
+    ]
     out += [_table(["model", *(f"bucket {b}" for b in BUCKETS), gap], rows), ""]
     if result["vs_base"]:
         out += [f"### {title} by bucket: adapter − base, paired", ""]
-        rows = [[_label(m, summary), *(_cell(d["by_bucket"][b]) for b in BUCKETS), _cell(d["gap"])]
-                for m, d in result["vs_base"].items()]
-        out += [_table(["adapter", *(f"Δ bucket {b}" for b in BUCKETS), f"Δ {gap}"], rows), "",
-                "A negative Δ gap: the adapter narrowed the gap between easy and hard phrasings.", ""]
+        rows = [
+            [_label(m, summary), *(_cell(d["by_bucket"][b]) for b in BUCKETS), _cell(d["gap"])]
+            for m, d in result["vs_base"].items()
+        ]
+        out += [
+            _table(["adapter", *(f"Δ bucket {b}" for b in BUCKETS), f"Δ {gap}"], rows),
+            "",
+            "A negative Δ gap: the adapter narrowed the gap between easy and hard phrasings.",
+            "",
+        ]
     columns = [k for k in ROBUSTNESS_COLUMNS if k in result["models"][models[0]]]
     out += [f"### Robustness on {name}", ""]
     rows = [[_label(m, summary), *(_cell(result["models"][m][k]) for k in columns)] for m in models]
@@ -225,10 +265,14 @@ def _metric_sections(summary: dict, source: str, metric: str, result: dict) -> l
         out += [f"### Robustness on {name}: adapter − base, paired", ""]
         rows = [[_label(m, summary), *(_cell(d[k]) for k in columns)] for m, d in result["vs_base"].items()]
         out += [_table(["adapter", *(f"Δ {ROBUSTNESS_COLUMNS[k]}" for k in columns)], rows), ""]
-    out += [f"### {title} by paraphrase style", "",
-            "Cells read `mean / drop [interval of the drop] (answers/prompts of the style)`; drop = mean(original "
-            "wording) − mean(style) on the prompts that have both (positive: the style does worse). Sorted by the "
-            f"base model's drop, largest first; figure: `{STYLE_PLOT}`.", ""]
+    out += [
+        f"### {title} by paraphrase style",
+        "",
+        "Cells read `mean / drop [interval of the drop] (answers/prompts of the style)`; drop = mean(original "
+        "wording) − mean(style) on the prompts that have both (positive: the style does worse). Sorted by the "
+        f"base model's drop, largest first; figure: `{STYLE_PLOT}`.",
+        "",
+    ]
     rows = []
     for style in result["style_order"]:
         cells = []
@@ -247,23 +291,40 @@ def _scores_section(summary: dict, source: str) -> list[str]:
     for model in summary["models"]:
         s = summary["scores"][model].get(source)
         if s:
-            rows.append([model, str(s["n"]), str(s["n_prompts"]), *(_fmt(s[k]) for k in names),
-                         _fmt(s["corpus_bleu"], 2)])
-    return ["### Scores per run (mean per answer; BLEU is corpus BLEU, 0-100)", "",
-            _table(["run", "answers", "prompts", *(METRIC_LABELS[k] for k in names), "BLEU"], rows), ""]
+            rows.append(
+                [model, str(s["n"]), str(s["n_prompts"]), *(_fmt(s[k]) for k in names), _fmt(s["corpus_bleu"], 2)]
+            )
+    return [
+        "### Scores per run (mean per answer; BLEU is corpus BLEU, 0-100)",
+        "",
+        _table(["run", "answers", "prompts", *(METRIC_LABELS[k] for k in names), "BLEU"], rows),
+        "",
+    ]
 
 
 def _judge_section(summary: dict, source: str) -> list[str]:
     counts = summary["judge"]["counts"]
-    rows = [[m, *(str(counts[m][source][k]) for k in ("answers", SCORED, UNPARSEABLE, FAILED))]
-            for m in summary["models"] if source in counts.get(m, {})]
-    out = [f"### Judge `{summary['judge'].get('judge', '?')}`: answers it could not score", "",
-           "Unparseable: the reply held no valid JSON scores; failed: no reply after the retries (asked again on the "
-           "next run). Both are left out of the judge's numbers; each is in `generations.jsonl` with its reason.", "",
-           _table(["run", "answers", "scored", "unparseable", "failed"], rows), "",
-           "### Judge: mean of each criterion (0–10, scored answers)", ""]
-    rows = [[m, *(_fmt(summary["scores"][m][source]["judge_criteria"][c], 2) for c in CRITERIA)]
-            for m in summary["models"] if "judge_criteria" in summary["scores"][m].get(source, {})]
+    rows = [
+        [m, *(str(counts[m][source][k]) for k in ("answers", SCORED, UNPARSEABLE, FAILED))]
+        for m in summary["models"]
+        if source in counts.get(m, {})
+    ]
+    out = [
+        f"### Judge `{summary['judge'].get('judge', '?')}`: answers it could not score",
+        "",
+        "Unparseable: the reply held no valid JSON scores; failed: no reply after the retries (asked again on the "
+        "next run). Both are left out of the judge's numbers; each is in `generations.jsonl` with its reason.",
+        "",
+        _table(["run", "answers", "scored", "unparseable", "failed"], rows),
+        "",
+        "### Judge: mean of each criterion (0–10, scored answers)",
+        "",
+    ]
+    rows = [
+        [m, *(_fmt(summary["scores"][m][source]["judge_criteria"][c], 2) for c in CRITERIA)]
+        for m in summary["models"]
+        if "judge_criteria" in summary["scores"][m].get(source, {})
+    ]
     return out + [_table(["run", *CRITERIA], rows), ""]
 
 
@@ -278,9 +339,17 @@ def _seeds_section(summary: dict) -> list[str]:
                     continue
                 for run, seed in runs.items():
                     mean, gap = stats["mean"], stats["gap"]
-                    rows.append([source, METRIC_LABELS[metric], model, run, _fmt(seed),
-                                 _fmt(mean["per_seed"].get(run)) if mean else "–",
-                                 _fmt(gap["per_seed"].get(run)) if gap else "–"])
+                    rows.append(
+                        [
+                            source,
+                            METRIC_LABELS[metric],
+                            model,
+                            run,
+                            _fmt(seed),
+                            _fmt(mean["per_seed"].get(run)) if mean else "–",
+                            _fmt(gap["per_seed"].get(run)) if gap else "–",
+                        ]
+                    )
     return out + [_table(["source", "metric", "model", "run", "seed", "mean", "gap"], rows), ""]
 
 
@@ -288,8 +357,12 @@ def render_markdown(summary: dict) -> str:
     out = _header(summary)
     for source in summary["sources"]:
         analysis = summary["analysis"][source]
-        out += [f"## {source}", "", f"{analysis['prompts']} test prompts, {analysis['answers_per_model']} answers per "
-                "run.", ""]
+        out += [
+            f"## {source}",
+            "",
+            f"{analysis['prompts']} test prompts, {analysis['answers_per_model']} answers per run.",
+            "",
+        ]
         out += _bucket_note(source, analysis)
         out += _scores_section(summary, source)
         for metric, result in analysis["metrics"].items():
@@ -298,8 +371,17 @@ def render_markdown(summary: dict) -> str:
             out += _judge_section(summary, source)
     if summary["seed_groups"]:
         out += _seeds_section(summary)
-    out += ["## Plots", "", f"![score by bucket]({BUCKET_PLOT})", "", f"![bucket gap]({GAP_PLOT})", "",
-            f"![drop by style]({STYLE_PLOT})", "",
-            "Definitions: docs/evaluation.md in the paraphrx repository. Every answer with its scores: "
-            f"`{GENERATIONS_FILE}`; all numbers (every metric's robustness too): `{SUMMARY_FILE}`.", ""]
+    out += [
+        "## Plots",
+        "",
+        f"![score by bucket]({BUCKET_PLOT})",
+        "",
+        f"![bucket gap]({GAP_PLOT})",
+        "",
+        f"![drop by style]({STYLE_PLOT})",
+        "",
+        "Definitions: docs/evaluation.md in the paraphrx repository. Every answer with its scores: "
+        f"`{GENERATIONS_FILE}`; all numbers (every metric's robustness too): `{SUMMARY_FILE}`.",
+        "",
+    ]
     return "\n".join(out)

@@ -90,8 +90,12 @@ def per_prompt(table: ScoreTable) -> dict[str, np.ndarray]:
     np.maximum.at(high, p, s)
     np.minimum.at(low, p, s)
     high[count == 0] = low[count == 0] = np.nan
-    return {"spread": high - low, "std": np.sqrt(np.maximum(var, 0.0)), "worst_case": low,
-            "cps": high * (1.0 - (high - avg))}
+    return {
+        "spread": high - low,
+        "std": np.sqrt(np.maximum(var, 0.0)),
+        "worst_case": low,
+        "cps": high * (1.0 - (high - avg)),
+    }
 
 
 def mean_over_prompts(values: np.ndarray, weights: np.ndarray, answers: int) -> Stat | None:

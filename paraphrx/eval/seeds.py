@@ -13,8 +13,19 @@ import re
 SEED_KEYS = ("seed", "data_seed")
 # Keys that differ between runs of one experiment without changing what is trained.
 RUN_KEYS = SEED_KEYS + (
-    "run_name", "output_dir", "logging_dir", "log_dir", "overwrite_output_dir", "resume_from_checkpoint",
-    "keep_checkpoints", "report_to", "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_token",
+    "run_name",
+    "output_dir",
+    "logging_dir",
+    "log_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "keep_checkpoints",
+    "report_to",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_strategy",
+    "hub_private_repo",
+    "hub_token",
 )
 _SEED_SUFFIX = re.compile(r"[-_]seed[-_]?\d+$")
 

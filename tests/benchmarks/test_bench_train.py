@@ -12,13 +12,13 @@ BENCH = REPO / "benchmarks" / "bench_train.py"
 def test_gpu_gaps_merge_overlapping_kernels_and_name_the_host_work(capsys):
     events = [
         {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 50},
-        {"ph": "X", "cat": "kernel", "name": "a", "ts": 100, "dur": 1000},   # 100..1100
-        {"ph": "X", "cat": "kernel", "name": "b", "ts": 600, "dur": 1000},   # overlaps: busy 100..1600
+        {"ph": "X", "cat": "kernel", "name": "a", "ts": 100, "dur": 1000},  # 100..1100
+        {"ph": "X", "cat": "kernel", "name": "b", "ts": 600, "dur": 1000},  # overlaps: busy 100..1600
         {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 1500, "dur": 300},
         {"ph": "X", "cat": "cpu_op", "name": "aten::item", "ts": 1700, "dur": 100},
-        {"ph": "X", "cat": "kernel", "name": "c", "ts": 3600, "dur": 400},   # gap 1600..3600 = 2 ms
-        {"ph": "X", "cat": "kernel", "name": "d", "ts": 4100, "dur": 100},   # gap 0.1 ms: below the threshold
-        {"ph": "i", "cat": "kernel", "name": "instant", "ts": 5000},          # not a duration event
+        {"ph": "X", "cat": "kernel", "name": "c", "ts": 3600, "dur": 400},  # gap 1600..3600 = 2 ms
+        {"ph": "X", "cat": "kernel", "name": "d", "ts": 4100, "dur": 100},  # gap 0.1 ms: below the threshold
+        {"ph": "i", "cat": "kernel", "name": "instant", "ts": 5000},  # not a duration event
     ]
     bench_train.print_gpu_gaps({"traceEvents": events}, steps=1)
     out = capsys.readouterr().out.splitlines()
@@ -42,8 +42,9 @@ def test_host_time_sums_outermost_calls_per_thread(capsys):
     bench_train.print_host_time({"traceEvents": events}, steps=2)
     out = capsys.readouterr().out.splitlines()
     # wall 0..2000 us; covered 0..400, 600..1200, 1800..2000 = 1200 us; so 800 us between calls; 2 launches, 200 us
-    assert out[0] == ("host: 1.0 ms/step profiled, 0.4 ms/step outside any profiled call; "
-                      "1 kernel launches/step taking 0.1 ms/step")
+    assert out[0] == (
+        "host: 1.0 ms/step profiled, 0.4 ms/step outside any profiled call; 1 kernel launches/step taking 0.1 ms/step"
+    )
     assert [line.split()[0] for line in out[1:]] == ["0.40", "0.25", "0.10"]
     assert out[1].endswith("CompiledFunction") and "     1 calls/step" in out[1]
     assert out[2].endswith("backward") and out[3].endswith("Optimizer.step")
@@ -64,8 +65,10 @@ def test_unknown_config_is_a_one_line_usage_error(monkeypatch, capsys):
 
 
 def test_variant_words_split_into_environment_settings_and_recipe_args():
-    env, recipe_args = bench_train.split_variant("TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4 --run_name 'a b' "
-                                              "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True --x=Y")
+    env, recipe_args = bench_train.split_variant(
+        "TORCHINDUCTOR_CPP_WRAPPER=1 --learning_rate 1e-4 --run_name 'a b' "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True --x=Y"
+    )
     assert env == {"TORCHINDUCTOR_CPP_WRAPPER": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert recipe_args == ["--learning_rate", "1e-4", "--run_name", "a b", "--x=Y"]
 
@@ -87,8 +90,11 @@ def test_levers_switched_off_fall_back_to_trl_and_transformers(monkeypatch):
         bench_train.switch_off_levers(["walks", "nope"])
     bench_train.switch_off_levers(list(bench_train.LEVERS))
     left = {change.name for change in paraphrx.fast_path.CHANGES}
-    assert every_change - left == {"trained positions from the collator", "module walks listed once",
-                                   "collation in a dataloader worker"}
+    assert every_change - left == {
+        "trained positions from the collator",
+        "module walks listed once",
+        "collation in a dataloader worker",
+    }
     args = ParaphrxSFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False)
     with ExitStack() as undo:
         paraphrx.fast_path.change_arguments(args, undo)
@@ -109,9 +115,29 @@ def test_a_variant_trains_ours_with_its_recipe_overrides(tiny_model_dir, tmp_pat
     import sys
 
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--steps", "1", "--warmup", "1",
-                    "--model_dir", str(tiny_model_dir), "--configs", "ours_cut", "--variant",
-                    "ours_cut=PARAPHRX_BENCH_PROBE=seen --max_length 64", "--json", str(out)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--model_dir",
+            str(tiny_model_dir),
+            "--configs",
+            "ours_cut",
+            "--variant",
+            "ours_cut=PARAPHRX_BENCH_PROBE=seen --max_length 64",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        timeout=300,
+    )
     (result,) = json.loads(out.read_text())["results"]
     assert result["config"] == "ours_cut" and result["timed_steps"] == 1
     assert result["env"] == {"PARAPHRX_BENCH_PROBE": "seen"}

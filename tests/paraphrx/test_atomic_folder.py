@@ -75,7 +75,10 @@ def test_an_error_keeps_the_old_folder(old):
 
 
 def test_killed_while_writing_leaves_the_old_folder_and_the_next_run_cleans(old, tmp_path):
-    run_killed(["writer.py", old, "new"], tmp_path, """
+    run_killed(
+        ["writer.py", old, "new"],
+        tmp_path,
+        """
         import pathlib
         write_text = pathlib.Path.write_text
         def write_then_die(self, *args, **kwargs):
@@ -83,7 +86,8 @@ def test_killed_while_writing_leaves_the_old_folder_and_the_next_run_cleans(old,
                 die()
             return write_text(self, *args, **kwargs)
         pathlib.Path.write_text = write_then_die
-    """)
+    """,
+    )
     assert (old / "version.txt").read_text() == "old"
     [leftover] = hidden(old)
     assert leftover.startswith(".ds.tmp-") and (old.parent / leftover / "big.bin").stat().st_size == 100_000
@@ -93,14 +97,18 @@ def test_killed_while_writing_leaves_the_old_folder_and_the_next_run_cleans(old,
 
 
 def test_killed_right_after_the_exchange_holds_the_new_folder(old, tmp_path):
-    run_killed(["writer.py", old, "new"], tmp_path, """
+    run_killed(
+        ["writer.py", old, "new"],
+        tmp_path,
+        """
         from paraphrx import atomic_folder
         exchange = atomic_folder.exchange
         def exchange_then_die(a, b):
             assert exchange(a, b), "RENAME_EXCHANGE must be available on this Linux file system"
             die()
         atomic_folder.exchange = exchange_then_die
-    """)
+    """,
+    )
     assert (old / "version.txt").read_text() == "new"
     [leftover] = hidden(old)  # the old folder, under the temporary name
     assert (old.parent / leftover / "version.txt").read_text() == "old"
@@ -126,10 +134,20 @@ def test_fallback_swap_without_exchange(old, monkeypatch):
 
 
 def test_a_leftover_a_live_process_owns_is_left_alone(old, tmp_path):
-    owner = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from paraphrx.atomic_folder import owned_folder, leftover_prefix\n"
-        "out = Path(sys.argv[1]); path, fd = owned_folder(out.parent, leftover_prefix(out, 'tmp'))\n"
-        "print(path, flush=True); time.sleep(600)"), str(old)], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from paraphrx.atomic_folder import owned_folder, leftover_prefix\n"
+                "out = Path(sys.argv[1]); path, fd = owned_folder(out.parent, leftover_prefix(out, 'tmp'))\n"
+                "print(path, flush=True); time.sleep(600)"
+            ),
+            str(old),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         building = Path(owner.stdout.readline().strip())
         assert building.is_dir()

@@ -19,7 +19,13 @@ def test_parse_rejects_bad_specs(spec):
 
 @pytest.mark.parametrize(
     "buckets, name",
-    [((1,), "bucket1"), ((1, 2), "bucket1_2"), ((1, 2, 3, 4, 5), "bucket1_5"), ((1, 3, 5), "bucket1and3and5"), ((2, 3), "bucket2_3")],
+    [
+        ((1,), "bucket1"),
+        ((1, 2), "bucket1_2"),
+        ((1, 2, 3, 4, 5), "bucket1_5"),
+        ((1, 3, 5), "bucket1and3and5"),
+        ((2, 3), "bucket2_3"),
+    ],
 )
 def test_split_names_round_trip(buckets, name):
     assert split_name(buckets) == name

@@ -35,9 +35,17 @@ def test_early_stopping_ignores_the_end_of_run_evaluation(tmp_path):
     from loguru import logger
     from transformers import TrainerControl, TrainerState
 
-    args = ParaphrxSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], eval_strategy="steps",
-                             save_strategy="steps", load_best_model_at_end=True, metric_for_best_model="eval_loss",
-                             early_stopping_patience=1)
+    args = ParaphrxSFTConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        eval_strategy="steps",
+        save_strategy="steps",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        early_stopping_patience=1,
+    )
     stopper, state, control = build_callbacks(args)[-1], TrainerState(), TrainerControl()
     lines = []
     sink = logger.add(lines.append, format="{message}")
@@ -59,9 +67,19 @@ def test_huge_loss_does_not_overflow():
 def test_early_stopping_callback_only_when_patience_is_set(tmp_path):
     common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[])
     assert [type(c) for c in build_callbacks(ParaphrxSFTConfig(**common))] == [
-        LoguruCallback, CheckpointMarkerCallback, RunTotalsCallback]
-    args = ParaphrxSFTConfig(**common, eval_strategy="steps", save_strategy="steps", load_best_model_at_end=True,
-                             metric_for_best_model="eval_loss", early_stopping_patience=2, early_stopping_threshold=0.1)
+        LoguruCallback,
+        CheckpointMarkerCallback,
+        RunTotalsCallback,
+    ]
+    args = ParaphrxSFTConfig(
+        **common,
+        eval_strategy="steps",
+        save_strategy="steps",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        early_stopping_patience=2,
+        early_stopping_threshold=0.1,
+    )
     stopper = build_callbacks(args)[-1]
     assert isinstance(stopper, LoggingEarlyStoppingCallback)
     assert (stopper.early_stopping_patience, stopper.early_stopping_threshold) == (2, 0.1)

@@ -37,14 +37,20 @@ def test_the_marker_lists_every_file_with_size_and_sha256(tmp_path):
     assert checkpoint_problem(folder) is None
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda f: (f / CHECKPOINT_MARKER).unlink(), "no checkpoint_complete.json (killed or out of disk space"),
-    (lambda f: (f / CHECKPOINT_MARKER).write_text('{"files": {"a": '), "checkpoint_complete.json unreadable"),
-    (lambda f: (f / CHECKPOINT_MARKER).write_text('{"files": {}}'), "lists no files"),
-    (lambda f: (f / "sub" / "shard.bin").unlink(), "sub/shard.bin is missing"),
-    (lambda f: (f / "adapter_model.safetensors").write_bytes(b"a" * 39), "adapter_model.safetensors is 39 bytes, 40"),
-    (lambda f: (f / "adapter_model.safetensors").write_bytes(b"b" * 40), "changed since it was saved"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda f: (f / CHECKPOINT_MARKER).unlink(), "no checkpoint_complete.json (killed or out of disk space"),
+        (lambda f: (f / CHECKPOINT_MARKER).write_text('{"files": {"a": '), "checkpoint_complete.json unreadable"),
+        (lambda f: (f / CHECKPOINT_MARKER).write_text('{"files": {}}'), "lists no files"),
+        (lambda f: (f / "sub" / "shard.bin").unlink(), "sub/shard.bin is missing"),
+        (
+            lambda f: (f / "adapter_model.safetensors").write_bytes(b"a" * 39),
+            "adapter_model.safetensors is 39 bytes, 40",
+        ),
+        (lambda f: (f / "adapter_model.safetensors").write_bytes(b"b" * 40), "changed since it was saved"),
+    ],
+)
 def test_every_failed_check_says_why(tmp_path, damage, problem):
     folder = _checkpoint(tmp_path, 3)
     write_checkpoint_marker(folder, 3)
@@ -61,7 +67,8 @@ def test_newest_verified_is_by_step_and_lists_what_it_skipped(tmp_path):
     chosen, skipped = newest_verified_checkpoint(tmp_path)
     assert chosen == tmp_path / "checkpoint-100"
     assert [(path.name, why.split(" (")[0]) for path, why in skipped] == [
-        ("checkpoint-200", "no checkpoint_complete.json")]
+        ("checkpoint-200", "no checkpoint_complete.json")
+    ]
     assert newest_verified_checkpoint(tmp_path / "missing") == (None, [])
 
 
@@ -71,6 +78,7 @@ def test_the_callback_marks_the_checkpoint_trainer_just_saved(tmp_path):
     CheckpointMarkerCallback().on_save(args, SimpleNamespace(global_step=7), None)
     assert checkpoint_problem(folder) is None
     other = _checkpoint(tmp_path, 8)
-    CheckpointMarkerCallback().on_save(SimpleNamespace(output_dir=str(tmp_path), should_save=False),
-                                       SimpleNamespace(global_step=8), None)  # not the saving process
+    CheckpointMarkerCallback().on_save(
+        SimpleNamespace(output_dir=str(tmp_path), should_save=False), SimpleNamespace(global_step=8), None
+    )  # not the saving process
     assert not (other / CHECKPOINT_MARKER).exists()

@@ -83,8 +83,13 @@ def test_position_head_scores_what_trls_boolean_index_head_scores(lora_model):
     undo = ExitStack()
     assert undo.enter_context(position_lm_head(base))
     lora_model.zero_grad()
-    ours = lora_model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], fused_lm_head=True,
-                      label_positions=batch["label_positions"], label_targets=batch["label_targets"])
+    ours = lora_model(
+        input_ids=inputs["input_ids"],
+        position_ids=inputs["position_ids"],
+        fused_lm_head=True,
+        label_positions=batch["label_positions"],
+        label_targets=batch["label_targets"],
+    )
     (-ours.log_probs.sum()).backward()
     our_grads = _grads(lora_model)
 
@@ -110,12 +115,18 @@ def test_a_trained_head_goes_through_trls_kernel_and_gets_its_gradient(tiny_mode
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     batch = LabelPositionsCollator(_collator())(copy.deepcopy(EXAMPLES))
-    trl = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                fused_lm_head=True)
+    trl = model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"], fused_lm_head=True
+    )
     with position_lm_head(model) as added:
         assert added and model.lm_head.weight.requires_grad  # e.g. modules_to_save=["lm_head"]
-        ours = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], fused_lm_head=True,
-                     label_positions=batch["label_positions"], label_targets=batch["label_targets"])
+        ours = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            fused_lm_head=True,
+            label_positions=batch["label_positions"],
+            label_targets=batch["label_targets"],
+        )
     torch.testing.assert_close(ours.log_probs, trl.log_probs[trl.label_mask], rtol=1e-5, atol=1e-6)
     ours.log_probs.sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0

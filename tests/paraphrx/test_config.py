@@ -56,8 +56,14 @@ def test_missing_library_internals_turn_auto_off_with_one_warning_and_on_into_a_
         assert fast_path_enabled("auto") is False
     finally:
         logger.remove(sink)
-    assert len(lines) == 1 and lines[0].startswith("WARNING fast_path: auto trains on the plain path") and missing in lines[0]
-    with pytest.raises(ValueError, match=f"fast_path: on is not possible here: this TRL/transformers/torch lacks {missing}"):
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("WARNING fast_path: auto trains on the plain path")
+        and missing in lines[0]
+    )
+    with pytest.raises(
+        ValueError, match=f"fast_path: on is not possible here: this TRL/transformers/torch lacks {missing}"
+    ):
         fast_path_enabled("on")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU would not take the fast path anyway
     sink = logger.add(lines.append, level="DEBUG", format="{level} {message}")

@@ -9,8 +9,10 @@ from paraphrx.dataset_io import load_prepared
 
 def _write_folder(folder, completions, mtime):
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
-                                      "  - split: bucket1\n    path: data/bucket1-*.parquet\n---\n")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n"
+        "  - split: bucket1\n    path: data/bucket1-*.parquet\n---\n"
+    )
     shard = folder / "data" / "bucket1-00000-of-00001.parquet"
     pq.write_table(pa.table({"completion": completions, "bucket": [1, 2]}), shard)
     os.utime(shard, (mtime, mtime))

@@ -33,11 +33,29 @@ class _MetricTypes(TrainerCallback):
 
 
 def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool, pad_to_multiple_of: int | None = None):
-    script_args, training_args, model_args = parse_recipe([
-        TINY, "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "3",
-        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-        "--early_stopping_patience", "None", "--lora_dropout", "0.0", "--logging_steps", "1",
-    ])
+    script_args, training_args, model_args = parse_recipe(
+        [
+            TINY,
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--early_stopping_patience",
+            "None",
+            "--lora_dropout",
+            "0.0",
+            "--logging_steps",
+            "1",
+        ]
+    )
     # the fast path's batch shape, on the CPU: one padding-free batch, no length cap in TRL
     training_args.padding_free, training_args.max_length, training_args.gradient_checkpointing = True, None, False
     training_args.pad_to_multiple_of = pad_to_multiple_of
@@ -78,9 +96,11 @@ def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool, pad_to_mu
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("metrics")
-    return (_train(tiny_model_dir, prepared_dataset_dir, out / "trl", on_device=False),
-            _train(tiny_model_dir, prepared_dataset_dir, out / "device", on_device=True),
-            _train(tiny_model_dir, prepared_dataset_dir, out / "padded", on_device=True, pad_to_multiple_of=64))
+    return (
+        _train(tiny_model_dir, prepared_dataset_dir, out / "trl", on_device=False),
+        _train(tiny_model_dir, prepared_dataset_dir, out / "device", on_device=True),
+        _train(tiny_model_dir, prepared_dataset_dir, out / "padded", on_device=True, pad_to_multiple_of=64),
+    )
 
 
 def test_device_side_metrics_log_the_same_values_as_trl(runs):

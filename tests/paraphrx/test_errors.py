@@ -22,7 +22,10 @@ def test_describe_names_the_path_or_the_kind_of_failure():
 def test_loading_turns_os_and_value_errors_into_one_user_error_line():
     with pytest.raises(_Missing) as err, loading("base model org/x", _Missing):
         raise OSError("We couldn't connect to 'https://huggingface.co'\nCheck your connection.")
-    assert str(err.value) == "base model org/x: OSError: We couldn't connect to 'https://huggingface.co' Check your connection."
+    assert (
+        str(err.value)
+        == "base model org/x: OSError: We couldn't connect to 'https://huggingface.co' Check your connection."
+    )
     with pytest.raises(RuntimeError), loading("base model org/x", _Missing):  # not a loading failure: untouched
         raise RuntimeError("CUDA error")
 
@@ -46,8 +49,10 @@ def test_a_full_disk_after_loading_keeps_its_traceback_in_the_log(tmp_path, capf
     err = capfd.readouterr().err
     (line,) = [line for line in err.splitlines() if "| ERROR" in line]
     log_file = next(tmp_path.glob("run_2*.log"))
-    assert line.endswith(f"OSError: [Errno 28] No space left on device: 'outputs/run/checkpoint-20/optimizer.pt' "
-                         f"(traceback in {log_file})")
+    assert line.endswith(
+        f"OSError: [Errno 28] No space left on device: 'outputs/run/checkpoint-20/optimizer.pt' "
+        f"(traceback in {log_file})"
+    )
     assert "Traceback" not in err and "Traceback (most recent call last)" in log_file.read_text()
 
 
@@ -57,7 +62,10 @@ def test_ctrl_c_while_an_entry_point_starts_is_one_line(tmp_path):
 
     from tests.conftest import REPO, run_python
 
-    proc = run_python([REPO / "train_sft.py", "recipes/tiny/bucket1.yaml"], tmp_path, """
+    proc = run_python(
+        [REPO / "train_sft.py", "recipes/tiny/bucket1.yaml"],
+        tmp_path,
+        """
         import builtins
         load = builtins.__import__
         def ctrl_c_at_accelerate(name, *args, **kwargs):
@@ -65,6 +73,7 @@ def test_ctrl_c_while_an_entry_point_starts_is_one_line(tmp_path):
                 raise KeyboardInterrupt
             return load(name, *args, **kwargs)
         builtins.__import__ = ctrl_c_at_accelerate
-    """)
+    """,
+    )
     assert proc.returncode in (-signal.SIGINT, 130)  # Python ends by SIGINT: 130 in a shell
     assert proc.stderr.strip() == "interrupted while starting; nothing was written"

@@ -25,8 +25,12 @@ PAD = 0
 
 
 def _nf4(compute_dtype):
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def _examples(lengths, prompt_lengths, vocab, seed=0):
@@ -50,8 +54,9 @@ def _unpacked_token_losses(model, rows):
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
     shift_labels = labels[:, 1:].to(device)
-    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, reduction="none",
-                                               ignore_index=-100)
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), shift_labels, reduction="none", ignore_index=-100
+    )
     return losses[shift_labels != -100]
 
 
@@ -63,11 +68,13 @@ def _packed_token_losses(model, rows, leak=False):
         position_ids = torch.arange(position_ids.shape[1])[None]
     device = next(model.parameters()).device
     # use_cache=False as SFTTrainer passes it: with a KV cache, transformers does not look for packed sequences.
-    logits = model(input_ids=batch["input_ids"].to(device), position_ids=position_ids.to(device),
-                   use_cache=False).logits.float()
+    logits = model(
+        input_ids=batch["input_ids"].to(device), position_ids=position_ids.to(device), use_cache=False
+    ).logits.float()
     shift_labels = batch["labels"][:, 1:].to(device)
-    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, reduction="none",
-                                               ignore_index=-100)
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), shift_labels, reduction="none", ignore_index=-100
+    )
     return losses[shift_labels != -100]
 
 
@@ -89,10 +96,22 @@ def test_packed_batch_matches_unpacked_reference_on_cpu(tiny_model_dir):
 
 def _gpu_model_dir(tmp_path, sliding_window=128):
     """A small Gemma-2 with gemma-2-2b's head_dim (256) and soft-capping, scaled so that both caps really bite."""
-    config = Gemma2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=256, query_pre_attn_scalar=256,
-                          sliding_window=sliding_window, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                          pad_token_id=PAD, eos_token_id=1, bos_token_id=2)
+    config = Gemma2Config(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=sliding_window,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        pad_token_id=PAD,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(config)
     with torch.no_grad():
@@ -108,9 +127,16 @@ def _with_lora(model, seed=1):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                   "gate_proj", "up_proj", "down_proj"]))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:  # non-zero B, so the adapters take part in the comparison
@@ -151,8 +177,9 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, requ
 
     rows = _examples([37, 120, 64, 201, 90], [12, 40, 30, 45, 89], 4096)
     batch = LabelPositionsCollator(DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True))(rows)
-    batch = {k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "label_positions",
-                                                             "label_targets")}
+    batch = {
+        k: v.cuda() for k, v in batch.items() if k in ("input_ids", "position_ids", "label_positions", "label_targets")
+    }
     reference.train(), fast.train()
     expected = _unpacked_token_losses(reference, rows)
     got = -fast(**batch, use_cache=False, fused_lm_head=True).log_probs.float()  # one per trained token, in order
@@ -169,8 +196,10 @@ def test_fast_path_matches_eager_unpacked_reference_on_gpu(tmp_path, dtype, requ
     err = (got - expected.detach()).abs()
     scale = expected.detach().abs().mean()
     tolerance = 1e-3 if dtype == torch.float32 else 1e-2  # fp32: flex may use TF32 matmuls
-    print(f"{dtype}: mean err {err.mean() / scale:.2e}, max err {err.max() / scale:.2e} (relative to mean loss "
-          f"{scale:.3f}); leak {(leaked - expected).abs().mean():.3e}; no softcap {(uncapped - expected).abs().mean():.3e}")
+    print(
+        f"{dtype}: mean err {err.mean() / scale:.2e}, max err {err.max() / scale:.2e} (relative to mean loss "
+        f"{scale:.3f}); leak {(leaked - expected).abs().mean():.3e}; no softcap {(uncapped - expected).abs().mean():.3e}"
+    )
     assert err.mean() / scale < tolerance and err.max() / scale < 10 * tolerance
     if dtype == torch.float32:
         # bf16 rounding in this deliberately peaked model is of the same order as the controls' effects, so the
@@ -234,8 +263,10 @@ def test_packed_evaluation_matches_the_reference_and_nothing_recompiles_on_gpu(t
             frames.append(_frames() - start)
         with torch.no_grad():
             expected = _unpacked_token_losses(reference, rows).double()
-    print(f"compiled frames after each step and evaluation: {frames}; eval loss by budget "
-          f"{ {b: s[0] / s[3] for b, s in sums.items()} } vs reference {expected.mean():.5f}")
+    print(
+        f"compiled frames after each step and evaluation: {frames}; eval loss by budget "
+        f"{ {b: s[0] / s[3] for b, s in sums.items()} } vs reference {expected.mean():.5f}"
+    )
     assert frames[0] >= 1 and frames[:3] == [frames[0]] * 3, "no recompilation after the first step"
     assert frames[3] > frames[2] and frames[3:] == [frames[3]] * 3, "evaluation compiles once, at any budget"
     for nll, _, _, tokens in sums.values():
@@ -251,8 +282,16 @@ def test_packed_evaluation_matches_the_reference_and_nothing_recompiles_on_gpu(t
 def test_argument_changes_keep_the_examples_per_step_and_are_undone(monkeypatch):
     from paraphrx.config import ParaphrxSFTConfig
 
-    args = ParaphrxSFTConfig(output_dir="/tmp/unused", per_device_train_batch_size=4, gradient_accumulation_steps=4,
-                             gradient_checkpointing=True, max_length=512, report_to="none", use_cpu=True, bf16=False)
+    args = ParaphrxSFTConfig(
+        output_dir="/tmp/unused",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        gradient_checkpointing=True,
+        max_length=512,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
     before = dict(vars(args)), dict(vars(args.accelerator_config))
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     with ExitStack() as undo:
@@ -286,8 +325,10 @@ def test_packed_masks_without_the_host_check_give_the_same_model_output(tiny_mod
     packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     single = torch.arange(9)[None]
     ids = torch.randint(10, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(0))
-    before = {name: model(input_ids=ids, position_ids=pos, use_cache=False).logits
-              for name, pos in (("packed", packed), ("single", single))}
+    before = {
+        name: model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        for name, pos in (("packed", packed), ("single", single))
+    }
     assert original(single) is None  # transformers' host check: one sequence, no per-sample mask
 
     with packed_masks_without_host_read():
@@ -307,14 +348,22 @@ def test_truncate_tokenized_cuts_like_trl_keep_start():
 
     from paraphrx.fast_path import truncate_tokenized
 
-    ds = Dataset.from_list([{"input_ids": [2, 5, 6, 7, 8], "completion_mask": [0, 0, 1, 1, 1]},
-                            {"input_ids": [2, 9], "completion_mask": [0, 1]}])
+    ds = Dataset.from_list(
+        [
+            {"input_ids": [2, 5, 6, 7, 8], "completion_mask": [0, 0, 1, 1, 1]},
+            {"input_ids": [2, 9], "completion_mask": [0, 1]},
+        ]
+    )
     cut = truncate_tokenized(ds, 3)
     assert cut["input_ids"] == [[2, 5, 6], [2, 9]] and cut["completion_mask"] == [[0, 0, 1], [0, 1]]
     assert truncate_tokenized(ds, 5) is ds and truncate_tokenized(None, 3) is None
     # SFTTrainer's prepared rows carry `labels`: cut with the ids, and a row left with no trained label is dropped
-    prepared = Dataset.from_list([{"input_ids": [2, 5, 6, 7, 8], "labels": [-100, -100, 6, 7, 8]},
-                                  {"input_ids": [2, 5, 6, 7], "labels": [-100, -100, -100, 7]}])
+    prepared = Dataset.from_list(
+        [
+            {"input_ids": [2, 5, 6, 7, 8], "labels": [-100, -100, 6, 7, 8]},
+            {"input_ids": [2, 5, 6, 7], "labels": [-100, -100, -100, 7]},
+        ]
+    )
     cut = truncate_tokenized(prepared, 3)
     assert cut["input_ids"] == [[2, 5, 6]] and cut["labels"] == [[-100, -100, 6]]
 
@@ -388,8 +437,9 @@ def test_compiled_layers_train_and_evaluate_on_one_graph_each_whatever_the_lengt
                 frames.append(_frames())
         return [count - start for count in frames]
 
-    model = _with_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                            attn_implementation="eager"))
+    model = _with_lora(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    )
     with compiled_decoder_layers(model, backend="aot_eager"):
         assert run(model) == [1, 1, 1, 2, 2]
     torch._dynamo.reset()
@@ -411,8 +461,9 @@ def test_flex_masks_and_layers_compile_once_in_evaluation(tiny_model_dir, fresh_
         packed_masks_without_host_read,
     )
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                 attn_implementation="flex_attention").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation="flex_attention"
+    ).eval()
     frames = {}
     for one_mask in (True, False):
         torch._dynamo.reset()
@@ -470,8 +521,9 @@ def test_two_runs_share_the_compile_cache_and_a_third_finds_it(tmp_path):
     env.pop("TRITON_CACHE_DIR", None)
 
     def start():
-        return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def finish(proc) -> dict:
         out, err = proc.communicate(timeout=600)

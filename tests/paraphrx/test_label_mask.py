@@ -33,14 +33,20 @@ def mask_setup(tiny_model_dir, prepared_dataset_dir, tmp_path_factory):
         [TINY, "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_length", "2048"]
     )
     rows = load_prepared(str(prepared_dataset_dir), "bucket1_5")
-    pick = [rows.filter(lambda s, i: s == src and bool(i) == has_input,  # noqa: B023 (filter runs in this iteration)
-                        input_columns=["source", "input"]).select([0])
-            for src, has_input in (("alpaca", True), ("alpaca", False), ("gsm8k", False))]
+    pick = [
+        rows.filter(
+            lambda s, i: s == src and bool(i) == has_input,  # noqa: B023 (filter runs in this iteration)
+            input_columns=["source", "input"],
+        ).select([0])
+        for src, has_input in (("alpaca", True), ("alpaca", False), ("gsm8k", False))
+    ]
     alpaca = concatenate_datasets(pick)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     gemma = Dataset.from_list(
-        [{**r, "prompt": _gemma_prompt(tokenizer, r), "completion": r["completion"] + "<end_of_turn>\n"}
-         for r in alpaca]
+        [
+            {**r, "prompt": _gemma_prompt(tokenizer, r), "completion": r["completion"] + "<end_of_turn>\n"}
+            for r in alpaca
+        ]
     )
     raw = concatenate_datasets([alpaca, gemma])
     trainer = build_trainer(model, tokenizer, training_args, model_args, raw, eval_dataset=raw)
@@ -113,8 +119,20 @@ def test_mask_runs_groups_consecutive_tokens():
 
 
 def test_label_mask_cli_on_the_tiny_recipe(tiny_model_dir, prepared_dataset_dir, tmp_path):
-    text = main([TINY, "--num_examples", "2", "--show_tokens", "--model_name_or_path", str(tiny_model_dir),
-                 "--dataset_name", str(prepared_dataset_dir), "--log_dir", str(tmp_path / "logs")])
+    text = main(
+        [
+            TINY,
+            "--num_examples",
+            "2",
+            "--show_tokens",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset_name",
+            str(prepared_dataset_dir),
+            "--log_dir",
+            str(tmp_path / "logs"),
+        ]
+    )
     assert text.count("example ") == 2 and "TRAINED" in text and "<eos>" in text
     token_lines = [line for line in text.splitlines() if line.lstrip()[:1].isdigit()]
     assert token_lines and {line.split()[1] for line in token_lines} == {"+", "."}
@@ -125,8 +143,19 @@ def test_label_mask_cli_on_the_tiny_recipe(tiny_model_dir, prepared_dataset_dir,
 def test_the_real_recipes_view_needs_no_gpu(tiny_model_dir, prepared_dataset_dir, tmp_path):
     """`recipes/bucket1-4.yaml` (bf16, fast_path auto) used to stop on a CPU with "Your setup doesn't support bf16/gpu";
     the view loads only the tokenizer (here the tiny model's, standing in for gemma-2-2b-it's)."""
-    text = main([str(REPO / "recipes" / "bucket1-4.yaml"), "--num_examples", "1", "--model_name_or_path",
-                 str(tiny_model_dir), "--dataset_name", str(prepared_dataset_dir), "--log_dir", str(tmp_path)])
+    text = main(
+        [
+            str(REPO / "recipes" / "bucket1-4.yaml"),
+            "--num_examples",
+            "1",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset_name",
+            str(prepared_dataset_dir),
+            "--log_dir",
+            str(tmp_path),
+        ]
+    )
     assert text.startswith("example 1: ") and "TRAINED" in text
 
 
@@ -138,7 +167,16 @@ def test_a_tokenizer_that_cannot_be_had_offline_is_one_line_at_once(prepared_dat
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelLoadError) as err:
-        main([str(REPO / "recipes" / "bucket1-4.yaml"), "--dataset_name", str(prepared_dataset_dir), "--log_dir",
-              str(tmp_path)])
-    assert str(err.value) == ("model_name_or_path google/gemma-2-2b-it: neither a folder here nor in the local Hugging "
-                              "Face cache, and HF_HUB_OFFLINE=1 forbids downloading it")
+        main(
+            [
+                str(REPO / "recipes" / "bucket1-4.yaml"),
+                "--dataset_name",
+                str(prepared_dataset_dir),
+                "--log_dir",
+                str(tmp_path),
+            ]
+        )
+    assert str(err.value) == (
+        "model_name_or_path google/gemma-2-2b-it: neither a folder here nor in the local Hugging "
+        "Face cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+    )

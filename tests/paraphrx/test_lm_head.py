@@ -15,8 +15,12 @@ def _inputs(n=11, hidden=16, vocab=300, seed=0):
     return h, w, targets
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="TRL's Triton kernels run on CUDA"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="TRL's Triton kernels run on CUDA")
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -28,8 +32,9 @@ def test_matches_trls_chunked_head_values_and_gradient(softcap, token_block, dev
     upstream = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(1)).to(device)  # per-row scaling
 
     h_trl = h.clone().requires_grad_()
-    log_p, entropy, _, _, top1 = ChunkedLogProbFunction.apply(h_trl, w, None, targets, 1.0, 64, softcap, 1.0,
-                                                              ("log_probs", "entropy", "is_top1"))
+    log_p, entropy, _, _, top1 = ChunkedLogProbFunction.apply(
+        h_trl, w, None, targets, 1.0, 64, softcap, 1.0, ("log_probs", "entropy", "is_top1")
+    )
     (log_p * upstream).sum().backward()
 
     h_ours = h.clone().requires_grad_()
@@ -43,8 +48,7 @@ def test_matches_trls_chunked_head_values_and_gradient(softcap, token_block, dev
     # and both are the plain log-softmax of the (soft-capped) logits
     logits = h @ w.T
     logits = logits if softcap is None else softcap * torch.tanh(logits / softcap)
-    torch.testing.assert_close(ours[0], logits.log_softmax(-1).gather(1, targets[:, None])[:, 0], rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(ours[0], logits.log_softmax(-1).gather(1, targets[:, None])[:, 0], rtol=1e-5, atol=1e-5)
     assert not ours[1].requires_grad and not ours[2].requires_grad  # metrics
 
 

@@ -37,8 +37,9 @@ def test_log_file_has_utc_lines_a_latest_link_and_no_secrets(tmp_path, monkeypat
 
 def _logging_state():
     root = logging.getLogger()
-    libraries = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
-                 for name in LIBRARY_LOGGERS}
+    libraries = {
+        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate) for name in LIBRARY_LOGGERS
+    }
     return list(root.handlers), root.level, libraries
 
 
@@ -58,7 +59,9 @@ def test_a_crash_is_one_line_on_stderr_its_traceback_in_the_file_and_logging_is_
         library.propagate = True
     err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if "| ERROR" in line]
-    assert len(errors) == 1 and errors[0].endswith(f"RuntimeError: CUDA error: an illegal memory access (traceback in {path})")
+    assert len(errors) == 1 and errors[0].endswith(
+        f"RuntimeError: CUDA error: an illegal memory access (traceback in {path})"
+    )
     assert "Traceback" not in err
     text = path.read_text()
     assert errors[0].split("| ERROR")[1] in text and "Traceback (most recent call last)" in text
@@ -78,7 +81,10 @@ def test_an_unusable_log_dir_is_one_line_and_nothing_changes(tmp_path, capfd):
     with pytest.raises(UserError) as err, run_logging("run", tmp_path / "afile" / "logs"):
         pass
     assert err.value.exit_code == 2 and _logging_state() == before
-    assert capfd.readouterr().err.strip() == f"error: --log_dir: {tmp_path / 'afile' / 'logs'}: {tmp_path / 'afile'} is not a folder"
+    assert (
+        capfd.readouterr().err.strip()
+        == f"error: --log_dir: {tmp_path / 'afile' / 'logs'}: {tmp_path / 'afile'} is not a folder"
+    )
 
 
 def test_judge_keys_are_masked_from_the_environment_a_flag_and_by_shape(tmp_path, monkeypatch):
@@ -89,8 +95,13 @@ def test_judge_keys_are_masked_from_the_environment_a_flag_and_by_shape(tmp_path
     with run_logging("judge", tmp_path) as path:
         add_secret("flag-given-key-3")
         add_secret("abc")  # too short to mask safely: ignored
-        logger.info("keys {} {} {} {} abc", "judge-key-from-env-1", "openai-key-from-env-2", "flag-given-key-3",
-                    "sk-proj-" + "a1B2c3D4e5F6g7H8i9J0kL")
+        logger.info(
+            "keys {} {} {} {} abc",
+            "judge-key-from-env-1",
+            "openai-key-from-env-2",
+            "flag-given-key-3",
+            "sk-proj-" + "a1B2c3D4e5F6g7H8i9J0kL",
+        )
     text = path.read_text()
     assert "<JUDGE_API_KEY>" in text and "<OPENAI_API_KEY>" in text and text.count("<redacted>") == 2
     assert not any(k in text for k in ("key-from-env", "flag-given", "sk-proj-a1B2"))
@@ -103,8 +114,12 @@ def test_entry_points_log_an_unexpected_crash(tmp_path, monkeypatch, gsm8k_path)
     import prep.cli
 
     monkeypatch.setattr(prep.cli, "read_sources", lambda *a, **k: 1 / 0)
-    assert prep.cli.main(["--data_paths", str(gsm8k_path), "--output_dir", str(tmp_path / "d"),
-                          "--log_dir", str(tmp_path)]) == 1
+    assert (
+        prep.cli.main(
+            ["--data_paths", str(gsm8k_path), "--output_dir", str(tmp_path / "d"), "--log_dir", str(tmp_path)]
+        )
+        == 1
+    )
     monkeypatch.setattr(evaluate_paraphrx, "run_evaluation", lambda *a: [][0])
     assert evaluate_paraphrx.main(["--log_dir", str(tmp_path)]) == 1
     for name, error in (("prep", "ZeroDivisionError: division by zero"), ("evaluate", "IndexError: list index")):
@@ -118,8 +133,9 @@ def test_warnings_are_one_log_line_and_library_deprecations_are_dropped(tmp_path
     before = (warnings.showwarning, list(warnings.filters))
     with run_logging("warn", tmp_path) as path:
         warnings.warn("a recipe value does something odd", UserWarning, stacklevel=1)
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
-                      stacklevel=1)  # peft and TRL reading transformers' renamed property: nothing a user can change
+        warnings.warn(
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1
+        )  # peft and TRL reading transformers' renamed property: nothing a user can change
     assert (warnings.showwarning, list(warnings.filters)) == before
     err = capfd.readouterr().err
     (line,) = [line for line in err.splitlines() if "odd" in line]

@@ -7,14 +7,36 @@ import yaml
 
 from paraphrx.model_card import render_model_card
 
-RECIPE = {"run_name": "bucket1-4", "model_name_or_path": "google/gemma-2-2b-it", "model_revision": "main",
-          "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True, "dtype": "bfloat16",
-          "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-          "lora_target_modules": ["v_proj", "q_proj", "o_proj", "k_proj", "up_proj", "gate_proj", "down_proj"],
-          "optim": "adamw_torch", "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "seed": 42,
-          "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "load_best_model_at_end": True}
-RECORD = {"dataset": "me/paraphrx-alpaca", "revision": "v1", "card_sha256": "ab" * 32, "train_split": "bucket1_4",
-          "train_rows": 1876, "eval_split": "validation", "eval_buckets": [1, 2, 3, 4], "eval_rows": 268}
+RECIPE = {
+    "run_name": "bucket1-4",
+    "model_name_or_path": "google/gemma-2-2b-it",
+    "model_revision": "main",
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "use_bnb_nested_quant": True,
+    "dtype": "bfloat16",
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "lora_target_modules": ["v_proj", "q_proj", "o_proj", "k_proj", "up_proj", "gate_proj", "down_proj"],
+    "optim": "adamw_torch",
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    "seed": 42,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 4,
+    "load_best_model_at_end": True,
+}
+RECORD = {
+    "dataset": "me/paraphrx-alpaca",
+    "revision": "v1",
+    "card_sha256": "ab" * 32,
+    "train_split": "bucket1_4",
+    "train_rows": 1876,
+    "eval_split": "validation",
+    "eval_buckets": [1, 2, 3, 4],
+    "eval_rows": 268,
+}
 STATE = SimpleNamespace(global_step=240, epoch=3.0, best_metric=1.23456, best_global_step=220)
 
 
@@ -23,8 +45,9 @@ def _header(card: str) -> dict:
 
 
 def test_a_hub_run_links_its_base_and_dataset_and_says_how_to_load_and_serve_it():
-    card = render_model_card(RECIPE, RECORD, STATE, location="me/bucket1-4",
-                             command="python train_sft.py recipes/bucket1-4.yaml")
+    card = render_model_card(
+        RECIPE, RECORD, STATE, location="me/bucket1-4", command="python train_sft.py recipes/bucket1-4.yaml"
+    )
     header = _header(card)
     assert header["base_model"] == "google/gemma-2-2b-it" and header["datasets"] == ["me/paraphrx-alpaca"]
     assert header["library_name"] == "peft" and {"paraphrx", "lora", "qlora"} <= set(header["tags"])
@@ -65,8 +88,10 @@ def test_a_local_base_and_dataset_are_named_never_linked_as_hub_repos(local_fold
 
 def test_the_evaluation_subset_and_the_whole_validation_split_are_named():
     record = {**RECORD, "eval_rows": 64, "full_eval_rows": 2788}
-    state = SimpleNamespace(**vars(STATE), log_history=[{"eval_loss": 1.3, "step": 220},
-                                                        {"eval_full_loss": 1.28761, "eval_full_perplexity": 3.624}])
+    state = SimpleNamespace(
+        **vars(STATE),
+        log_history=[{"eval_loss": 1.3, "step": 220}, {"eval_full_loss": 1.28761, "eval_full_perplexity": 3.624}],
+    )
     card = render_model_card(RECIPE, record, state, location="me/bucket1-4")
     assert "buckets 1-4: 64 of its 2,788 rows (a fixed subset, `eval_subset_rows`) every evaluation" in card
     assert "| whole validation split | 2,788 rows, once at the end, the adapter of step 220: loss 1.2876" in card

@@ -61,13 +61,21 @@ def test_a_missing_model_is_one_line_naming_it(tmp_path):
 
 
 def _nf4(compute_dtype):
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def test_dequantized_base_computes_the_nf4_function(tiny_model_dir):
-    nf4 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
-    fast = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32)
+    nf4 = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32
+    )
+    fast = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, quantization_config=_nf4(torch.float32), dtype=torch.float32
+    )
     replaced = dequantize_frozen_base(fast, dtype=torch.float32)
     config = fast.config
     assert replaced == 7 * config.num_hidden_layers
@@ -88,8 +96,10 @@ def test_a_base_that_cannot_be_found_without_the_hub_is_named_before_loading(tin
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     check_model_source(ModelConfig(model_name_or_path=str(tiny_model_dir)))  # a folder: fine
-    for name, expected in ((None, "model_name_or_path: no base model given (a folder or a Hub id)"),
-                           ("models/tiny-gemma3", "model_name_or_path models/tiny-gemma3: no such folder")):
+    for name, expected in (
+        (None, "model_name_or_path: no base model given (a folder or a Hub id)"),
+        ("models/tiny-gemma3", "model_name_or_path models/tiny-gemma3: no such folder"),
+    ):
         with pytest.raises(ModelLoadError) as err:
             check_model_source(ModelConfig(model_name_or_path=name))
         assert str(err.value) == expected and err.value.exit_code == 1

@@ -58,6 +58,8 @@ def test_zero_grad_clears_the_trainable_gradients(lora_model):
 
 def test_a_kernel_backed_model_keeps_its_own_train(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model._use_kernels = True  # as set_use_kernels(True) leaves it: transformers re-applies hub kernels on a mode change
+    model._use_kernels = (
+        True  # as set_use_kernels(True) leaves it: transformers re-applies hub kernels on a mode change
+    )
     with cache_module_walks(model):
         assert "train" not in vars(model) and "zero_grad" in vars(model)

@@ -13,8 +13,12 @@ class _Thing:
 def test_own_values_inherited_methods_and_new_attributes_are_restored():
     thing, module = _Thing(), types.ModuleType("lib")
     thing.value, module.function = 1, len
-    with patch_attribute(thing, "value", 2), patch_attribute(thing, "method", lambda: "patched"), \
-            patch_attribute(thing, "extra", 3), patch_attribute(module, "function", max):
+    with (
+        patch_attribute(thing, "value", 2),
+        patch_attribute(thing, "method", lambda: "patched"),
+        patch_attribute(thing, "extra", 3),
+        patch_attribute(module, "function", max),
+    ):
         assert (thing.value, thing.method(), thing.extra, module.function) == (2, "patched", 3, max)
     assert thing.value == 1 and module.function is len
     assert "method" not in vars(thing) and thing.method() == "class"  # the class's method again, not a copy of it

@@ -37,7 +37,8 @@ def test_offline_a_hub_id_missing_from_the_cache_is_named_without_a_request(here
     assert source_problem("org/not-cached") is None  # online: the Hub is asked
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert source_problem("org/not-cached") == (
-        "neither a folder here nor in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it")
+        "neither a folder here nor in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+    )
     assert source_problem("models/tiny-gemma2") is None  # a local folder needs no cache
     assert source_problem("models/tiny-gemma3") == "no such folder"
 

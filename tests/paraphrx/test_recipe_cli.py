@@ -128,8 +128,9 @@ def test_report_to_an_integration_that_is_not_installed_is_one_line(tmp_path, mo
     monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
     with pytest.raises(RecipeError) as err:
         parse_recipe([TINY, "--report_to", "wandb"])
-    assert str(err.value) == ('command line: report_to: wandb is not installed (pip install -e ".[wandb]"), '
-                              "or choose report_to: none")
+    assert str(err.value) == (
+        'command line: report_to: wandb is not installed (pip install -e ".[wandb]"), or choose report_to: none'
+    )
     path = _write(tmp_path, "report_to: wandb\n")
     with pytest.raises(RecipeError, match=rf"^{path}: report_to: wandb is not installed"):
         parse_recipe([path])
@@ -142,8 +143,10 @@ def test_a_gpu_recipe_on_a_cpu_says_it_needs_cuda_and_points_at_the_tiny_recipes
     recipe = str(GEMMA_RECIPES[3])
     with pytest.raises(RecipeError) as err:
         parse_recipe([recipe])
-    assert str(err.value) == (f"{recipe}: bf16: true trains on a CUDA GPU, and this machine has none; on the CPU run a "
-                              "tiny recipe (recipes/tiny/, `make train-tiny`) or add --use_cpu true --bf16 false")
+    assert str(err.value) == (
+        f"{recipe}: bf16: true trains on a CUDA GPU, and this machine has none; on the CPU run a "
+        "tiny recipe (recipes/tiny/, `make train-tiny`) or add --use_cpu true --bf16 false"
+    )
 
 
 def test_our_recipes_raise_no_deprecation_warning():
@@ -157,8 +160,9 @@ def test_our_recipes_raise_no_deprecation_warning():
             _, train, _ = parse_recipe([str(path), "--use_cpu", "true", "--bf16", "false"])
             assert train.gradient_checkpointing is True
             assert getattr(train, "activation_checkpointing", True) is True
-    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], \
-        [str(w.message) for w in caught]
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], [
+        str(w.message) for w in caught
+    ]
 
 
 def _help(capsys, dataclass_types) -> str:
@@ -175,8 +179,12 @@ def test_every_entry_points_help_prints(capsys):
     from paraphrx.label_mask import LabelMaskArguments
     from prep.config import PrepConfig
 
-    for types in (RECIPE_DATACLASSES, (EvalArguments, EvalModelConfig), (PrepConfig,),
-                  (*RECIPE_DATACLASSES, LabelMaskArguments)):
+    for types in (
+        RECIPE_DATACLASSES,
+        (EvalArguments, EvalModelConfig),
+        (PrepConfig,),
+        (*RECIPE_DATACLASSES, LabelMaskArguments),
+    ):
         assert "--help" in _help(capsys, types)
     assert "for the 95% intervals" in _help(capsys, (EvalArguments, EvalModelConfig))
 
@@ -229,7 +237,10 @@ def test_eval_subset_rows_and_its_old_name():
 def test_bad_recipe_exits_2_with_one_line_and_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train_sft.py"), _write(tmp_path, "lora_rank: 8\n")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -285,17 +296,25 @@ def test_overwrite_output_dir_is_ours_because_transformers_dropped_it():
 
 
 # A 2 KB "billion laughs": each level nine aliases of the one before, 9**9 strings once expanded.
-ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
-) + "learning_rate: *i\n"
+ALIAS_BOMB = (
+    "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    + "learning_rate: *i\n"
+)
 
 
-@pytest.mark.parametrize("text, words", [
-    (ALIAS_BOMB, f"(line {len(Path(TINY).read_text().splitlines()) + 2}): invalid YAML: aliases (*name) are not "
-                 "allowed here"),  # the first alias
-    ("model_init_kwargs: " + "[" * 50_000 + "]" * 50_000 + "\n", "invalid YAML: nested deeper than 16 levels"),
-    ("learning_rate: 1.0e-4\n# " + "x" * 300_000 + "\n", "bytes, more than a recipe's limit of 262,144"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (
+            ALIAS_BOMB,
+            f"(line {len(Path(TINY).read_text().splitlines()) + 2}): invalid YAML: aliases (*name) are not "
+            "allowed here",
+        ),  # the first alias
+        ("model_init_kwargs: " + "[" * 50_000 + "]" * 50_000 + "\n", "invalid YAML: nested deeper than 16 levels"),
+        ("learning_rate: 1.0e-4\n# " + "x" * 300_000 + "\n", "bytes, more than a recipe's limit of 262,144"),
+    ],
+)
 def test_hostile_yaml_is_refused_in_one_line_before_it_expands(tmp_path, text, words):
     from paraphrx.eval.config import EvalArguments, EvalModelConfig
 

@@ -44,5 +44,7 @@ def test_the_mixin_overrides_sit_before_transformers_in_the_trainer():
     mro = ParaphrxSFTTrainer.__mro__
     assert mro.index(ResumableTrainerMixin) < mro.index(SFTTrainer)
     for name in ("_load_from_checkpoint", "_load_callback_state", "log", "train"):
-        assert getattr(ParaphrxSFTTrainer, name).__qualname__.split(".")[0] in ("ResumableTrainerMixin",
-                                                                               "ParaphrxSFTTrainer")
+        assert getattr(ParaphrxSFTTrainer, name).__qualname__.split(".")[0] in (
+            "ResumableTrainerMixin",
+            "ParaphrxSFTTrainer",
+        )

@@ -155,18 +155,31 @@ def test_a_changed_checkpoint_file_and_an_explicit_resume_from_it(tmp_path):
     data = bytearray((newest / "optimizer.pt").read_bytes())
     data[100] ^= 1  # same size, one bit flipped
     (newest / "optimizer.pt").write_bytes(bytes(data))
-    with pytest.raises(RunFolderError, match=r"--resume_from_checkpoint .*checkpoint-8: optimizer.pt changed since it "
-                                             r"was saved \(sha256 differs\)"):
+    with pytest.raises(
+        RunFolderError,
+        match=r"--resume_from_checkpoint .*checkpoint-8: optimizer.pt changed since it "
+        r"was saved \(sha256 differs\)",
+    ):
         resolve_checkpoint_or_refuse(_args(out, "--resume_from_checkpoint", str(newest)))
     assert resolve_checkpoint_or_refuse(_args(out)) == str(out / "checkpoint-4")
 
 
 def test_a_second_process_on_the_folder_stops_at_once_naming_the_first(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from paraphrx.run_lock import FolderLock\n"
-        "lock = FolderLock(sys.argv[1]); print('locked', flush=True); time.sleep(600)"), str(out), "--my-flag"],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from paraphrx.run_lock import FolderLock\n"
+                "lock = FolderLock(sys.argv[1]); print('locked', flush=True); time.sleep(600)"
+            ),
+            str(out),
+            "--my-flag",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderError) as err:
@@ -205,22 +218,29 @@ def test_ctrl_c_says_whether_a_rerun_resumes(tmp_path):
     assert resume_hint(out) == "no checkpoint was saved yet; rerun the same command to start again"
     for step in (5, 10):
         _checkpoint(out, step)
-    assert resume_hint(out) == (f"rerun the same command to resume from the newest verified checkpoint "
-                                f"({out}/checkpoint-10)")
+    assert resume_hint(out) == (
+        f"rerun the same command to resume from the newest verified checkpoint ({out}/checkpoint-10)"
+    )
 
 
 def test_target_modules_are_written_in_a_stable_order(tmp_path):
     """peft writes them in the order of a Python set, which changes with every process (hash randomisation): the same
     adapter trained again had another adapter_config.json and so another evaluation cache key."""
-    script = ("import sys; from peft import LoraConfig\n"
-              "LoraConfig(target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])"
-              ".save_pretrained(sys.argv[1])\n"
-              "from paraphrx.run_outputs import sort_adapter_config; sort_adapter_config(sys.argv[1])")
+    script = (
+        "import sys; from peft import LoraConfig\n"
+        "LoraConfig(target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])"
+        ".save_pretrained(sys.argv[1])\n"
+        "from paraphrx.run_outputs import sort_adapter_config; sort_adapter_config(sys.argv[1])"
+    )
     written = set()
     for seed in ("1", "2", "3"):
         folder = tmp_path / seed
-        subprocess.run([sys.executable, "-c", script, str(folder)], check=True, timeout=300,
-                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        subprocess.run(
+            [sys.executable, "-c", script, str(folder)],
+            check=True,
+            timeout=300,
+            env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+        )
         written.add((folder / "adapter_config.json").read_bytes())
     assert len(written) == 1
     config = json.loads(written.pop())
@@ -242,8 +262,12 @@ def test_push_to_hub_creates_the_repo_before_training_and_uploads_the_finished_r
     with hub_push(args) as repo:
         assert repo == "me/bucket1" and args.push_to_hub is False  # the Trainer's own pushes stay off
         assert [name for name, _ in fake_hub] == ["init", "repo_info", "create_repo"]
-        assert dict(fake_hub)["create_repo"] == {"repo_id": "me/bucket1", "repo_type": "model", "private": True,
-                                                 "exist_ok": True}
+        assert dict(fake_hub)["create_repo"] == {
+            "repo_id": "me/bucket1",
+            "repo_type": "model",
+            "private": True,
+            "exist_ok": True,
+        }
     assert args.push_to_hub is True  # as the recipe says, once the run is over
     for name in ("adapter_model.safetensors", "README.md", "run_complete.json", "checkpoint-3/optimizer.pt"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,14 @@ def _fast_path_state_of_process() -> dict:
     from transformers import masking_utils
     from transformers.models.gemma2 import modeling_gemma2
 
-    return {"masking": masking_utils.find_packed_sequence_indices, "block_mask": masking_utils.create_block_mask,
-            "sliding_mask": modeling_gemma2.create_sliding_window_causal_mask,
-            "recompile_limit": torch._dynamo.config.recompile_limit,
-            "specialize_float": torch._dynamo.config.specialize_float,
-            "cache_dirs": {name: os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}}
+    return {
+        "masking": masking_utils.find_packed_sequence_indices,
+        "block_mask": masking_utils.create_block_mask,
+        "sliding_mask": modeling_gemma2.create_sliding_window_causal_mask,
+        "recompile_limit": torch._dynamo.config.recompile_limit,
+        "specialize_float": torch._dynamo.config.specialize_float,
+        "cache_dirs": {name: os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")},
+    }
 
 
 def _fast_path_state(trainer) -> dict:
@@ -34,9 +37,17 @@ def _fast_path_state(trainer) -> dict:
     layers = decoder_layers(trainer.model)
     return {
         "args": dict(vars(trainer.args)),
-        "trainer": {name: name in vars(trainer) for name in ("compute_loss", "log", "_clip_grad_norm",
-                                                             "floating_point_ops", "get_eval_dataloader",
-                                                             "evaluation_loop")},
+        "trainer": {
+            name: name in vars(trainer)
+            for name in (
+                "compute_loss",
+                "log",
+                "_clip_grad_norm",
+                "floating_point_ops",
+                "get_eval_dataloader",
+                "evaluation_loop",
+            )
+        },
         "collator": trainer.data_collator,
         "datasets": (trainer.train_dataset, trainer.eval_dataset),
         "model": {name: name in vars(trainer.model) for name in ("train", "zero_grad")},
@@ -50,10 +61,23 @@ def _fast_path_state(trainer) -> dict:
 def test_build_trainer_applies_every_change_and_the_run_undoes_them(tiny_model_dir, prepared_dataset_dir, tmp_path):
     """The CPU has no fast path, so its changes are applied here by hand (nothing is compiled until a forward runs):
     build_trainer applies each listed change, and closing the run's stack puts every one back."""
-    script_args, training_args, model_args = parse_recipe([
-        tiny_recipe(), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out"),
-        "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "None",
-        "--max_length", "64"])
+    script_args, training_args, model_args = parse_recipe(
+        [
+            tiny_recipe(),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--eval_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--early_stopping_patience",
+            "None",
+            "--max_length",
+            "64",
+        ]
+    )
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     rows = load_prepared(str(prepared_dataset_dir), "bucket1").select(range(8))
     recipe_args = dict(vars(training_args))

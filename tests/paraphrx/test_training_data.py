@@ -9,8 +9,15 @@ from paraphrx.training_data import TrainingDataError, load_training_splits
 
 
 def _args(dataset, split="bucket1_2", **extra):
-    return SimpleNamespace(dataset_name=str(dataset), dataset_revision=None, dataset_train_split=split,
-                           dataset_test_split="validation", max_train_samples=None, eval_subset_rows=None, **extra)
+    return SimpleNamespace(
+        dataset_name=str(dataset),
+        dataset_revision=None,
+        dataset_train_split=split,
+        dataset_test_split="validation",
+        max_train_samples=None,
+        eval_subset_rows=None,
+        **extra,
+    )
 
 
 def test_eval_rows_come_from_the_training_buckets_only(prepared_dataset_dir):
@@ -36,7 +43,8 @@ def test_sample_caps_are_seeded_and_mix_prompts(prepared_dataset_dir):
     subset = record["eval_subset"]
     assert subset["rows"] == 12 and subset["of_rows"] == len(validation) and subset["seed"] == 1
     assert [(r["source"], r["prompt_count"], r["instruct_type"], r["bucket"]) for r in subset["selected"]] == list(
-        zip(ev["source"], ev["prompt_count"], ev["instruct_type"], ev["bucket"]))
+        zip(ev["source"], ev["prompt_count"], ev["instruct_type"], ev["bucket"])
+    )
     # the shipped sample's validation holds one prompt per source, with rows in 4 buckets each: all 8 strata appear
     assert {(s["source"], s["bucket"]) for s in subset["strata"]} == set(zip(ev["source"], ev["bucket"]))
     assert len(subset["strata"]) == 8 and sum(s["rows"] for s in subset["strata"]) == 12

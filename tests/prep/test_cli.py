@@ -222,8 +222,14 @@ def test_process_hostile_nesting_is_refused_in_bounded_memory(tmp_path):
     def four_gib():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    proc = subprocess.run([sys.executable, "-m", "prep", "--data_paths", "alpaca_deep.json", "--output_dir", "ds"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120, preexec_fn=four_gib)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prep", "--data_paths", "alpaca_deep.json", "--output_dir", "ds"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=four_gib,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = _error_lines(proc.stderr)
     assert line.endswith(": nested deeper than 32 levels") and "alpaca_deep.json: row 0: [0][0]" in line
@@ -237,14 +243,18 @@ def test_process_killed_while_writing_keeps_the_dataset_and_the_next_run_cleans(
     out = tmp_path / "ds"
     assert _run_module("--data_paths", str(gsm8k_path), "--output_dir", str(out), cwd=tmp_path).returncode == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    run_killed(["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"], tmp_path, """
+    run_killed(
+        ["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"],
+        tmp_path,
+        """
         import pyarrow.parquet as pq
         write_table = pq.ParquetWriter.write_table
         def write_then_die(self, *args, **kwargs):
             write_table(self, *args, **kwargs)
             die()
         pq.ParquetWriter.write_table = write_then_die
-    """)
+    """,
+    )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     [leftover] = [p for p in tmp_path.iterdir() if p.name.startswith(".ds.tmp-")]
     assert any(leftover.rglob("*.parquet"))
@@ -265,8 +275,11 @@ def test_process_killed_between_the_two_renames_of_a_swap_is_recovered(tmp_path,
     out = tmp_path / "ds"
     assert _run_module("--data_paths", str(gsm8k_path), "--output_dir", str(out), cwd=tmp_path).returncode == 0
     card = (out / "README.md").read_text()
-    run_killed(["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"], tmp_path,
-               KILL_BETWEEN_THE_TWO_RENAMES)
+    run_killed(
+        ["-m", "prep", "--data_paths", gsm8k_path, "--output_dir", out, "--seed", "7"],
+        tmp_path,
+        KILL_BETWEEN_THE_TWO_RENAMES,
+    )
     assert not out.exists()
     recover_folder(out)  # what any next run on the path does first
     assert (out / "README.md").read_text() == card and len(load_prepared(str(out), "test")) > 0

@@ -105,6 +105,8 @@ def test_push_failure_is_one_line_exit_1(fake_hub, tmp_path, gsm8k_path, capfd, 
     assert main(_push_argv(tmp_path, gsm8k_path)) == 1
     err = capfd.readouterr().err
     (line,) = [line for line in err.splitlines() if "| ERROR" in line]
-    assert line.endswith("--push_to_hub me/x: LocalTokenNotFoundError: Token is required (`token=True`), "
-                         "but no token found. Run `hf auth login`.")
+    assert line.endswith(
+        "--push_to_hub me/x: LocalTokenNotFoundError: Token is required (`token=True`), "
+        "but no token found. Run `hf auth login`."
+    )
     assert "Traceback" not in err and (tmp_path / "ds" / "README.md").is_file()  # the local dataset is complete

@@ -30,27 +30,43 @@ def refused(tmp_path, content: bytes) -> ValidationError:
     return info.value
 
 
-@pytest.mark.parametrize("content, message", [
-    # 200 KB that took ~24 GB: ijson keeps a path string per level, so its memory grows with the depth squared
-    (b"[" * 100_000 + b"]" * 100_000, "row 0: " + "[0]" * 30 + ": nested deeper than 32 levels"),
-    (rows_text(OK, OK, '{"paraphrases": [{"x": 1}, {"extra": ' + "[" * 40 + "]" * 40 + "}]}"),
-     "row 2: paraphrases[1].extra" + "[0]" * 27 + ": nested deeper than 32 levels"),
-    (rows_text(OK, '{"prompt_count": 2, "paraphrases": [{"a": 1}, {"a": 1}, {"a": 1}, '
-                   '{"bucket": 1, "x": 2, "bucket": 5}]}'),
-     "row 1: paraphrases[3].bucket: key 'bucket' appears twice in one object"),
-    (rows_text('{"paraphrases": [], "prompt_count": 1, "paraphrases": [{"a": 1}]}'),
-     "row 0: paraphrases: key 'paraphrases' appears twice in one object"),
-    (rows_text(OK, '{"paraphrases": [{"task_score": 1}, {"x": "y", "task_score": NaN}]}'),
-     "row 1: paraphrases[1].task_score: NaN is not a JSON number"),
-    (rows_text('{"task_score": Infinity}'), "row 0: task_score: Infinity is not a JSON number"),
-    (rows_text('{"task_score": -Infinity}'), "row 0: task_score: -Infinity is not a JSON number"),
-    (rows_text(OK, '{"paraphrases": [{"paraphrase": "caf\\ud800e"}]}'),
-     "row 1: paraphrases[0].paraphrase: lone surrogate \\ud800 (half of a UTF-16 pair, not a character)"),
-    (rows_text(OK, OK, '{"output": "\\udc00 alone"}'), "row 2: output: lone surrogate \\udc00"),
-    (rows_text(OK, '{"output": "\\ud83d\\ud83d\\ude00"}'), "row 1: output: lone surrogate \\ud83d"),
-    (b'[{"output": "ok"}, {"output": "\xed\xa0\x80"}]', "row 1: output: not UTF-8 (invalid byte sequence)"),
-    (rows_text(OK, '{"prompt_count": 1,, "x": 2}'), "row 1: invalid JSON: parse error"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        # 200 KB that took ~24 GB: ijson keeps a path string per level, so its memory grows with the depth squared
+        (b"[" * 100_000 + b"]" * 100_000, "row 0: " + "[0]" * 30 + ": nested deeper than 32 levels"),
+        (
+            rows_text(OK, OK, '{"paraphrases": [{"x": 1}, {"extra": ' + "[" * 40 + "]" * 40 + "}]}"),
+            "row 2: paraphrases[1].extra" + "[0]" * 27 + ": nested deeper than 32 levels",
+        ),
+        (
+            rows_text(
+                OK,
+                '{"prompt_count": 2, "paraphrases": [{"a": 1}, {"a": 1}, {"a": 1}, '
+                '{"bucket": 1, "x": 2, "bucket": 5}]}',
+            ),
+            "row 1: paraphrases[3].bucket: key 'bucket' appears twice in one object",
+        ),
+        (
+            rows_text('{"paraphrases": [], "prompt_count": 1, "paraphrases": [{"a": 1}]}'),
+            "row 0: paraphrases: key 'paraphrases' appears twice in one object",
+        ),
+        (
+            rows_text(OK, '{"paraphrases": [{"task_score": 1}, {"x": "y", "task_score": NaN}]}'),
+            "row 1: paraphrases[1].task_score: NaN is not a JSON number",
+        ),
+        (rows_text('{"task_score": Infinity}'), "row 0: task_score: Infinity is not a JSON number"),
+        (rows_text('{"task_score": -Infinity}'), "row 0: task_score: -Infinity is not a JSON number"),
+        (
+            rows_text(OK, '{"paraphrases": [{"paraphrase": "caf\\ud800e"}]}'),
+            "row 1: paraphrases[0].paraphrase: lone surrogate \\ud800 (half of a UTF-16 pair, not a character)",
+        ),
+        (rows_text(OK, OK, '{"output": "\\udc00 alone"}'), "row 2: output: lone surrogate \\udc00"),
+        (rows_text(OK, '{"output": "\\ud83d\\ud83d\\ude00"}'), "row 1: output: lone surrogate \\ud83d"),
+        (b'[{"output": "ok"}, {"output": "\xed\xa0\x80"}]', "row 1: output: not UTF-8 (invalid byte sequence)"),
+        (rows_text(OK, '{"prompt_count": 1,, "x": 2}'), "row 1: invalid JSON: parse error"),
+    ],
+)
 def test_hostile_files_are_refused_in_one_line(tmp_path, content, message):
     assert message in str(refused(tmp_path, content))
 
@@ -63,7 +79,8 @@ def test_rows_of_other_shapes_are_checked_key_by_key(tmp_path):
     assert [row for _, row in iter_rows(path)][1] == json.loads(fine)
     deep = '{"meta": {"a": {"b": 1, "c": 2, "b": 3}}, "paraphrases": []}'
     assert str(refused(tmp_path, rows_text(OK, fine, deep))).endswith(
-        "row 2: meta.a.b: key 'b' appears twice in one object")
+        "row 2: meta.a.b: key 'b' appears twice in one object"
+    )
 
 
 def test_a_row_over_the_size_limit_is_refused_before_it_is_built(tmp_path, monkeypatch):
@@ -114,7 +131,7 @@ def test_the_scanner_agrees_with_json_at_any_chunk_boundary(seed, monkeypatch):
         cuts, scanner, position = random.Random(seed), StructureScanner(), 0
         while position < len(text):
             size = cuts.choice([1, 2, 3, 7, 64, 1000])
-            scanner.feed(text[position:position + size])
+            scanner.feed(text[position : position + size])
             position += size
         scanner.feed(b"")
         return scanner

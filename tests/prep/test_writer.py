@@ -11,8 +11,8 @@ import pytest
 import yaml
 from datasets import load_dataset
 
-from paraphrx.dataset_io import load_prepared
 from paraphrx.buckets import DEFAULT_SPECS, parse_bucket_spec, split_name
+from paraphrx.dataset_io import load_prepared
 from prep.cli import run
 from prep.config import ConfigError, PrepConfig
 from prep.templates import alpaca_prompt

@@ -1,6 +1,5 @@
 """The shipped accelerate configs load with accelerate's own parser and name the fields the README promises."""
 
-
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
@@ -75,7 +74,9 @@ def test_recipe_override_stores_4bit_weights_in_bf16():
     quant = get_quantization_config(model_args)
     assert quant.bnb_4bit_quant_storage == torch.bfloat16 == getattr(torch, model_args.dtype)
     assert quant.bnb_4bit_compute_dtype == torch.bfloat16 and quant.bnb_4bit_quant_type == "nf4"
-    assert get_quantization_config(parse_recipe([recipe, *on_cpu])[2]).bnb_4bit_quant_storage == torch.uint8  # the default
+    assert (
+        get_quantization_config(parse_recipe([recipe, *on_cpu])[2]).bnb_4bit_quant_storage == torch.uint8
+    )  # the default
 
 
 def test_fsdp_launch_without_bf16_4bit_storage_is_a_one_line_recipe_error(monkeypatch):
@@ -93,7 +94,9 @@ def test_fsdp_launch_without_bf16_4bit_storage_is_a_one_line_recipe_error(monkey
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{recipe}: bnb_4bit_quant_storage:")
     assert "--bnb_4bit_quant_storage bfloat16" in message and "uint8" in message
-    assert parse_recipe([recipe, "--bnb_4bit_quant_storage", "bfloat16", *on_cpu])[2].bnb_4bit_quant_storage == "bfloat16"
+    assert (
+        parse_recipe([recipe, "--bnb_4bit_quant_storage", "bfloat16", *on_cpu])[2].bnb_4bit_quant_storage == "bfloat16"
+    )
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
     assert parse_recipe([recipe, *on_cpu])[2].bnb_4bit_quant_storage is None  # a plain launch keeps the default

@@ -19,14 +19,35 @@ from tests.conftest import REPO, make_adapter, run_python, write_prepared
 
 
 def _argv(tmp_path, dataset, adapters, *extra):
-    return ["--dataset", str(dataset), "--adapters", *map(str, adapters), "--dtype", "float32",
-            "--max_new_tokens", "6", "--max_paraphrases_per_prompt", "6", "--batch_size", "4", *_places(tmp_path),
-            *extra]
+    return [
+        "--dataset",
+        str(dataset),
+        "--adapters",
+        *map(str, adapters),
+        "--dtype",
+        "float32",
+        "--max_new_tokens",
+        "6",
+        "--max_paraphrases_per_prompt",
+        "6",
+        "--batch_size",
+        "4",
+        *_places(tmp_path),
+        *extra,
+    ]
 
 
 def _places(tmp_path, name="run"):
-    return ["--output_dir", str(tmp_path / "eval"), "--output_name", name, "--cache_dir", str(tmp_path / "cache"),
-            "--log_dir", str(tmp_path / "logs")]
+    return [
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--output_name",
+        name,
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--log_dir",
+        str(tmp_path / "logs"),
+    ]
 
 
 def _rescore_argv(tmp_path, *extra):
@@ -38,7 +59,13 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
     assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, eval_adapters)) == 0
     out = tmp_path / "eval" / "run"
     assert sorted(p.name for p in out.iterdir()) == [
-        "bucket_gap.png", "generations.jsonl", "report.md", "score_by_bucket.png", "style_drop.png", "summary.json"]
+        "bucket_gap.png",
+        "generations.jsonl",
+        "report.md",
+        "score_by_bucket.png",
+        "style_drop.png",
+        "summary.json",
+    ]
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     columns = set(load_prepared(str(prepared_dataset_dir), "test").column_names)
@@ -87,8 +114,12 @@ def test_end_to_end_report_cache_and_rescoring(tmp_path, prepared_dataset_dir, e
 
     # Merged adapters: the base model's answers are the same merged or not, so they come from the cache.
     monkeypatch.undo()
-    assert evaluate_paraphrx.main(_argv(tmp_path, prepared_dataset_dir, eval_adapters, "--merge_adapters",
-                                        *_places(tmp_path, "merged"))) == 0
+    assert (
+        evaluate_paraphrx.main(
+            _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--merge_adapters", *_places(tmp_path, "merged"))
+        )
+        == 0
+    )
     merged = json.loads((tmp_path / "eval" / "merged" / "summary.json").read_text(encoding="utf-8"))["run"]
     unmerged = summary["run"]["identities"]
     assert merged["identities"]["base"]["cache_key"] == unmerged["base"]["cache_key"]
@@ -101,18 +132,38 @@ def test_seeds_and_the_judge_end_to_end(tmp_path, tiny_model_dir, prepared_datas
     """Two runs of one recipe with different seeds and a third recipe, judged by a real local server."""
     recipe = {"learning_rate": 0.01, "lora_r": 4, "dataset_train_split": "bucket1_2"}
     adapters = []
-    for name, seed, changes in (("tiny-b12-seed1", 1, {}), ("tiny-b12-seed2", 2, {}),
-                                ("tiny-b13", 1, {"dataset_train_split": "bucket1_3"})):
+    for name, seed, changes in (
+        ("tiny-b12-seed1", 1, {}),
+        ("tiny-b12-seed2", 2, {}),
+        ("tiny-b13", 1, {"dataset_train_split": "bucket1_3"}),
+    ):
         adapter = make_adapter(tiny_model_dir, tmp_path / "outputs" / name, seed)
-        (adapter / "recipe.yaml").write_text(yaml.safe_dump(
-            {**recipe, **changes, "seed": seed, "run_name": name, "output_dir": str(adapter), "dtype": "float32"}))
+        (adapter / "recipe.yaml").write_text(
+            yaml.safe_dump(
+                {**recipe, **changes, "seed": seed, "run_name": name, "output_dir": str(adapter), "dtype": "float32"}
+            )
+        )
         adapters.append(adapter)
     url, model = judge_server
     key = "sk-flag-" + "K3y0fTheJudgeNeverLogged"
     monkeypatch.delenv("JUDGE_API_KEY", raising=False)
-    argv = _argv(tmp_path, prepared_dataset_dir, adapters, "--max_paraphrases_per_prompt", "4", "--judge_model", model,
-                 "--judge_base_url", url, "--judge_api_key", key, "--judge_max_tokens", "6", "--bootstrap_replicates",
-                 "200")
+    argv = _argv(
+        tmp_path,
+        prepared_dataset_dir,
+        adapters,
+        "--max_paraphrases_per_prompt",
+        "4",
+        "--judge_model",
+        model,
+        "--judge_base_url",
+        url,
+        "--judge_api_key",
+        key,
+        "--judge_max_tokens",
+        "6",
+        "--bootstrap_replicates",
+        "200",
+    )
     assert evaluate_paraphrx.main(argv) == 0
     out = tmp_path / "eval" / "run"
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -144,9 +195,20 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     not_an_adapter = tmp_path / "outputs" / "bucket1"
     not_an_adapter.mkdir(parents=True)
     result = subprocess.run(
-        [sys.executable, "evaluate_paraphrx.py", "--adapters", str(not_an_adapter), "--log_dir", str(tmp_path / "l"),
-         "--output_dir", str(tmp_path / "eval")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "evaluate_paraphrx.py",
+            "--adapters",
+            str(not_an_adapter),
+            "--log_dir",
+            str(tmp_path / "l"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -156,8 +218,13 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
 
 
 def _run_script(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "evaluate_paraphrx.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "evaluate_paraphrx.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_broken_config_and_missing_base_folder_are_one_line(tmp_path):
@@ -182,7 +249,8 @@ def test_missing_base_folder_named_by_an_adapter(tmp_path, monkeypatch, capfd):
     assert evaluate_paraphrx.main(["--log_dir", "l"]) == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
     assert len(errors) == 1 and errors[0].endswith(
-        f"outputs/bucket1/adapter_config.json: base_model_name_or_path {tmp_path / 'gone'}: no such folder")
+        f"outputs/bucket1/adapter_config.json: base_model_name_or_path {tmp_path / 'gone'}: no such folder"
+    )
 
 
 def test_corrupt_summary_json_is_one_line(tmp_path, capfd):
@@ -190,8 +258,15 @@ def test_corrupt_summary_json_is_one_line(tmp_path, capfd):
     out.mkdir(parents=True)
     (out / "summary.json").write_text('{"run": {"split": "te', encoding="utf-8")  # a torn write
     (out / "generations.jsonl").write_text("", encoding="utf-8")
-    argv = ["--output_dir", str(tmp_path / "eval"), "--output_name", "run", "--recompute_metrics_only",
-            "--log_dir", str(tmp_path / "logs")]
+    argv = [
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--output_name",
+        "run",
+        "--recompute_metrics_only",
+        "--log_dir",
+        str(tmp_path / "logs"),
+    ]
     assert evaluate_paraphrx.main(argv) == 2
     err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if "| ERROR" in line]
@@ -203,15 +278,26 @@ def test_corrupt_summary_json_is_one_line(tmp_path, capfd):
 
 
 HUB_FAILURES = {
-    "model: no connection": ("load_tokenizer", OSError(
-        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
-        "files.\nCheck your internet connection."), "base model org/tiny: OSError: We couldn't connect to "
+    "model: no connection": (
+        "load_tokenizer",
+        OSError(
+            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
+            "files.\nCheck your internet connection."
+        ),
+        "base model org/tiny: OSError: We couldn't connect to "
         "'https://huggingface.co' to load the files, and couldn't find them in the cached files. Check your internet "
-        "connection."),
-    "model: connection reset": ("load_base_model", ConnectionError("Connection reset by peer"),
-                                "base model org/tiny: ConnectionError: Connection reset by peer"),
-    "dataset: unreachable": ("load_prepared", ConnectionError("Couldn't reach 'org/ds' on the Hub\n(offline)"),
-                             "ConnectionError: Couldn't reach 'org/ds' on the Hub (offline)"),
+        "connection.",
+    ),
+    "model: connection reset": (
+        "load_base_model",
+        ConnectionError("Connection reset by peer"),
+        "base model org/tiny: ConnectionError: Connection reset by peer",
+    ),
+    "dataset: unreachable": (
+        "load_prepared",
+        ConnectionError("Couldn't reach 'org/ds' on the Hub\n(offline)"),
+        "ConnectionError: Couldn't reach 'org/ds' on the Hub (offline)",
+    ),
 }
 
 
@@ -229,8 +315,18 @@ def test_hub_errors_are_one_line(tmp_path, prepared_dataset_dir, monkeypatch, ca
     monkeypatch.setattr(pipeline, "load_tokenizer", lambda *args: tokenizer)  # never the network
     monkeypatch.setattr(pipeline, target, fail)
     monkeypatch.chdir(tmp_path)  # no outputs/bucket*/ adapters here: the base alone
-    argv = ["--dataset", str(prepared_dataset_dir), "--model_name_or_path", "org/tiny", "--output_dir", str(tmp_path / "eval"), "--cache_dir", str(tmp_path / "cache"),
-            "--log_dir", str(tmp_path / "logs")]
+    argv = [
+        "--dataset",
+        str(prepared_dataset_dir),
+        "--model_name_or_path",
+        "org/tiny",
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--log_dir",
+        str(tmp_path / "logs"),
+    ]
     assert evaluate_paraphrx.main(argv) == 2
     err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if "| ERROR" in line]
@@ -253,9 +349,20 @@ def _refuse(what):
 def test_engine_gives_the_same_generations_as_hf_generate(tmp_path, prepared_dataset_dir, eval_adapters, monkeypatch):
     """float32: the engine (every model in one batch) and HF generate (one model at a time) write the same texts;
     so does the engine on merged adapters."""
+
     def run(name, *extra):
-        argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "40", "--output_name", name,
-                     "--cache_dir", str(tmp_path / "cache" / name), *extra)
+        argv = _argv(
+            tmp_path,
+            prepared_dataset_dir,
+            eval_adapters,
+            "--max_new_tokens",
+            "40",
+            "--output_name",
+            name,
+            "--cache_dir",
+            str(tmp_path / "cache" / name),
+            *extra,
+        )
         assert evaluate_paraphrx.main(argv) == 0
         return _generations(tmp_path / "eval" / name)
 
@@ -272,8 +379,9 @@ def test_engine_gives_the_same_generations_as_hf_generate(tmp_path, prepared_dat
     assert summary["run"]["generation_engine"] == "hf"
 
 
-def test_an_interrupted_engine_run_keeps_the_answers_that_finished(tmp_path, prepared_dataset_dir, eval_adapters,
-                                                                   monkeypatch):
+def test_an_interrupted_engine_run_keeps_the_answers_that_finished(
+    tmp_path, prepared_dataset_dir, eval_adapters, monkeypatch
+):
     from paraphrx.eval.cache import GenerationCache
 
     argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "12", "--engine_slots", "3")
@@ -302,24 +410,39 @@ def test_an_interrupted_engine_run_keeps_the_answers_that_finished(tmp_path, pre
     assert evaluate_paraphrx.main(argv) == 0
     resumed = _generations(tmp_path / "eval" / "run")
     assert generated == [len(resumed) - kept]  # only what the interrupted run had not finished
-    fresh = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "12", "--output_name", "fresh",
-                  "--cache_dir", str(tmp_path / "fresh-cache"))
+    fresh = _argv(
+        tmp_path,
+        prepared_dataset_dir,
+        eval_adapters,
+        "--max_new_tokens",
+        "12",
+        "--output_name",
+        "fresh",
+        "--cache_dir",
+        str(tmp_path / "fresh-cache"),
+    )
     assert evaluate_paraphrx.main(fresh) == 0
     assert resumed == _generations(tmp_path / "eval" / "fresh")
 
 
-def test_adapters_the_engine_does_not_cover_fall_back_or_fail_in_one_line(tmp_path, prepared_dataset_dir,
-                                                                           tiny_model_dir, capfd):
+def test_adapters_the_engine_does_not_cover_fall_back_or_fail_in_one_line(
+    tmp_path, prepared_dataset_dir, tiny_model_dir, capfd
+):
     dora = make_adapter(tiny_model_dir, tmp_path / "outputs" / "dora", 3, use_dora=True)
     argv = _argv(tmp_path, prepared_dataset_dir, [dora], "--max_prompts", "1", "--max_paraphrases_per_prompt", "2")
     assert evaluate_paraphrx.main(argv) == 0
     err = capfd.readouterr().err
     assert "generating with HF generate, one model at a time" in err and "use_dora" in err
-    assert evaluate_paraphrx.main(argv + ["--generation_engine", "engine", "--output_name", "forced",
-                                          "--cache_dir", str(tmp_path / "cache2")]) == 2
+    assert (
+        evaluate_paraphrx.main(
+            argv + ["--generation_engine", "engine", "--output_name", "forced", "--cache_dir", str(tmp_path / "cache2")]
+        )
+        == 2
+    )
     errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
     assert len(errors) == 1 and "--generation_engine engine:" in errors[0] and "'use_dora' = True" in errors[0]
     assert not (tmp_path / "eval" / "forced").exists()
+
 
 def test_an_adapters_hostile_recipe_yaml_is_one_line(eval_adapters):
     from tests.paraphrx.test_recipe_cli import ALIAS_BOMB
@@ -338,17 +461,41 @@ def test_an_adapters_hostile_recipe_yaml_is_one_line(eval_adapters):
 
 def test_a_prompt_over_the_token_limit_is_refused_before_generating(tmp_path, tiny_model_dir, capfd):
     """A 100k-character paraphrase used to make generation allocate ~10 GB; now one line names its row."""
-    row = {"prompt": "Name a colour.", "completion": "c", "reference": "Blue", "source": "alpaca", "prompt_count": 1,
-           "instruct_type": "instruction_original", "paraphrase": "p", "input": "", "bucket": 1, "task_score": 9.0}
+    row = {
+        "prompt": "Name a colour.",
+        "completion": "c",
+        "reference": "Blue",
+        "source": "alpaca",
+        "prompt_count": 1,
+        "instruct_type": "instruction_original",
+        "paraphrase": "p",
+        "input": "",
+        "bucket": 1,
+        "task_score": 9.0,
+    }
     huge = {**row, "prompt": "colour " * 15_000, "prompt_count": 2, "instruct_type": "very_long"}
     folder = write_prepared(tmp_path / "long", [row, huge])
-    argv = ["--dataset", str(folder), "--model_name_or_path", str(tiny_model_dir), "--dtype", "float32",
-            "--output_dir", str(tmp_path / "eval"), "--cache_dir", str(tmp_path / "cache"), "--log_dir", str(tmp_path)]
+    argv = [
+        "--dataset",
+        str(folder),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--log_dir",
+        str(tmp_path),
+    ]
     assert evaluate_paraphrx.main(argv) == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if "| ERROR" in line]
     assert len(errors) == 1 and re.search(
         f"{folder} split 'test': alpaca prompt_count 2 \\(very_long\\): field 'prompt': [0-9,]+ tokens, "
-        "more than --max_prompt_tokens 2,048$", errors[0]), errors
+        "more than --max_prompt_tokens 2,048$",
+        errors[0],
+    ), errors
     assert not (tmp_path / "eval").exists() and not (tmp_path / "cache").exists()
 
 
@@ -365,10 +512,15 @@ def test_an_adapter_or_dataset_folder_that_is_not_there_is_named_as_such(tmp_pat
 def test_flag_mistakes_are_one_line_exit_2_and_nothing_is_written(tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(REPO)  # README.md is a file here
     for argv, expected in (
-        (["--output_dir", "README.md/sub"], "error: command line: --output_dir README.md/sub: README.md is not a folder"),
-        (["--recompute_metrics_only", "--adapters", "outputs/x", "--max_new_tokens", "8"],
-         "error: command line: recompute_metrics_only re-scores the stored generations and ignores --adapters, "
-         "--max_new_tokens: drop them (or run without --recompute_metrics_only to generate anew)"),
+        (
+            ["--output_dir", "README.md/sub"],
+            "error: command line: --output_dir README.md/sub: README.md is not a folder",
+        ),
+        (
+            ["--recompute_metrics_only", "--adapters", "outputs/x", "--max_new_tokens", "8"],
+            "error: command line: recompute_metrics_only re-scores the stored generations and ignores --adapters, "
+            "--max_new_tokens: drop them (or run without --recompute_metrics_only to generate anew)",
+        ),
         (["--lora_r", "8"], "error: command line: unknown option '--lora_r'"),
     ):
         with pytest.raises(SystemExit) as done:
@@ -379,7 +531,10 @@ def test_flag_mistakes_are_one_line_exit_2_and_nothing_is_written(tmp_path, capf
 
 def test_ctrl_c_keeps_the_answers_and_says_so(tmp_path, prepared_dataset_dir, eval_adapters):
     argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters[:1], "--batch_size", "2")
-    proc = run_python([REPO / "evaluate_paraphrx.py", *argv], tmp_path, """
+    proc = run_python(
+        [REPO / "evaluate_paraphrx.py", *argv],
+        tmp_path,
+        """
         import os, signal
         from paraphrx.eval.cache import GenerationCache
         add = GenerationCache.add
@@ -388,11 +543,13 @@ def test_ctrl_c_keeps_the_answers_and_says_so(tmp_path, prepared_dataset_dir, ev
             open("added.txt", "w").write(str(len(prompts)))
             os.kill(os.getpid(), signal.SIGINT)
         GenerationCache.add = add_then_ctrl_c
-    """)
+    """,
+    )
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
-    assert line.endswith(f"| interrupted: the answers generated so far are kept in {tmp_path / 'cache'}; rerun the "
-                         "same command to go on")
+    assert line.endswith(
+        f"| interrupted: the answers generated so far are kept in {tmp_path / 'cache'}; rerun the same command to go on"
+    )
     (kept,) = (tmp_path / "cache").glob("*.jsonl")
     added = int((tmp_path / "added.txt").read_text())  # the answers that reached the cache before Ctrl-C
     assert len(kept.read_text(encoding="utf-8").splitlines()) == added > 0

@@ -26,8 +26,18 @@ TINY = tiny_recipe("bucket1-2")
 
 
 def tiny_argv(model_dir, data_dir, out, *overrides):
-    return [TINY, "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--output_dir", str(out),
-            "--log_dir", str(Path(out).parent / "logs"), *overrides]
+    return [
+        TINY,
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset_name",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--log_dir",
+        str(Path(out).parent / "logs"),
+        *overrides,
+    ]
 
 
 def library_state() -> dict:
@@ -43,8 +53,10 @@ def library_state() -> dict:
     root = logging.getLogger()
     return {
         "root": (list(root.handlers), root.level),
-        "libraries": {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
-                      for name in LIBRARY_LOGGERS},
+        "libraries": {
+            name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+            for name in LIBRARY_LOGGERS
+        },
         "find_packed_sequence_indices": masking_utils.find_packed_sequence_indices,
         "recompile_limit": torch._dynamo.config.recompile_limit,
     }
@@ -87,8 +99,21 @@ def library_states() -> dict:
 def tiny_run(tiny_model_dir, prepared_dataset_dir, tmp_path_factory, library_states):
     """16 training rows, 4 per step, 12 steps: three passes over the same rows, so the loss must fall."""
     out = tmp_path_factory.mktemp("train") / "tiny-run"
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "16", "--max_steps", "12",
-                     "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "1")
+    argv = tiny_argv(
+        tiny_model_dir,
+        prepared_dataset_dir,
+        out,
+        "--max_train_samples",
+        "16",
+        "--max_steps",
+        "12",
+        "--eval_steps",
+        "4",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "1",
+    )
     library_states["before"] = library_state()
     with recording_evaluations(EVALUATIONS):
         trainer = train_sft.main(*parse_recipe(argv))
@@ -124,8 +149,15 @@ def test_base_is_4bit_nf4_and_only_lora_trains(tiny_run):
 def test_run_folder_holds_the_adapter_and_records(tiny_run, tiny_model_dir, prepared_dataset_dir):
     trainer, out, _ = tiny_run
     names = {p.name for p in out.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "recipe.yaml", "dataset.json",
-            "README.md", COMPLETE_MARKER} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainer_state.json",
+        "recipe.yaml",
+        "dataset.json",
+        "README.md",
+        COMPLETE_MARKER,
+    } <= names
     assert "model.safetensors" not in names and not any(n.startswith("checkpoint-") for n in names)
     assert not any(n.startswith(".") for n in names), "no temporary files left behind"
     adapter = json.loads((out / "adapter_config.json").read_text())
@@ -150,7 +182,9 @@ def test_model_card_says_what_made_the_adapter_and_how_to_use_it(tiny_run, tiny_
     assert "| train split | `bucket1_2`: 16 rows |" in card and "| steps | 12 optimizer steps, 3 epochs |" in card
     assert f"| best eval_loss | {trainer.state.best_metric:.4f} at step {trainer.state.best_global_step}" in card
     assert "| LoRA | r=16, alpha=32, dropout 0.05, on down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj" in card
-    assert f'AutoPeftModelForCausalLM.from_pretrained("{out}"' in card and f"--lora-modules tiny-bucket1-2={out}" in card
+    assert (
+        f'AutoPeftModelForCausalLM.from_pretrained("{out}"' in card and f"--lora-modules tiny-bucket1-2={out}" in card
+    )
 
 
 def test_each_step_is_logged_once_with_the_epochs_it_covers(tiny_run):
@@ -179,8 +213,15 @@ def test_adapter_folder_holds_only_what_a_lora_loader_accepts(tiny_run, tiny_mod
     assert (config.r, config.use_dora, config.bias, config.modules_to_save) == (16, False, "none", None)
     with safe_open(out / "adapter_model.safetensors", "pt") as weights:
         shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
-    projections = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
-                   "gate_proj": (64, 128), "up_proj": (64, 128), "down_proj": (128, 64)}  # (in, out), tiny Gemma-2
+    projections = {
+        "q_proj": (64, 64),
+        "k_proj": (64, 32),
+        "v_proj": (64, 32),
+        "o_proj": (64, 64),
+        "gate_proj": (64, 128),
+        "up_proj": (64, 128),
+        "down_proj": (128, 64),
+    }  # (in, out), tiny Gemma-2
     expected = {}
     for layer in range(2):
         for name, (fan_in, fan_out) in projections.items():
@@ -244,8 +285,11 @@ def test_the_kept_adapter_is_scored_on_the_whole_validation_split_at_the_end(tin
     assert history.index(full) > max(i for i, h in enumerate(history) if "eval_loss" in h or "loss" in h)
     assert math.isclose(full["eval_full_perplexity"], math.exp(full["eval_full_loss"]), rel_tol=1e-9)
     complete = json.loads((out / COMPLETE_MARKER).read_text())
-    assert complete["full_validation"] == {"loss": full["eval_full_loss"], "perplexity": full["eval_full_perplexity"],
-                                           "adapter_step": complete["best_global_step"]}
+    assert complete["full_validation"] == {
+        "loss": full["eval_full_loss"],
+        "perplexity": full["eval_full_perplexity"],
+        "adapter_step": complete["best_global_step"],
+    }
     assert f"loss {full['eval_full_loss']:.4f}" in (out / "README.md").read_text()
     text = (out.parent / "logs" / "tiny-bucket1-2_latest.log").read_text()
     assert "eval_full_loss=" in text and "loss on the whole validation split (161 rows)" in text
@@ -270,8 +314,9 @@ def test_saved_adapter_reloads_with_the_same_logits(tiny_run):
     assert saved.keys() == in_memory.keys() and len(saved) == 2 * 7 * 2
     assert all(torch.equal(saved[n].float(), in_memory[n].float()) for n in saved), "adapter weights bit for bit"
 
-    batch = tokenizer(["### Instruction:\nName a colour.\n\n### Response:\nBlue", "Hello"], return_tensors="pt",
-                      padding=True)
+    batch = tokenizer(
+        ["### Instruction:\nName a colour.\n\n### Response:\nBlue", "Hello"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         expected = trained(**batch).logits.float()
         actual = reloaded(**batch).logits.float()
@@ -293,8 +338,21 @@ def test_finished_run_is_not_overwritten(tiny_run):
 
 def test_early_stopping_stops(tiny_run, tiny_model_dir, prepared_dataset_dir, tmp_path):
     # A threshold no eval can beat: the first eval sets the best, the next one exhausts patience 1.
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "es", "--max_steps", "20", "--eval_steps", "1",
-                     "--save_steps", "1", "--early_stopping_patience", "1", "--early_stopping_threshold", "100")
+    argv = tiny_argv(
+        tiny_model_dir,
+        prepared_dataset_dir,
+        tmp_path / "es",
+        "--max_steps",
+        "20",
+        "--eval_steps",
+        "1",
+        "--save_steps",
+        "1",
+        "--early_stopping_patience",
+        "1",
+        "--early_stopping_threshold",
+        "100",
+    )
     with recording_evaluations([]) as evaluations:
         trainer = train_sft.main(*parse_recipe(argv))
     assert trainer.state.global_step == 2
@@ -317,8 +375,21 @@ def test_early_stopping_stops(tiny_run, tiny_model_dir, prepared_dataset_dir, tm
 
 def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
     out = tmp_path / "killed"
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_steps", "10", "--save_steps", "3",
-                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null")
+    argv = tiny_argv(
+        tiny_model_dir,
+        prepared_dataset_dir,
+        out,
+        "--max_steps",
+        "10",
+        "--save_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+    )
     cmd = [sys.executable, str(REPO / "train_sft.py"), *argv]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -347,10 +418,14 @@ def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
 def test_missing_model_folder_is_one_line_exit_1(prepared_dataset_dir, tmp_path):
     """E.g. the tiny recipe before `make tiny-model`: one error line, no traceback."""
     missing = tmp_path / "no-such-model"
-    cmd = [sys.executable, str(REPO / "train_sft.py"),
-           *tiny_argv(missing, prepared_dataset_dir, tmp_path / "out", "--max_steps", "1")]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        str(REPO / "train_sft.py"),
+        *tiny_argv(missing, prepared_dataset_dir, tmp_path / "out", "--max_steps", "1"),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
@@ -358,8 +433,9 @@ def test_missing_model_folder_is_one_line_exit_1(prepared_dataset_dir, tmp_path)
 
 
 @pytest.mark.parametrize("key", ["model_name_or_path", "dataset_name"])
-def test_a_mistyped_local_folder_is_named_at_once_without_asking_the_hub(tiny_model_dir, prepared_dataset_dir,
-                                                                         tmp_path, monkeypatch, key):
+def test_a_mistyped_local_folder_is_named_at_once_without_asking_the_hub(
+    tiny_model_dir, prepared_dataset_dir, tmp_path, monkeypatch, key
+):
     """`models/tiny-gemma3` beside `models/`: 30-55 s of Hub retries, then "couldn't connect to huggingface.co"."""
     from paraphrx.modeling import ModelLoadError
     from paraphrx.training_data import TrainingDataError
@@ -368,9 +444,13 @@ def test_a_mistyped_local_folder_is_named_at_once_without_asking_the_hub(tiny_mo
     monkeypatch.chdir(tmp_path)
     argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "out")
     argv[argv.index(f"--{key}") + 1] = "models/tiny-gemma3"
-    expected = {"model_name_or_path": (ModelLoadError, "model_name_or_path models/tiny-gemma3: no such folder"),
-                "dataset_name": (TrainingDataError, "dataset_name models/tiny-gemma3: no such folder; build it with "
-                                                    "`make prep`")}[key]
+    expected = {
+        "model_name_or_path": (ModelLoadError, "model_name_or_path models/tiny-gemma3: no such folder"),
+        "dataset_name": (
+            TrainingDataError,
+            "dataset_name models/tiny-gemma3: no such folder; build it with `make prep`",
+        ),
+    }[key]
     start = time.monotonic()
     with pytest.raises(expected[0]) as err:
         train_sft.main(*parse_recipe(argv))
@@ -380,9 +460,25 @@ def test_a_mistyped_local_folder_is_named_at_once_without_asking_the_hub(tiny_mo
 
 def test_ctrl_c_is_one_line_that_says_the_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
     out = tmp_path / "stopped"
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_steps", "10", "--save_steps", "2",
-                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null")
-    proc = run_python([REPO / "train_sft.py", *argv], tmp_path, """
+    argv = tiny_argv(
+        tiny_model_dir,
+        prepared_dataset_dir,
+        out,
+        "--max_steps",
+        "10",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+    )
+    proc = run_python(
+        [REPO / "train_sft.py", *argv],
+        tmp_path,
+        """
         import os, signal
         from paraphrx import checkpoints
         mark = checkpoints.write_checkpoint_marker
@@ -391,15 +487,18 @@ def test_ctrl_c_is_one_line_that_says_the_rerun_resumes(tiny_model_dir, prepared
             if global_step == 4:
                 os.kill(os.getpid(), signal.SIGINT)
         checkpoints.write_checkpoint_marker = mark_then_ctrl_c
-    """)
+    """,
+    )
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
-    assert line.endswith(f"| interrupted: rerun the same command to resume from the newest verified checkpoint "
-                         f"({out}/checkpoint-4)")
+    assert line.endswith(
+        f"| interrupted: rerun the same command to resume from the newest verified checkpoint ({out}/checkpoint-4)"
+    )
 
 
-def test_push_to_hub_without_a_reachable_hub_stops_before_anything_is_written(tiny_model_dir, prepared_dataset_dir,
-                                                                              tmp_path):
+def test_push_to_hub_without_a_reachable_hub_stops_before_anything_is_written(
+    tiny_model_dir, prepared_dataset_dir, tmp_path
+):
     """HF_HUB_OFFLINE=1 (start_python sets it) stands for a Hub that cannot be reached: one line, exit 1, at once."""
     out = tmp_path / "pushed"
     argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--push_to_hub", "true", "--hub_model_id", "me/tiny")
@@ -410,8 +509,9 @@ def test_push_to_hub_without_a_reachable_hub_stops_before_anything_is_written(ti
     assert not out.exists() and "loaded " not in proc.stderr  # before the model loads
 
 
-def test_push_to_hub_uploads_the_finished_run_with_its_card(tiny_model_dir, prepared_dataset_dir, tmp_path,
-                                                           monkeypatch):
+def test_push_to_hub_uploads_the_finished_run_with_its_card(
+    tiny_model_dir, prepared_dataset_dir, tmp_path, monkeypatch
+):
     import huggingface_hub
 
     from tests.conftest import FakeHfApi
@@ -419,9 +519,25 @@ def test_push_to_hub_uploads_the_finished_run_with_its_card(tiny_model_dir, prep
     FakeHfApi.calls, FakeHfApi.existing = [], {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     out = tmp_path / "pushed"
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "8", "--max_steps", "2",
-                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null",
-                     "--push_to_hub", "true", "--hub_model_id", "me/tiny")
+    argv = tiny_argv(
+        tiny_model_dir,
+        prepared_dataset_dir,
+        out,
+        "--max_train_samples",
+        "8",
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "me/tiny",
+    )
     train_sft.main(*parse_recipe(argv))
     calls = [name for name, _ in FakeHfApi.calls]
     assert calls == ["init", "repo_info", "create_repo", "init", "upload_folder"]  # the repo first, one upload last
@@ -429,7 +545,9 @@ def test_push_to_hub_uploads_the_finished_run_with_its_card(tiny_model_dir, prep
     assert upload["folder_path"] == str(out) and upload["repo_id"] == "me/tiny" and upload["repo_type"] == "model"
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "recipe.yaml"} <= set(upload["files"])
     card = (out / "README.md").read_text()
-    assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny"' in card and "--lora-modules tiny-bucket1-2=me/tiny" in card
+    assert (
+        'AutoPeftModelForCausalLM.from_pretrained("me/tiny"' in card and "--lora-modules tiny-bucket1-2=me/tiny" in card
+    )
 
 
 # --- nothing lost, nothing stuck: kills at named instants, a busy folder, a replaced run, a crash -------------------
@@ -444,13 +562,32 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, p
     the same reported figures, LoRA tensors of the same dtype and values (to CPU bitsandbytes noise: its first
     eval-mode forward repacks the 4-bit weights, which the resumed process has not done yet)."""
     # A threshold no eval can beat: the first eval (step 2) sets the best, patience 2 runs out at step 6.
-    settings = ["--max_train_samples", "16", "--max_steps", "30", "--eval_steps", "2", "--save_steps", "2",
-                "--early_stopping_patience", "2", "--early_stopping_threshold", "100", "--keep_checkpoints", "true",
-                "--save_total_limit", "10"]
-    whole = train_sft.main(*parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "whole",
-                                                   *settings)))
+    settings = [
+        "--max_train_samples",
+        "16",
+        "--max_steps",
+        "30",
+        "--eval_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--early_stopping_patience",
+        "2",
+        "--early_stopping_threshold",
+        "100",
+        "--keep_checkpoints",
+        "true",
+        "--save_total_limit",
+        "10",
+    ]
+    whole = train_sft.main(
+        *parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "whole", *settings))
+    )
     argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "killed", *settings)
-    run_killed([REPO / "train_sft.py", *argv], tmp_path, """
+    run_killed(
+        [REPO / "train_sft.py", *argv],
+        tmp_path,
+        """
         from paraphrx import checkpoints
         mark = checkpoints.write_checkpoint_marker
         def mark_then_die(folder, global_step):
@@ -458,13 +595,19 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, p
             if global_step == 4:
                 die()
         checkpoints.write_checkpoint_marker = mark_then_die
-    """)
+    """,
+    )
     resumed = train_sft.main(*parse_recipe(argv))
 
     assert whole.state.global_step == resumed.state.global_step == 6, "early stopping's counter survived"
     assert whole.state.best_global_step == resumed.state.best_global_step
-    figures = [[{k: v for k, v in h.items() if k in ("step", "loss", "eval_loss", "train_loss", "num_tokens")}
-                for h in trainer.state.log_history] for trainer in (whole, resumed)]
+    figures = [
+        [
+            {k: v for k, v in h.items() if k in ("step", "loss", "eval_loss", "train_loss", "num_tokens")}
+            for h in trainer.state.log_history
+        ]
+        for trainer in (whole, resumed)
+    ]
     assert [sorted(h) for h in figures[0]] == [sorted(h) for h in figures[1]]
     for a, b in zip(*figures):
         assert a["step"] == b["step"] and a.get("num_tokens") == b.get("num_tokens")
@@ -478,19 +621,38 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, p
         before, after = (adapter_tensors(tmp_path / run / folder) for run in ("whole", "killed"))
         assert {t.dtype for t in after.values()} == {t.dtype for t in before.values()}
         for name in before:
-            cosine = torch.nn.functional.cosine_similarity(before[name].float().flatten(),
-                                                           after[name].float().flatten(), dim=0)
+            cosine = torch.nn.functional.cosine_similarity(
+                before[name].float().flatten(), after[name].float().flatten(), dim=0
+            )
             assert cosine > 0.9999 and torch.allclose(before[name].float(), after[name].float(), atol=1e-2), name
     assert {t.dtype for t in adapter_tensors(tmp_path / "killed" / "checkpoint-6").values()} == {torch.bfloat16}
 
 
-def test_killed_while_writing_trainer_state_resumes_from_the_checkpoint_before(tiny_model_dir, prepared_dataset_dir,
-                                                                               tmp_path):
+def test_killed_while_writing_trainer_state_resumes_from_the_checkpoint_before(
+    tiny_model_dir, prepared_dataset_dir, tmp_path
+):
     out = tmp_path / "torn"
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, "--max_train_samples", "16", "--max_steps", "6",
-                     "--save_steps", "2", "--eval_strategy", "no", "--load_best_model_at_end", "false",
-                     "--early_stopping_patience", "null")
-    run_killed([REPO / "train_sft.py", *argv], tmp_path, """
+    argv = tiny_argv(
+        tiny_model_dir,
+        prepared_dataset_dir,
+        out,
+        "--max_train_samples",
+        "16",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+    )
+    run_killed(
+        [REPO / "train_sft.py", *argv],
+        tmp_path,
+        """
         from transformers.trainer_callback import TrainerState
         save = TrainerState.save_to_json
         def half_then_die(self, json_path):
@@ -500,7 +662,8 @@ def test_killed_while_writing_trainer_state_resumes_from_the_checkpoint_before(t
                     f.truncate(f.seek(0, 2) // 2)
                 die()
         TrainerState.save_to_json = half_then_die
-    """)
+    """,
+    )
     with pytest.raises(json.JSONDecodeError):
         json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())  # what used to crash every rerun
 
@@ -514,13 +677,19 @@ def test_killed_while_writing_trainer_state_resumes_from_the_checkpoint_before(t
 def test_a_second_run_on_a_busy_folder_stops_at_once(tiny_model_dir, prepared_dataset_dir, tmp_path):
     """Two train_sft.py on one output_dir used to both exit 0, one's weights under the other's records."""
     out = tmp_path / "busy"
-    first = start_python([REPO / "train_sft.py", *tiny_argv(tiny_model_dir, prepared_dataset_dir, out)], tmp_path, """
+    first = start_python(
+        [REPO / "train_sft.py", *tiny_argv(tiny_model_dir, prepared_dataset_dir, out)],
+        tmp_path,
+        """
         import time, transformers
         def hold(self, *args, **kwargs):
             print("training", flush=True)
             time.sleep(600)
         transformers.Trainer.train = hold
-    """, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    """,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert first.stdout.readline().strip() == "training"
         start = time.monotonic()
@@ -535,24 +704,40 @@ def test_a_second_run_on_a_busy_folder_stops_at_once(tiny_model_dir, prepared_da
     assert not (out / COMPLETE_MARKER).exists()
 
 
-def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_model_dir, prepared_dataset_dir,
-                                                                       tmp_path):
+def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_model_dir, prepared_dataset_dir, tmp_path):
     out = tmp_path / "replaced"
-    short = ["--max_train_samples", "8", "--max_steps", "2", "--save_steps", "1", "--eval_strategy", "no",
-             "--load_best_model_at_end", "false", "--early_stopping_patience", "null"]
+    short = [
+        "--max_train_samples",
+        "8",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+    ]
     train_sft.main(*parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, out, *short)))
     previous = {name: (out / name).read_bytes() for name in ("adapter_model.safetensors", COMPLETE_MARKER)}
 
-    argv = tiny_argv(tiny_model_dir, prepared_dataset_dir, out, *short, "--overwrite_output_dir", "true",
-                     "--learning_rate", "0.05")
-    run_killed([REPO / "train_sft.py", *argv], tmp_path, """
+    argv = tiny_argv(
+        tiny_model_dir, prepared_dataset_dir, out, *short, "--overwrite_output_dir", "true", "--learning_rate", "0.05"
+    )
+    run_killed(
+        [REPO / "train_sft.py", *argv],
+        tmp_path,
+        """
         from paraphrx import checkpoints
         mark = checkpoints.write_checkpoint_marker
         def mark_then_die(folder, global_step):
             mark(folder, global_step)
             die()
         checkpoints.write_checkpoint_marker = mark_then_die
-    """)
+    """,
+    )
     assert {name: (out / name).read_bytes() for name in previous} == previous, "the finished run is untouched"
     [staging] = [p for p in tmp_path.iterdir() if p.name.startswith(".replaced.tmp-")]
     assert (staging / "checkpoint-1" / "checkpoint_complete.json").is_file()
@@ -564,11 +749,14 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_model
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".replaced")) == [".replaced.lock"]
 
 
-def test_a_crash_during_training_reaches_the_log_file_with_secrets_masked(tiny_model_dir, prepared_dataset_dir,
-                                                                          tmp_path):
+def test_a_crash_during_training_reaches_the_log_file_with_secrets_masked(
+    tiny_model_dir, prepared_dataset_dir, tmp_path
+):
     token = "hf_" + "Z9y8X7w6V5u4T3s2R1q0PONM"
-    proc = run_python([REPO / "train_sft.py", *tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "crash")],
-                      tmp_path, """
+    proc = run_python(
+        [REPO / "train_sft.py", *tiny_argv(tiny_model_dir, prepared_dataset_dir, tmp_path / "crash")],
+        tmp_path,
+        """
         import os, trl
         step = trl.SFTTrainer.training_step
         def crash_at_step_2(self, *args, **kwargs):
@@ -576,7 +764,9 @@ def test_a_crash_during_training_reaches_the_log_file_with_secrets_masked(tiny_m
                 raise RuntimeError("device fell over while sending " + os.environ["HF_TOKEN"])
             return step(self, *args, **kwargs)
         trl.SFTTrainer.training_step = crash_at_step_2
-    """, env={"HF_TOKEN": token})
+    """,
+        env={"HF_TOKEN": token},
+    )
     assert proc.returncode == 1
     log = (tmp_path / "logs" / "tiny-bucket1-2_latest.log").read_text()
     assert "| ERROR " in log and "RuntimeError: device fell over while sending <HF_TOKEN>" in log

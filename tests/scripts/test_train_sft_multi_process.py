@@ -61,23 +61,80 @@ def launch(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir:
     """Run the tiny recipe with `processes` ranks and GLOBAL_BATCH rows per optimizer step; the finished process."""
     out, record, probe = tmp_path / name, tmp_path / f"{name}.record", tmp_path / "probe.py"
     probe.write_text(PROBE)
-    recipe = [str(TINY), "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
-              "--output_dir", str(out), "--log_dir", str(tmp_path / "logs"), "--run_name", f"ddp-{name}",
-              "--max_train_samples", "16", "--max_steps", str(STEPS), "--warmup_steps", "0",
-              "--per_device_train_batch_size", str(GLOBAL_BATCH // processes), "--gradient_accumulation_steps", "1",
-              "--lora_dropout", "0", "--eval_strategy", "no", "--load_best_model_at_end", "false",
-              "--early_stopping_patience", "null", "--save_strategy", "steps", "--save_steps", "2",
-              "--logging_steps", "1", "--disable_tqdm", "true"]
+    recipe = [
+        str(TINY),
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset_name",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "--run_name",
+        f"ddp-{name}",
+        "--max_train_samples",
+        "16",
+        "--max_steps",
+        str(STEPS),
+        "--warmup_steps",
+        "0",
+        "--per_device_train_batch_size",
+        str(GLOBAL_BATCH // processes),
+        "--gradient_accumulation_steps",
+        "1",
+        "--lora_dropout",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "null",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
     if processes == 1:
         launcher = [sys.executable, str(probe)]
     else:  # see the module docstring: `--cpu` would silently start one process
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port()), str(probe)]
-    env = {**os.environ, "PARAPHRX_SAVE_LOG": str(record), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([*launcher, str(REPO / "train_sft.py"), *recipe], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(probe),
+        ]
+    env = {
+        **os.environ,
+        "PARAPHRX_SAVE_LOG": str(record),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    return subprocess.run(
+        [*launcher, str(REPO / "train_sft.py"), *recipe],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def train(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir: Path) -> tuple[Path, list[str]]:
@@ -151,8 +208,9 @@ def test_two_processes_on_a_busy_folder_both_stop_at_once(tiny_model_dir, prepar
     with FolderLock(tmp_path / "busy"):
         proc = launch(tmp_path, "busy", 2, tiny_model_dir, prepared_dataset_dir, timeout=120)
     assert proc.returncode != 0
-    assert proc.stderr.count(f"{tmp_path / 'busy'} is in use by another run (pid {os.getpid()} on ") == 2, \
-        proc.stderr[-3000:]  # one line per rank
+    assert proc.stderr.count(f"{tmp_path / 'busy'} is in use by another run (pid {os.getpid()} on ") == 2, proc.stderr[
+        -3000:
+    ]  # one line per rank
     assert not (tmp_path / "busy").exists() and not (tmp_path / "busy.record").read_text().count("save ")
 
 
@@ -169,8 +227,13 @@ def test_fsdp_final_save_gathers_one_adapter(monkeypatch, internal_call, expecte
 
     seen = []
     monkeypatch.setattr(SFTTrainer, "is_fsdp_enabled", True, raising=False)
-    monkeypatch.setattr(SFTTrainer, "save_model", lambda self, output_dir=None, _internal_call=False: seen.append(
-        self.accelerator.state.fsdp_plugin.state_dict_type.name))
+    monkeypatch.setattr(
+        SFTTrainer,
+        "save_model",
+        lambda self, output_dir=None, _internal_call=False: seen.append(
+            self.accelerator.state.fsdp_plugin.state_dict_type.name
+        ),
+    )
     trainer = object.__new__(ParaphrxSFTTrainer)
     plugin = FullyShardedDataParallelPlugin(state_dict_type="SHARDED_STATE_DICT")
     trainer.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))

@@ -11,17 +11,31 @@ BASE_SCORES = {"instruction_original": 0.9, "caps": 0.7, "typo": 0.5, "yaml": 0.
 
 def _records(model: str, scores: dict[str, float], prompts=range(1, 7), **extra) -> list[dict]:
     # prompt p shifts every score by 0.01 * p: prompts differ, so intervals have width
-    return [{"model": model, "source": "alpaca", "prompt_count": p, "bucket": bucket, "instruct_type": style,
-             "rougeL": scores[style] + 0.01 * p, **extra}
-            for p in prompts for style, bucket in STYLES.items()]
+    return [
+        {
+            "model": model,
+            "source": "alpaca",
+            "prompt_count": p,
+            "bucket": bucket,
+            "instruct_type": style,
+            "rougeL": scores[style] + 0.01 * p,
+            **extra,
+        }
+        for p in prompts
+        for style, bucket in STYLES.items()
+    ]
 
 
 def _adapter(seed_offset: float) -> dict[str, float]:
     return {"instruction_original": 0.9, "caps": 0.85, "typo": 0.8, "yaml": 0.7 + seed_offset}
 
 
-RECORDS = (_records("base", BASE_SCORES) + _records("b14-seed1", _adapter(0.0)) + _records("b14-seed2", _adapter(0.1))
-           + _records("b1", BASE_SCORES))
+RECORDS = (
+    _records("base", BASE_SCORES)
+    + _records("b14-seed1", _adapter(0.0))
+    + _records("b14-seed2", _adapter(0.1))
+    + _records("b1", BASE_SCORES)
+)
 GROUPS = {"b14": {"b14-seed1": 1, "b14-seed2": 2}}
 
 
@@ -78,8 +92,13 @@ def test_the_judge_score_is_reported_on_the_scored_answers_only():
     for r in _records("base", BASE_SCORES) + _records("b1", _adapter(0.0)):
         # the judge could not score the adapter's yaml answers of prompts 1-3
         unscorable = r["model"] == "b1" and r["instruct_type"] == "yaml" and r["prompt_count"] <= 3
-        records.append({**r, "judge_status": "unparseable" if unscorable else "scored",
-                        "judge_task": None if unscorable else r["rougeL"] / 2})
+        records.append(
+            {
+                **r,
+                "judge_status": "unparseable" if unscorable else "scored",
+                "judge_task": None if unscorable else r["rougeL"] / 2,
+            }
+        )
     assert report_metrics("alpaca", records) == ["rougeL", "judge_task"]
     assert report_metrics("alpaca", _records("base", BASE_SCORES)) == ["rougeL"]
     result = analyse(records, ["base", "b1"], None, replicates=100, seed=0)["alpaca"]["metrics"]["judge_task"]

@@ -21,16 +21,21 @@ def test_weights_are_seeded_counts_of_prompts_drawn_with_replacement():
 
 
 def _rows(scores_by_prompt: dict[int, list[tuple[int, float]]]) -> list[dict]:
-    return [{"source": "alpaca", "prompt_count": p, "bucket": b, "instruct_type": "x", "s": s}
-            for p, rows in scores_by_prompt.items() for b, s in rows]
+    return [
+        {"source": "alpaca", "prompt_count": p, "bucket": b, "instruct_type": "x", "s": s}
+        for p, rows in scores_by_prompt.items()
+        for b, s in rows
+    ]
 
 
-ROWS = _rows({
-    1: [(1, 1.0), (1, 0.8), (5, 0.1)],
-    2: [(1, 0.4), (2, 0.6), (5, 0.0), (5, 0.2)],
-    3: [(1, 0.9), (3, 0.3)],
-    4: [(1, 0.2), (5, 0.6), (2, 0.5)],
-})
+ROWS = _rows(
+    {
+        1: [(1, 1.0), (1, 0.8), (5, 0.1)],
+        2: [(1, 0.4), (2, 0.6), (5, 0.0), (5, 0.2)],
+        3: [(1, 0.9), (3, 0.3)],
+        4: [(1, 0.2), (5, 0.6), (2, 0.5)],
+    }
+)
 
 
 def _naive(rows: list[dict], counts: np.ndarray, statistic) -> float:
@@ -48,8 +53,14 @@ def test_vectorised_replicates_equal_recomputing_on_each_resample():
     stats = r.robustness_stats(table, weights, worst=5)
     for row, counts in enumerate(weights[1:], start=1):
         report = _naive(ROWS, counts, lambda rows: r.robustness_report(rows, "s"))
-        for key, name in [("mean", "mean"), ("gap", "bucket_gap"), ("worst_case", "worst_case"), ("cps", "cps"),
-                          ("spread", "spread"), ("std", "std")]:
+        for key, name in [
+            ("mean", "mean"),
+            ("gap", "bucket_gap"),
+            ("worst_case", "worst_case"),
+            ("cps", "cps"),
+            ("spread", "spread"),
+            ("std", "std"),
+        ]:
             expected = report[name]
             got = stats[key].values[row]
             assert (expected is None and np.isnan(got)) or got == pytest.approx(expected), (key, counts)
@@ -96,8 +107,9 @@ def test_pairing_on_the_same_prompts_removes_the_spread_between_prompts():
 
 def test_seed_average_keeps_each_seed_and_bootstraps_the_average():
     weights = resampling_weights(4, 200, seed=0)
-    tables = {f"run-seed{i}": r.ScoreTable.from_rows([{**row, "s": row["s"] * i / 2} for row in ROWS], "s")
-              for i in (1, 2, 3)}
+    tables = {
+        f"run-seed{i}": r.ScoreTable.from_rows([{**row, "s": row["s"] * i / 2} for row in ROWS], "s") for i in (1, 2, 3)
+    }
     stats = {run: r.mean(t, weights) for run, t in tables.items()}
     average = seed_average({**stats, "run-seed4": None})
     assert average.value == pytest.approx(np.mean([s.value for s in stats.values()]))

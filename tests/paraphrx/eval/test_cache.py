@@ -1,7 +1,6 @@
 """Generation cache: keys follow model identity and settings; a torn line costs only itself."""
 
 import json
-import types
 
 import pytest
 
@@ -47,7 +46,9 @@ def test_key_changes_with_adapter_weights_and_settings(tmp_path):
     b = adapter_identity(_adapter(tmp_path, "y", b"\x00\x02"))
     settings = {"max_new_tokens": 8}
     assert cache_key({"adapter": a, "settings": settings}) != cache_key({"adapter": b, "settings": settings})
-    assert cache_key({"adapter": a, "settings": settings}) != cache_key({"adapter": a, "settings": {"max_new_tokens": 9}})
+    assert cache_key({"adapter": a, "settings": settings}) != cache_key(
+        {"adapter": a, "settings": {"max_new_tokens": 9}}
+    )
     assert cache_key({"adapter": a, "settings": settings}) == cache_key({"settings": settings, "adapter": a})
 
 
@@ -104,7 +105,8 @@ def test_first_and_second_run_of_a_hub_model_share_one_cache_key(tmp_path, hf_ca
     assert loads == [HUB_ID]  # everything cached under the same key: no model loaded, nothing regenerated
     assert second == first and second_ids["base"]["cache_key"] == first_ids["base"]["cache_key"]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
-        [f"{first_ids['base']['cache_key']}.json", f"{first_ids['base']['cache_key']}.jsonl"])
+        [f"{first_ids['base']['cache_key']}.json", f"{first_ids['base']['cache_key']}.jsonl"]
+    )
 
 
 def test_round_trip_missing_and_torn_line(tmp_path):
@@ -123,14 +125,17 @@ def test_round_trip_missing_and_torn_line(tmp_path):
     assert GenerationCache(tmp_path, {**identity, "settings": {"max_new_tokens": 5}}).get("p1") is None
 
 
-@pytest.mark.parametrize("damage", [
-    "cut inside a multibyte character",
-    "not JSON",
-    "a JSON list",
-    "generation not a string",
-    "hash not a hash",
-    "lone surrogate",
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "cut inside a multibyte character",
+        "not JSON",
+        "a JSON list",
+        "generation not a string",
+        "hash not a hash",
+        "lone surrogate",
+    ],
+)
 def test_a_corrupt_line_anywhere_is_skipped_and_answered_again(tmp_path, damage):
     """Any torn or corrupt line costs its own answer only; the cache is never unusable."""
     identity = {"base": "m"}

@@ -40,13 +40,31 @@ def test_only_the_full_evaluation_writes_the_datasets_report(argv, name):
 
 def test_rescoring_refuses_the_flags_it_would_ignore():
     with pytest.raises(RecipeError) as err:
-        parse_recipe(["--recompute_metrics_only", "--adapters", "outputs/x", "--max_new_tokens", "8", "--dtype",
-                      "float32", "--bootstrap_seed", "3"], TYPES, check_rescoring_flags)
-    assert str(err.value) == ("command line: recompute_metrics_only re-scores the stored generations and ignores "
-                              "--adapters, --max_new_tokens, --dtype: drop them (or run without "
-                              "--recompute_metrics_only to generate anew)")
-    eval_args, _ = parse_recipe(["--recompute_metrics_only", "--output_name", "run", "--bootstrap_seed", "3",
-                                 "--judge_model", "m"], TYPES, check_rescoring_flags)
+        parse_recipe(
+            [
+                "--recompute_metrics_only",
+                "--adapters",
+                "outputs/x",
+                "--max_new_tokens",
+                "8",
+                "--dtype",
+                "float32",
+                "--bootstrap_seed",
+                "3",
+            ],
+            TYPES,
+            check_rescoring_flags,
+        )
+    assert str(err.value) == (
+        "command line: recompute_metrics_only re-scores the stored generations and ignores "
+        "--adapters, --max_new_tokens, --dtype: drop them (or run without "
+        "--recompute_metrics_only to generate anew)"
+    )
+    eval_args, _ = parse_recipe(
+        ["--recompute_metrics_only", "--output_name", "run", "--bootstrap_seed", "3", "--judge_model", "m"],
+        TYPES,
+        check_rescoring_flags,
+    )
     assert eval_args.recompute_metrics_only and eval_args.bootstrap_seed == 3
     check_rescoring_flags(EvalArguments(max_new_tokens=8), EvalModelConfig())  # generating: every flag counts
 

@@ -58,7 +58,9 @@ def reference_answers(model_dir, adapters, jobs, max_new_tokens, nf4=False, eos=
     if eos is not None:
         model.generation_config.eos_token_id = eos
     model = attach_adapters(model, adapters)
-    tokenizer = for_generation(load_tokenizer(type("Args", (), {"model_name_or_path": str(model_dir), "model_revision": None})()))
+    tokenizer = for_generation(
+        load_tokenizer(type("Args", (), {"model_name_or_path": str(model_dir), "model_revision": None})())
+    )
     answers = {}
     for name, prompts in jobs.items():
         with active_model(model, name) as active:
@@ -217,7 +219,7 @@ def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapter
     for (model, prompt), tokens in ours.items():
         prompt_ids = torch.tensor([ids[prompt]], device="cuda")
         with active_model(reference, model) as active, torch.inference_mode():
-            theirs = active.generate(input_ids=prompt_ids, generation_config=config)[0, prompt_ids.shape[1]:].tolist()
+            theirs = active.generate(input_ids=prompt_ids, generation_config=config)[0, prompt_ids.shape[1] :].tolist()
             if tokens == theirs:
                 continue
             parted += 1
@@ -225,6 +227,8 @@ def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapter
             prefix = torch.tensor([ids[prompt] + theirs[:at]], device="cuda")
             logits = active(input_ids=prefix).logits[0, -1].float()
             margins.append((logits[theirs[at]] - logits[tokens[at]]).item())
-    print(f"float32 on CUDA ({'NF4' if nf4 else 'plain'} base): {len(ours) - parted}/{len(ours)} answers token for "
-          f"token equal; where they part, the reference's margin between the two tokens: {margins}")
+    print(
+        f"float32 on CUDA ({'NF4' if nf4 else 'plain'} base): {len(ours) - parted}/{len(ours)} answers token for "
+        f"token equal; where they part, the reference's margin between the two tokens: {margins}"
+    )
     assert all(margin < 2e-3 for margin in margins), margins

@@ -5,8 +5,15 @@ import torch
 from trl import ModelConfig
 
 from paraphrx.eval.generation import (
-    BASE, active_model, attach_adapters, cut_at_input_length, for_generation, generate_batched, generate_per_example,
-    greedy_config, merge_adapter,
+    BASE,
+    active_model,
+    attach_adapters,
+    cut_at_input_length,
+    for_generation,
+    generate_batched,
+    generate_per_example,
+    greedy_config,
+    merge_adapter,
 )
 from paraphrx.modeling import load_base_model, load_tokenizer
 from tests.conftest import make_adapter
@@ -57,7 +64,7 @@ def test_cut_is_at_the_padded_input_length_not_the_attention_mask_length(model_a
         output = model.generate(**inputs, generation_config=config)
     expected = generate_per_example(model, tokenizer, [short], max_new_tokens=6)[0]
     ours = tokenizer.decode(cut_at_input_length(output, inputs["input_ids"])[1], skip_special_tokens=True)
-    upstream = tokenizer.decode(output[1, int(inputs["attention_mask"][1].sum()):], skip_special_tokens=True)
+    upstream = tokenizer.decode(output[1, int(inputs["attention_mask"][1].sum()) :], skip_special_tokens=True)
     assert ours == expected
     assert upstream != expected  # the upstream cut keeps the prompt's tail in the answer
     assert upstream.endswith(expected)

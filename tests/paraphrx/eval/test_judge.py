@@ -18,45 +18,62 @@ GOOD = {key: i for i, key in enumerate(CRITERIA)}  # task_fulfilment 0, usefulne
 
 
 # --- parsing ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reply", [
-    json.dumps(GOOD),
-    "Here is my evaluation:\n```json\n" + json.dumps(GOOD, indent=2) + "\n```\nThe answer is weak.",
-    json.dumps({"scores": GOOD, "explanation": "short"}),
-    json.dumps({"Task Fulfilment": 0, **{k: v for k, v in GOOD.items() if k != "task_fulfilment"}}),
-    json.dumps({**GOOD, "usefulness": "1"}),  # a numeric string
-    "{not json} " + json.dumps(GOOD),
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        json.dumps(GOOD),
+        "Here is my evaluation:\n```json\n" + json.dumps(GOOD, indent=2) + "\n```\nThe answer is weak.",
+        json.dumps({"scores": GOOD, "explanation": "short"}),
+        json.dumps({"Task Fulfilment": 0, **{k: v for k, v in GOOD.items() if k != "task_fulfilment"}}),
+        json.dumps({**GOOD, "usefulness": "1"}),  # a numeric string
+        "{not json} " + json.dumps(GOOD),
+    ],
+)
 def test_well_formed_replies(reply):
     scores, error = judge.parse_reply(reply)
     assert error is None and scores == {k: float(v) for k, v in GOOD.items()}
 
 
-@pytest.mark.parametrize("reply, reason", [
-    ("", "no JSON object"),
-    ("I would rate this answer 7 out of 10.", "no JSON object"),
-    ('{"task_fulfilment": 7, "usefulness": 6', "no JSON object"),  # cut off by max_tokens
-    (json.dumps({k: v for k, v in GOOD.items() if k not in ("tone", "creativity")}),
-     "missing criteria: tone, creativity"),
-    (json.dumps({**GOOD, "safety": 11}), "safety: 11 is outside 0-10"),
-    (json.dumps({**GOOD, "depth": -1}), "depth: -1 is outside 0-10"),
-    (json.dumps({**GOOD, "tone": "good"}), "tone: 'good' is not a number"),
-    (json.dumps({**GOOD, "tone": True}), "tone: True is not a number"),
-    (json.dumps({**GOOD, "tone": None}), "tone: None is not a number"),
-    (json.dumps({**GOOD, "tone": [5]}), "tone: [5] is not a number"),
-    ('{"task_fulfilment": NaN}', "missing criteria"),
-])
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        ("", "no JSON object"),
+        ("I would rate this answer 7 out of 10.", "no JSON object"),
+        ('{"task_fulfilment": 7, "usefulness": 6', "no JSON object"),  # cut off by max_tokens
+        (
+            json.dumps({k: v for k, v in GOOD.items() if k not in ("tone", "creativity")}),
+            "missing criteria: tone, creativity",
+        ),
+        (json.dumps({**GOOD, "safety": 11}), "safety: 11 is outside 0-10"),
+        (json.dumps({**GOOD, "depth": -1}), "depth: -1 is outside 0-10"),
+        (json.dumps({**GOOD, "tone": "good"}), "tone: 'good' is not a number"),
+        (json.dumps({**GOOD, "tone": True}), "tone: True is not a number"),
+        (json.dumps({**GOOD, "tone": None}), "tone: None is not a number"),
+        (json.dumps({**GOOD, "tone": [5]}), "tone: [5] is not a number"),
+        ('{"task_fulfilment": NaN}', "missing criteria"),
+    ],
+)
 def test_malformed_replies_say_why(reply, reason):
     scores, error = judge.parse_reply(reply)
     assert scores is None and reason in error
 
 
 def test_the_request_shows_the_paraphrase_its_input_and_the_answer_and_the_ten_criteria():
-    messages = json.loads(judge.judge_request({"paraphrase": "WHAT IS 2+2", "input": "be brief", "generation": "4",
-                                               "prompt": "### Instruction: WHAT IS 2+2"}))
+    messages = json.loads(
+        judge.judge_request(
+            {
+                "paraphrase": "WHAT IS 2+2",
+                "input": "be brief",
+                "generation": "4",
+                "prompt": "### Instruction: WHAT IS 2+2",
+            }
+        )
+    )
     assert [m["role"] for m in messages] == ["user"]  # one turn: Gemma's chat template refuses a system turn
     rubric, request = messages[0]["content"].split("\n\n## Request\n")
     assert [line.split(".")[0] for line in rubric.splitlines() if line[:2].rstrip(".").isdigit()] == [
-        str(i) for i in range(1, 11)]
+        str(i) for i in range(1, 11)
+    ]
     assert rubric.index("task_fulfilment") < rubric.index("usefulness") < rubric.index("creativity")
     assert request == "WHAT IS 2+2\n\n## Input\nbe brief\n\n## Answer\n4"
     no_input = json.loads(judge.judge_request({"paraphrase": None, "input": "", "generation": "x", "prompt": "P"}))
@@ -92,9 +109,17 @@ class ScriptedEndpoint:
                 with endpoint.lock:
                     endpoint.in_flight -= 1
                 message = {"role": "assistant", "content": text}
-                payload = {"error": {"message": text}} if status != 200 else {
-                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}
+                payload = (
+                    {"error": {"message": text}}
+                    if status != 200
+                    else {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                    }
+                )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -126,9 +151,20 @@ def endpoint_factory():
 
 
 def _records(answers, model="base"):
-    return [{"model": model, "source": "alpaca", "prompt_count": 1, "bucket": 1, "instruct_type": "x",
-             "prompt": f"P{i}", "paraphrase": f"request {i}", "input": "", "generation": a}
-            for i, a in enumerate(answers)]
+    return [
+        {
+            "model": model,
+            "source": "alpaca",
+            "prompt_count": 1,
+            "bucket": 1,
+            "instruct_type": "x",
+            "prompt": f"P{i}",
+            "paraphrase": f"request {i}",
+            "input": "",
+            "generation": a,
+        }
+        for i, a in enumerate(answers)
+    ]
 
 
 def _scores(task: int) -> str:
@@ -228,7 +264,8 @@ def test_transformers_serve_protocol_cache_resume_and_unparseable_replies(tmp_pa
     # Everything cached: no request at all (an endpoint that does not exist is never contacted).
     offline = JudgeSettings(model, "http://127.0.0.1:9/v1", max_retries=0, timeout=1, max_tokens=8)
     assert [r["judge_reply"] for r in judge.judge_records(records, offline, tmp_path)] == [
-        r["judge_reply"] for r in all_judged]
+        r["judge_reply"] for r in all_judged
+    ]
 
 
 def test_transformers_serve_wrong_model_is_a_failed_request_not_a_crash(tmp_path, judge_server):

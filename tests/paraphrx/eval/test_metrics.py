@@ -33,7 +33,7 @@ def test_rouge_keeps_non_latin_text_that_the_default_tokenizer_drops():
 
 def test_bleu_hand_computed():
     # n-gram precisions 4/5, 3/4, 2/3, 1/2, equal lengths (no brevity penalty): BLEU = (0.2) ** (1/4)
-    expected = 100 * 0.2 ** 0.25
+    expected = 100 * 0.2**0.25
     assert m.corpus_bleu(["a b c d e"], ["a b c d f"]) == pytest.approx(expected, abs=0.01)
     assert m.sentence_bleu("a b c d e", "a b c d f") == pytest.approx(expected / 100, abs=1e-4)
     assert m.corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100)
@@ -49,7 +49,7 @@ def test_corpus_bleu_by_group_pools_each_group():
     bleu = m.corpus_bleu_by_group(rows, ("model", "bucket"))
     assert set(bleu) == {("x", 1), ("x", 2), ("y", 1)}
     assert bleu[("x", 1)] == pytest.approx(100)
-    assert bleu[("x", 2)] == pytest.approx(100 * 0.2 ** 0.25, abs=0.01)
+    assert bleu[("x", 2)] == pytest.approx(100 * 0.2**0.25, abs=0.01)
     assert bleu[("y", 1)] == 0.0
 
 

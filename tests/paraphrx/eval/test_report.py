@@ -22,13 +22,33 @@ def _records():
                 # base answers right only in buckets 1-2; the adapter everywhere
                 right = good or bucket <= 2
                 gen = "the cat sat on the mat" if right else "a dog"
-                rows.append({"model": model, "source": "alpaca", "prompt_count": prompt, "bucket": bucket,
-                             "instruct_type": kind, "task_score": 5.0, "prompt": f"p{prompt}-{bucket}",
-                             "reference": "the cat sat on the mat", "generation": gen})
+                rows.append(
+                    {
+                        "model": model,
+                        "source": "alpaca",
+                        "prompt_count": prompt,
+                        "bucket": bucket,
+                        "instruct_type": kind,
+                        "task_score": 5.0,
+                        "prompt": f"p{prompt}-{bucket}",
+                        "reference": "the cat sat on the mat",
+                        "generation": gen,
+                    }
+                )
                 gen = "so 72" if right else "so 70"
-                rows.append({"model": model, "source": "gsm8k", "prompt_count": prompt, "bucket": bucket,
-                             "instruct_type": kind, "task_score": 5.0, "prompt": f"g{prompt}-{bucket}",
-                             "reference": REF_GSM, "generation": gen})
+                rows.append(
+                    {
+                        "model": model,
+                        "source": "gsm8k",
+                        "prompt_count": prompt,
+                        "bucket": bucket,
+                        "instruct_type": kind,
+                        "task_score": 5.0,
+                        "prompt": f"g{prompt}-{bucket}",
+                        "reference": REF_GSM,
+                        "generation": gen,
+                    }
+                )
     return [{**r, **score_answer(r["generation"], r["reference"], r["source"])} for r in rows]
 
 
@@ -51,8 +71,14 @@ def test_summary_numbers(summary):
     assert summary["scores"]["bucket1"]["alpaca"]["exact_match"] == 1.0
     assert summary["scores"]["bucket1"]["alpaca"]["corpus_bleu"] == pytest.approx(100)
     assert summary["scores"]["base"]["gsm8k"]["n"] == 10 and summary["scores"]["base"]["gsm8k"]["n_prompts"] == 2
-    assert summary["bootstrap"] == {"unit": "prompt", "replicates": 1000, "seed": 0, "level": 0.95,
-                                    "interval": "percentile", "min_prompts": 2}
+    assert summary["bootstrap"] == {
+        "unit": "prompt",
+        "replicates": 1000,
+        "seed": 0,
+        "level": 0.95,
+        "interval": "percentile",
+        "min_prompts": 2,
+    }
     assert summary["judge"] is None and summary["seed_groups"] == {}
 
 
@@ -62,8 +88,9 @@ def test_markdown_tables(summary):
     assert "| model | bucket 1 | bucket 2 | bucket 3 | bucket 4 | bucket 5 | gap 1−5 |" in text
     # the two prompts score alike, so the intervals have no width; each cell says what it rests on
     assert "| base | 1.000 [1.000, 1.000] (2/2) | 1.000 [1.000, 1.000] (2/2) | 0.000 [0.000, 0.000] (2/2) |" in text
-    assert "| bucket1 | 0.000 [0.000, 0.000] (4/2) | 0.000 [0.000, 0.000] (4/2) | **1.000 [1.000, 1.000]** (4/2) |" \
-        in text  # the paired table: bold where the interval excludes 0
+    assert (
+        "| bucket1 | 0.000 [0.000, 0.000] (4/2) | 0.000 [0.000, 0.000] (4/2) | **1.000 [1.000, 1.000]** (4/2) |" in text
+    )  # the paired table: bold where the interval excludes 0
     assert "**-1.000 [-1.000, -1.000]** (8/2) |" in text  # the adapter closed the gap
     assert "| `typo` | 0.250 / 0.750 [0.750, 0.750] (8/2) | 1.000 / 0.000 [0.000, 0.000] (8/2) |" in text
     assert "consistency" in text.split("## gsm8k")[1] and "consistency" not in text.split("## gsm8k")[0]
@@ -147,17 +174,31 @@ def _rich_records():
                 gen = "the cat sat on the mat" if bucket == 1 or skill > 0.45 else "a dog sat"
                 status = "unparseable" if (model, prompt, bucket) == ("b14-seed2", 1, 4) else "scored"
                 scores = {c: 7.0 - bucket for c in CRITERIA} if status == "scored" else None
-                rows.append({"model": model, "source": "alpaca", "prompt_count": prompt, "bucket": bucket,
-                             "instruct_type": style, "prompt": f"p{prompt}-{bucket}", "generation": gen,
-                             "reference": "the cat sat on the mat", "judge_status": status, "judge_scores": scores,
-                             "judge_task": scores["task_fulfilment"] / 10 if scores else None})
+                rows.append(
+                    {
+                        "model": model,
+                        "source": "alpaca",
+                        "prompt_count": prompt,
+                        "bucket": bucket,
+                        "instruct_type": style,
+                        "prompt": f"p{prompt}-{bucket}",
+                        "generation": gen,
+                        "reference": "the cat sat on the mat",
+                        "judge_status": status,
+                        "judge_scores": scores,
+                        "judge_task": scores["task_fulfilment"] / 10 if scores else None,
+                    }
+                )
     return [{**r, **score_answer(r["generation"], r["reference"], r["source"])} for r in rows]
 
 
 @pytest.fixture(scope="module")
 def rich(tmp_path_factory):
-    context = {"split": "test", "judge": {"judge": "judge-model", "rubric": "abc"},
-               "seed_groups": {"b14": {"b14-seed1": 1, "b14-seed2": 2}}}
+    context = {
+        "split": "test",
+        "judge": {"judge": "judge-model", "rubric": "abc"},
+        "seed_groups": {"b14": {"b14-seed1": 1, "b14-seed2": 2}},
+    }
     records = _rich_records()
     summary = report.build_summary(records, ["base", "b14-seed1", "b14-seed2"], context, replicates=200)
     return summary, report.write_results(tmp_path_factory.mktemp("rich") / "run", records, summary)
@@ -166,8 +207,7 @@ def rich(tmp_path_factory):
 def test_an_empty_bucket_is_named_and_the_gap_uses_the_worst_bucket_with_rows(rich):
     summary, out = rich
     text = (out / report.REPORT_FILE).read_text(encoding="utf-8")
-    assert ("No test rows in bucket 3, 5 for alpaca. The gap is bucket 1 − bucket 4, the worst bucket with rows."
-            in text)
+    assert "No test rows in bucket 3, 5 for alpaca. The gap is bucket 1 − bucket 4, the worst bucket with rows." in text
     assert "| bucket 5 | gap 1−4 |" in text and "| Δ gap 1−4 |" in text
     assert summary["analysis"]["alpaca"]["gap_bucket"] == 4
 
@@ -182,9 +222,21 @@ def test_seeds_and_the_judge_in_the_report(rich):
     # the judge: its task score as a reported metric, its unscorable answer counted, the criteria means
     assert "### Judge task score by bucket" in text
     assert "| b14-seed2 | 9 | 8 | 1 | 0 |" in text and "| b14-seed1 | 9 | 9 | 0 | 0 |" in text
-    assert summary["judge"] == {"judge": "judge-model", "rubric": "abc", "counts": {
-        m: {"alpaca": {"answers": 9, "scored": 9 - (m == "b14-seed2"), "unparseable": int(m == "b14-seed2"),
-                       "failed": 0}} for m in ("base", "b14-seed1", "b14-seed2")}}
+    assert summary["judge"] == {
+        "judge": "judge-model",
+        "rubric": "abc",
+        "counts": {
+            m: {
+                "alpaca": {
+                    "answers": 9,
+                    "scored": 9 - (m == "b14-seed2"),
+                    "unparseable": int(m == "b14-seed2"),
+                    "failed": 0,
+                }
+            }
+            for m in ("base", "b14-seed1", "b14-seed2")
+        },
+    }
     judge = summary["analysis"]["alpaca"]["metrics"]["judge_task"]["models"]["b14"]["by_bucket"][4]
     assert judge["answers"] == 5 and judge["value"] == pytest.approx(0.3)
     _report_numbers_are_in_the_summary(out)

@@ -11,14 +11,25 @@ O, P = "instruction_original", "all_caps"  # noqa: E741 (Original, Paraphrase: o
 
 
 def row(prompt, instruct_type, bucket, score, answer=None, source="alpaca"):
-    return {"source": source, "prompt_count": prompt, "instruct_type": instruct_type, "bucket": bucket,
-            "s": score, "answer": answer}
+    return {
+        "source": source,
+        "prompt_count": prompt,
+        "instruct_type": instruct_type,
+        "bucket": bucket,
+        "s": score,
+        "answer": answer,
+    }
 
 
 # Prompt 1 scores [1.0, 0.8, 0.5, 0.2]; prompt 2 scores [0.6, 0.6, 0.0].
 TABLE = [
-    row(1, O, 1, 1.0, "72"), row(1, P, 1, 0.8, "72"), row(1, P, 3, 0.5, "72"), row(1, P, 5, 0.2, None),
-    row(2, O, 1, 0.6, "5"), row(2, P, 2, 0.6, "6"), row(2, P, 5, 0.0, "5"),
+    row(1, O, 1, 1.0, "72"),
+    row(1, P, 1, 0.8, "72"),
+    row(1, P, 3, 0.5, "72"),
+    row(1, P, 5, 0.2, None),
+    row(2, O, 1, 0.6, "5"),
+    row(2, P, 2, 0.6, "6"),
+    row(2, P, 5, 0.0, "5"),
 ]
 
 

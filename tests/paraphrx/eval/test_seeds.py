@@ -2,9 +2,17 @@
 
 from paraphrx.eval.seeds import group_name, seed_groups
 
-RECIPE = {"model_name_or_path": "google/gemma-2-2b-it", "learning_rate": 2e-4, "dataset_train_split": "bucket1_4",
-          "lora_target_modules": ["q_proj", "v_proj"], "seed": 42, "run_name": "bucket1-4",
-          "output_dir": "outputs/bucket1-4", "logging_dir": "outputs/bucket1-4/runs", "report_to": ["none"]}
+RECIPE = {
+    "model_name_or_path": "google/gemma-2-2b-it",
+    "learning_rate": 2e-4,
+    "dataset_train_split": "bucket1_4",
+    "lora_target_modules": ["q_proj", "v_proj"],
+    "seed": 42,
+    "run_name": "bucket1-4",
+    "output_dir": "outputs/bucket1-4",
+    "logging_dir": "outputs/bucket1-4/runs",
+    "report_to": ["none"],
+}
 
 
 def _seeded(seed: int, name: str | None = None, **changes) -> dict:
