@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -312,6 +313,7 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "max_steps": timeline["max_steps"],
         "evaluations": len(evals),
         "eval_rows": [i.get("rows") for i in evals],
+        "eval_s": [i["end"] - i["start"] for i in evals],  # the first one compiles the forward-only graph
         "eval_rows_per_s": rate("evaluation", "rows"),
         "eval_tokens_per_s": rate("evaluation", "tokens"),
         "eval_losses": [i.get("loss") for i in evals],
@@ -352,11 +354,15 @@ def split_sizes(dataset: Path) -> dict[str, dict[str, int]]:
 def project_train_all(result: dict, later_startup_s: float, sizes: dict, scale: float, recipe: dict) -> dict:
     """`make train-all`'s five runs on `scale` times the benchmark's data, from one configuration's measured costs:
     start-up (`later_startup_s` for the runs after the first), seconds per optimizer step, per scheduled evaluation
-    (the fixed subset: the same at any data size), per save, the rest of a run, and the end-of-run evaluation at its
-    measured tokens/s. Every run trains all its epochs (early stopping would end some sooner)."""
+    (the fixed subset: the same at any data size; the first one, which compiles, once and the median of the others
+    for the rest), per save, the rest of a run, and the end-of-run evaluation at its measured tokens/s. Every run
+    trains all its epochs (early stopping would end some sooner)."""
     phases = result["phases_s"]
     step_s = phases["training"] / max(result["steps_run"] - 1, 1)
-    eval_s = phases["evaluation"] / max(result["evaluations"], 1)
+    each = result.get("eval_s") or []
+    first_eval_s = later_eval_s = phases["evaluation"] / max(result["evaluations"], 1)
+    if len(each) >= 2:
+        first_eval_s, later_eval_s = each[0], statistics.median(each[1:])
     save_s = phases["saving"] / max(result["saves"], 1)
     final_rows, final_rate = result["final_eval_rows"], result["final_eval_tokens_per_s"]
     final_tokens_per_row = result.get("final_eval_tokens", 0) / final_rows if final_rows else 0.0
@@ -369,7 +375,7 @@ def project_train_all(result: dict, later_startup_s: float, sizes: dict, scale: 
         seconds = {
             "startup": phases["startup"] if index == 0 else later_startup_s,
             "training": steps * step_s,
-            "evaluation": evaluations * eval_s,
+            "evaluation": (first_eval_s + (evaluations - 1) * later_eval_s) if evaluations else 0.0,
             "saving": saves * save_s,
             "final_eval": final,
             "other": phases["other"],

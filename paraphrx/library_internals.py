@@ -135,7 +135,7 @@ CLIP_GRAD_NORM = "_clip_grad_norm"
 # --- Trainer's resume: what resume.py overrides and reads so a resumed run ends as the uninterrupted one would. Not
 # optional like the fast path's names: without them a resumed run would silently differ, so a transformers that
 # lacks them fails at import, naming what is missing (pyproject.toml bounds the versions).
-RESUME_METHODS = ("_load_from_checkpoint", "_load_callback_state")
+RESUME_METHODS = ("_load_from_checkpoint", "_load_best_model", "_load_callback_state")
 
 
 def require_resume_internals() -> None:

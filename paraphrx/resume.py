@@ -7,13 +7,17 @@ Three things do not survive a plain transformers/TRL/PEFT resume, and are carrie
 - the run's totals: Trainer's `train_loss` averages only the steps of the current `train()` call, and TRL counts
   `num_tokens` from zero again. `RunTotalsCallback` stores both in trainer_state.json (a stateful callback) and
   forces a log at every save, so no loss is pending unlogged when a checkpoint is written;
-- the LoRA dtype: under a 4-bit base TRL casts the trainable LoRA tensors to bf16, and Trainer's resume loads the
-  adapter through PEFT's `load_adapter`, whose `autocast_adapter_dtype=True` casts them to float32; after loading
-  they go back to the dtype they trained in (bf16 -> float32 -> bf16 is exact).
+- the LoRA dtype: under a 4-bit base TRL casts the trainable LoRA tensors to bf16, and Trainer's resume and its
+  best-adapter load at the end (`load_best_model_at_end`) both go through PEFT's `load_adapter`, whose
+  `autocast_adapter_dtype=True` casts them to float32; after either load they go back to the dtype they trained in
+  (bf16 -> float32 -> bf16 is exact). Left in float32, the end-of-run evaluation mixes dtypes: on the GPU path it
+  recompiled every layer, and after a resume it stopped the run (`expected mat1 and mat2 to have the same dtype`).
 The Trainer internals this overrides and reads are named and checked in library_internals.py.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -58,6 +62,16 @@ class RunTotalsCallback(TrainerCallback, ExportableState):
         self._log_before_saving(args, control)
 
 
+@contextmanager
+def keeping_trained_dtypes(model):
+    """The trainable tensors leave the block in the dtype they entered it (a checkpoint load may upcast them)."""
+    trained_in = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        if name in trained_in and param.dtype != trained_in[name]:
+            param.data = param.data.to(trained_in[name])
+
+
 class ResumableTrainerMixin:
     """Mixed into the Trainer subclass before SFTTrainer (see the module docstring)."""
 
@@ -66,11 +80,12 @@ class ResumableTrainerMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model
-        trained_in = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        for name, param in model.named_parameters():
-            if name in trained_in and param.dtype != trained_in[name]:
-                param.data = param.data.to(trained_in[name])
+        with keeping_trained_dtypes(model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        with keeping_trained_dtypes(self.model):
+            super()._load_best_model()
 
     def _load_callback_state(self):
         super()._load_callback_state()

@@ -82,6 +82,7 @@ def test_phases_split_the_wall_time_by_what_ran_when():
     }
     assert sum(r["phases_s"].values()) == r["wall_s"] == 90.0 and sum(r["shares"].values()) == pytest.approx(1.0)
     assert r["evaluations"] == 2 and r["eval_rows"] == [64, 64] and r["saves"] == 2 and r["final_eval_rows"] == 2_000
+    assert r["eval_s"] == [5.0, 3.0]
     assert r["eval_rows_per_s"] == pytest.approx(128 / 8) and r["eval_tokens_per_s"] == pytest.approx(25_600 / 8)
     assert r["final_eval_tokens_per_s"] == pytest.approx(40_000)
     assert r["train_tokens_per_s"] == pytest.approx(40_000 / 33)  # the first step's tokens belong to start-up
@@ -213,3 +214,28 @@ def test_the_projection_scales_steps_and_the_final_evaluation_not_the_subset():
     assert second["seconds"]["startup"] == 10.0 and second["seconds"]["evaluation"] == 1.5  # 3 evaluations
     assert second["seconds"]["final_eval"] == pytest.approx(600 * 50 / 10_000)
     assert projection["total_s"] == pytest.approx(first["total_s"] + second["total_s"])
+
+
+def test_the_projection_counts_the_compiling_first_evaluation_once():
+    """Four evaluations measured, the first compiling (6 s), the others ~0.6 s: 60 projected steps evaluate 3 times,
+    6 s + 2 x 0.6 s, not 3 x the 2 s mean."""
+    result = {
+        "phases_s": {
+            "startup": 30.0,
+            "training": 5.0,
+            "evaluation": 8.0,
+            "final_eval": 0.0,
+            "saving": 0.0,
+            "other": 0.0,
+        },
+        "steps_run": 11,
+        "evaluations": 4,
+        "eval_s": [6.0, 0.5, 0.7, 0.6],
+        "saves": 1,
+        "final_eval_rows": 0,
+        "final_eval_tokens_per_s": None,
+    }
+    recipe = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "eval_steps": 20, "save_steps": 20}
+    projection = bench_run.project_train_all(result, 10.0, {"1": {"train": 320, "validation": 0}}, 1, recipe)
+    assert projection["runs"]["1"]["steps"] == 60
+    assert projection["runs"]["1"]["seconds"]["evaluation"] == pytest.approx(6.0 + 2 * 0.6)

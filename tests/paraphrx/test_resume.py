@@ -43,8 +43,25 @@ def test_the_mixin_overrides_sit_before_transformers_in_the_trainer():
 
     mro = ParaphrxSFTTrainer.__mro__
     assert mro.index(ResumableTrainerMixin) < mro.index(SFTTrainer)
-    for name in ("_load_from_checkpoint", "_load_callback_state", "log", "train"):
+    for name in ("_load_from_checkpoint", "_load_best_model", "_load_callback_state", "log", "train"):
         assert getattr(ParaphrxSFTTrainer, name).__qualname__.split(".")[0] in (
             "ResumableTrainerMixin",
             "ParaphrxSFTTrainer",
         )
+
+
+def test_a_checkpoint_load_leaves_the_trainable_tensors_in_the_dtype_they_trained_in():
+    """PEFT's load_adapter upcasts LoRA to float32 (autocast_adapter_dtype); the frozen weights are left alone."""
+    import torch
+
+    from paraphrx.resume import keeping_trained_dtypes
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    model[1].requires_grad_(False)
+    bits = model[0].weight.detach().clone()
+    with keeping_trained_dtypes(model):
+        for param in model.parameters():  # what load_adapter does to every tensor it loads
+            param.data = param.data.float()
+    assert model[0].weight.dtype == model[0].bias.dtype == torch.bfloat16
+    assert torch.equal(model[0].weight, bits), "bf16 -> float32 -> bf16 is exact"
+    assert model[1].weight.dtype == torch.float32, "only what trains is restored"

@@ -17,6 +17,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import train_sft
+from paraphrx.checkpoints import CHECKPOINT_MARKER
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.run_outputs import COMPLETE_MARKER, RunFolderError, resolved_recipe
@@ -142,8 +143,11 @@ def test_base_is_4bit_nf4_and_only_lora_trains(tiny_run):
     linear4 = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
     assert all(m.weight.quant_type == "nf4" for m in linear4)
-    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    trainable = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+    # TRL trains LoRA in bf16 over a 4-bit base; the best adapter loaded at the end (through PEFT's load_adapter,
+    # which upcasts) is in bf16 again for the end-of-run evaluation
+    assert trainer.state.best_model_checkpoint and set(trainable.values()) == {torch.bfloat16}
 
 
 def test_run_folder_holds_the_adapter_and_records(tiny_run, tiny_model_dir, prepared_dataset_dir):
@@ -393,9 +397,10 @@ def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
     cmd = [sys.executable, str(REPO / "train_sft.py"), *argv]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint_state = out / "checkpoint-3" / "trainer_state.json"
+    # the marker, not trainer_state.json: a checkpoint killed before its marker is rightly not resumed from
+    checkpoint_done = out / "checkpoint-3" / CHECKPOINT_MARKER
     deadline = time.monotonic() + 240
-    while not checkpoint_state.exists() and first.poll() is None and time.monotonic() < deadline:
+    while not checkpoint_done.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
