@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ALPACA = REPO / "data" / "alpaca_gemma-2-2b-it.json"
+# Overrides for a run that never evaluates (the recipes evaluate, keep the best adapter and stop early by default)
+NO_EVALUATION = ("--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "null")
 GSM8K = REPO / "data" / "gsm8k_gemma-2-2b-it.json"
 
 

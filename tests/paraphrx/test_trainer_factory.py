@@ -9,7 +9,7 @@ from paraphrx.fast_path import decoder_layers
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import ParaphrxSFTTrainer, build_trainer
-from tests.conftest import tiny_recipe
+from tests.conftest import NO_EVALUATION, tiny_recipe
 
 
 def _fast_path_state_of_process() -> dict:
@@ -68,12 +68,7 @@ def test_build_trainer_applies_every_change_and_the_run_undoes_them(tiny_model_d
             str(tiny_model_dir),
             "--output_dir",
             str(tmp_path / "out"),
-            "--eval_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "None",
+            *NO_EVALUATION,
             "--max_length",
             "64",
         ]

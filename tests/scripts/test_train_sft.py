@@ -21,7 +21,7 @@ from paraphrx.checkpoints import CHECKPOINT_MARKER
 from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.run_outputs import COMPLETE_MARKER, RunFolderError, resolved_recipe
-from tests.conftest import REPO, run_killed, run_python, start_python, tiny_recipe
+from tests.conftest import NO_EVALUATION, REPO, run_killed, run_python, start_python, tiny_recipe
 
 TINY = tiny_recipe("bucket1-2")
 
@@ -387,12 +387,7 @@ def test_kill_and_rerun_resumes(tiny_model_dir, prepared_dataset_dir, tmp_path):
         "10",
         "--save_steps",
         "3",
-        "--eval_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVALUATION,
     )
     cmd = [sys.executable, str(REPO / "train_sft.py"), *argv]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -473,12 +468,7 @@ def test_ctrl_c_is_one_line_that_says_the_rerun_resumes(tiny_model_dir, prepared
         "10",
         "--save_steps",
         "2",
-        "--eval_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVALUATION,
     )
     proc = run_python(
         [REPO / "train_sft.py", *argv],
@@ -532,12 +522,7 @@ def test_push_to_hub_uploads_the_finished_run_with_its_card(
         "8",
         "--max_steps",
         "2",
-        "--eval_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVALUATION,
         "--push_to_hub",
         "true",
         "--hub_model_id",
@@ -647,12 +632,7 @@ def test_killed_while_writing_trainer_state_resumes_from_the_checkpoint_before(
         "6",
         "--save_steps",
         "2",
-        "--eval_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVALUATION,
     )
     run_killed(
         [REPO / "train_sft.py", *argv],
@@ -718,12 +698,7 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_completes(tiny_model
         "2",
         "--save_steps",
         "1",
-        "--eval_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVALUATION,
     ]
     train_sft.main(*parse_recipe(tiny_argv(tiny_model_dir, prepared_dataset_dir, out, *short)))
     previous = {name: (out / name).read_bytes() for name in ("adapter_model.safetensors", COMPLETE_MARKER)}

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_recipe
+from tests.conftest import NO_EVALUATION, REPO, tiny_recipe
 
 TINY = tiny_recipe("bucket1-4")
 GLOBAL_BATCH, STEPS = 4, 4
@@ -85,12 +85,7 @@ def launch(tmp_path: Path, name: str, processes: int, model_dir: Path, data_dir:
         "1",
         "--lora_dropout",
         "0",
-        "--eval_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVALUATION,
         "--save_strategy",
         "steps",
         "--save_steps",
