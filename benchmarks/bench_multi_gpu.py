@@ -33,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
+from benchmarks.bench_train import NO_EVAL_NO_SAVE  # noqa: E402 (after the path above)
+
 MODES = ("ddp", "fsdp")
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 # A PeftModel is not a PreTrainedModel, so Trainer asks DDP to find unused parameters: an extra autograd traversal
@@ -172,14 +174,7 @@ def run_config(mode, processes, args, model_dir, data_dir, workdir) -> dict | No
         str(accumulation),
         "--lora_dropout",
         "0",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "null",
+        *NO_EVAL_NO_SAVE,
         "--logging_steps",
         "1",
         "--report_to",

@@ -44,6 +44,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmarks.* as the tests do
 
+# A benchmark run neither evaluates nor saves (the recipes evaluate, keep the best adapter and stop early by default)
+NO_EVAL_NO_SAVE = (
+    "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+    "--early_stopping_patience", "null",
+)  # fmt: skip
+
 CONFIGS = ("seed", "trl", "ours")
 EXAMPLES_PER_STEP = 16
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -270,14 +276,7 @@ def build_ours_trainer(model_dir, rows, out, steps, on_gpu, undo, recipe_args=()
             "1",
             "--logging_steps",
             "10000",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "None",
+            *NO_EVAL_NO_SAVE,
             "--report_to",
             "none",
             "--disable_tqdm",

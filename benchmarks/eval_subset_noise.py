@@ -37,6 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_train import NO_EVAL_NO_SAVE  # noqa: E402 (after the path above)
+
 
 def per_row_losses(trainer) -> tuple[np.ndarray, np.ndarray]:
     """(summed completion-token loss, completion tokens) of every row of `trainer.eval_dataset`, in its order."""
@@ -73,14 +75,7 @@ def build(recipe_args: list[str], with_validation: bool = True):
     script_args, training_args, model_args = parse_recipe(
         [
             *recipe_args,
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "null",
+            *NO_EVAL_NO_SAVE,
             "--eval_subset_rows",
             "null",
             "--report_to",

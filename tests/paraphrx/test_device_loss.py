@@ -15,7 +15,7 @@ from paraphrx.modeling import load_model_and_tokenizer
 from paraphrx.module_walks import list_module_walks_once
 from paraphrx.recipe_cli import parse_recipe
 from paraphrx.trainer_factory import build_trainer
-from tests.conftest import tiny_recipe
+from tests.conftest import NO_EVALUATION, tiny_recipe
 
 TINY = tiny_recipe()
 LOGGED = ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm")
@@ -42,14 +42,9 @@ def _train(tiny_model_dir, prepared_dataset_dir, out, on_device: bool, pad_to_mu
             str(out),
             "--max_steps",
             "3",
-            "--eval_strategy",
-            "no",
+            *NO_EVALUATION,
             "--save_strategy",
             "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "None",
             "--lora_dropout",
             "0.0",
             "--logging_steps",
