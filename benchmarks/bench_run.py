@@ -56,6 +56,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from paraphrx.fast_path import tokenize_processes  # noqa: E402
+
 CONFIGS = ("ours", "ours_warm", "ours_resume", "trl", "before")
 WARM = ("ours_warm", "ours_resume")  # they start with the compile cache `ours` left
 # Start-up, launch -> end of the first optimizer step, split at phase_timer's marks (each part ends at its mark).
@@ -76,8 +78,8 @@ LENGTHS = {False: (45, 180), True: (45, 40)}  # median prompt and completion tok
 def trl_overrides(on_gpu: bool, examples_per_step: int) -> list[str]:
     """bench_train.py's `trl` configuration as recipe overrides: TRL's knobs, not paraphrx's fast path (with the
     dataset tokenized on as many cores as the fast path would use)."""
-    cores = os.cpu_count() or 1
-    args = ["--dataset_num_proc", str(min(8, cores))] if cores >= 4 else []
+    processes = tokenize_processes()
+    args = ["--dataset_num_proc", str(processes)] if processes else []
     args += [
         "--fast_path",
         "off",

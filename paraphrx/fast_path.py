@@ -101,12 +101,24 @@ def _collate_in_a_worker(args) -> AbstractContextManager:
     return patch_attributes(args, **(workers if args.dataloader_num_workers == 0 else {}))
 
 
+# Processes SFTTrainer tokenizes in: on the H200's 16-core host its preparation of the 22k training rows of the
+# held-out-size data took 11.5 s on 4, 7.1 s on 8 and 5.7 s on 16 (each map starts its own pool, so it scales poorly).
+TOKENIZE_PROCESSES = 16
+
+
+def tokenize_processes() -> int | None:
+    """How many processes the fast path tokenizes in: every core up to TOKENIZE_PROCESSES; None (one) below 4."""
+    cores = os.cpu_count() or 1
+    return min(TOKENIZE_PROCESSES, cores) if cores >= 4 else None
+
+
 def _prepare_rows_on_several_cores(args) -> AbstractContextManager:
     """SFTTrainer tokenizes the rows in one process by default (~2.7k rows/s on one core: ~8 s of start-up for the
     22k training rows of the held-out-size data, a minute at the full upstream size); on a machine with 4 or more
-    cores it uses up to 8 of them (TRL's `dataset_num_proc`; a recipe's own setting stays). The rows are the same."""
-    cores = os.cpu_count() or 1
-    parallel = {"dataset_num_proc": min(8, cores)} if args.dataset_num_proc is None and cores >= 4 else {}
+    cores it uses `tokenize_processes()` (TRL's `dataset_num_proc`; a recipe's own setting stays). The rows are the
+    same."""
+    processes = tokenize_processes()
+    parallel = {"dataset_num_proc": processes} if args.dataset_num_proc is None and processes else {}
     return patch_attributes(args, **parallel)
 
 

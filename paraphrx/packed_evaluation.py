@@ -58,22 +58,38 @@ def pack_rows(lengths: list[int], tokens_per_batch: int) -> list[range]:
 class PackedEvalBatches:
     """A tokenized evaluation set as padding-free batches of at most `tokens_per_batch` tokens, collated by
     `collator`; `shard` (index, count) keeps every count-th batch for one process of a multi-GPU run. Iterable any
-    number of times, like a DataLoader, and it has the `dataset` Trainer reads from one."""
+    number of times, like a DataLoader, and it has the `dataset` Trainer reads from one. With `keep`, the collated
+    batches of the first full pass are kept and replayed (the evaluation subset, scored every `eval_steps`)."""
 
     def __init__(
-        self, dataset, collator, tokens_per_batch: int = EVAL_TOKENS_PER_BATCH, shard: tuple[int, int] = (0, 1)
+        self,
+        dataset,
+        collator,
+        tokens_per_batch: int = EVAL_TOKENS_PER_BATCH,
+        shard: tuple[int, int] = (0, 1),
+        keep: bool = False,
     ):
         self.dataset = dataset.select_columns([c for c in _ROW_COLUMNS if c in dataset.column_names])
         self.batches = pack_rows(token_lengths(self.dataset), tokens_per_batch)[shard[0] :: shard[1]]
         self.collator = collator
+        self.keep = keep
+        self._kept: list[dict] | None = None
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[dict]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        collated = []
         for rows in self.batches:
             columns = self.dataset[rows.start : rows.stop]
-            yield self.collator([dict(zip(columns, values)) for values in zip(*columns.values())])
+            batch = self.collator([dict(zip(columns, values)) for values in zip(*columns.values())])
+            collated.append(batch)
+            yield batch
+        if self.keep:  # only a complete pass
+            self._kept = collated
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -124,18 +140,33 @@ def packed_evaluation(
     evaluation rows (after `prepare_rows`, e.g. the training rows' cut) and its `evaluation_loop` scores them. A
     trainer with `compute_metrics` (which needs the logits) or a `predict` call keep transformers' own loop."""
     own_dataloader, own_loop = trainer.get_eval_dataloader, trainer.evaluation_loop
+    # The trainer's own evaluation set(s), scored every `eval_steps`: cut, packed and collated once. Keyed by name
+    # (None: the one set), kept with the dataset object it was built from, so a replaced set is packed anew.
+    packed: dict[str | None, tuple[object, PackedEvalBatches]] = {}
 
     def get_eval_dataloader(eval_dataset=None):
         if trainer.compute_metrics is not None:
             return own_dataloader(eval_dataset)
-        dataset = trainer.eval_dataset[eval_dataset] if isinstance(eval_dataset, str) else eval_dataset
+        name = eval_dataset if isinstance(eval_dataset, str) else None
+        dataset = trainer.eval_dataset[name] if name is not None else eval_dataset
         dataset = trainer.eval_dataset if dataset is None else dataset
+        own = dataset is (trainer.eval_dataset[name] if name is not None else trainer.eval_dataset)
+        if own and name in packed and packed[name][0] is dataset:
+            return packed[name][1]
+        source = dataset
         if prepare_rows is not None:
             dataset = prepare_rows(dataset)
         state = trainer.accelerator.state
-        return PackedEvalBatches(
-            dataset, trainer.data_collator, tokens_per_batch, shard=(state.process_index, state.num_processes)
+        batches = PackedEvalBatches(
+            dataset,
+            trainer.data_collator,
+            tokens_per_batch,
+            shard=(state.process_index, state.num_processes),
+            keep=own,
         )
+        if own:
+            packed[name] = (source, batches)
+        return batches
 
     def evaluation_loop(dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         if not isinstance(dataloader, PackedEvalBatches):

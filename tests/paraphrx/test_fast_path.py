@@ -293,7 +293,7 @@ def test_argument_changes_keep_the_examples_per_step_and_are_undone(monkeypatch)
         bf16=False,
     )
     before = dict(vars(args)), dict(vars(args.accelerator_config))
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
     with ExitStack() as undo:
         recipe_args = change_arguments(args, undo)
         assert recipe_args.max_length == 512  # what the rows are cut to after the trainer is built
@@ -304,7 +304,7 @@ def test_argument_changes_keep_the_examples_per_step_and_are_undone(monkeypatch)
         assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter
         assert args.dataloader_pin_memory and args.accelerator_config.non_blocking
         assert args.dataloader_num_workers == 1 and args.dataloader_persistent_workers  # collation beside the step
-        assert args.dataset_num_proc == 8  # SFTTrainer tokenizes on 8 of the 16 cores
+        assert args.dataset_num_proc == 16  # SFTTrainer tokenizes on 16 of the 64 cores (TOKENIZE_PROCESSES)
     assert (dict(vars(args)), dict(vars(args.accelerator_config))) == before  # every argument as the recipe set it
     args.dataloader_num_workers, args.dataset_num_proc = 4, 3
     with ExitStack() as undo:

@@ -116,6 +116,25 @@ def test_a_dataset_passed_to_evaluate_is_prepared_and_cut_like_the_training_rows
     assert math.isclose(metrics["eval_full_loss"], _reference(trainer.model, expected)["loss"], rel_tol=1e-5)
 
 
+def test_the_evaluation_set_is_packed_and_collated_once(trainer, prepared_dataset_dir, monkeypatch):
+    """The set scored every `eval_steps` is cut, packed and collated at its first evaluation only (the same batches
+    and loss after); a dataset passed to `evaluate` (the end-of-run split) is packed every time and not kept."""
+    collated = []
+    collator = trainer.data_collator
+    monkeypatch.setattr(trainer, "data_collator", lambda rows: collated.append(len(rows)) or collator(rows))
+    raw = load_prepared(str(prepared_dataset_dir), "validation").select(range(6))
+    with packed_evaluation(trainer, tokens_per_batch=300):
+        first = trainer.evaluate()["eval_loss"]
+        once = len(collated)
+        assert trainer.get_eval_dataloader() is trainer.get_eval_dataloader()
+        assert trainer.evaluate()["eval_loss"] == first and len(collated) == once > 1
+        trainer.evaluate(eval_dataset=raw, metric_key_prefix="eval_full")
+        passed = len(collated) - once
+        trainer.evaluate(eval_dataset=raw, metric_key_prefix="eval_full")
+        assert len(collated) - once == 2 * passed > 0
+    assert sum(collated[:once]) == len(trainer.eval_dataset)
+
+
 def test_evaluation_in_training_keeps_the_best_adapter_by_eval_loss(tiny_model_dir, prepared_dataset_dir, tmp_path):
     schedule = "--eval_strategy steps --eval_steps 2 --save_steps 2 --max_steps 4 --load_best_model_at_end true"
     trainer = _trainer(
