@@ -266,18 +266,17 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _layer(self, layer: _Layer, h: torch.Tensor, masks: tuple, cos, sin, attend: Callable) -> torch.Tensor:
-        """One decoder layer on tokens h [N, hidden]; `masks` = each token's adapter mask tiled 1x, 2x, 3x."""
+    def _layer(self, layer: _Layer, h: torch.Tensor, mask: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
+        """One decoder layer on tokens h [N, hidden]; `mask` [N, R] = each token's adapter mask."""
         n = h.shape[0]
-        mask, mask2, mask3 = masks
         x = rms_norm(h, layer.norms[0], self.eps)
-        qkv = layer.qkv(x, mask3).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+        qkv = layer.qkv(x, mask).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
         qk = rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
         q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
         attention = attend(layer, q, k, v).reshape(n, self.heads * self.head_dim)
         h = h + rms_norm(layer.o(attention, mask), layer.norms[1], self.eps)
         x = rms_norm(h, layer.norms[2], self.eps)
-        gate, up = layer.gate_up(x, mask2).split(self.intermediate, dim=-1)
+        gate, up = layer.gate_up(x, mask).split(self.intermediate, dim=-1)
         return h + rms_norm(layer.down(self.act(gate) * up, mask), layer.norms[3], self.eps)
 
     def _attention(self, q, keys, values, mask) -> torch.Tensor:
@@ -291,11 +290,6 @@ class GemmaDecodeEngine:
         them to fp32, which changes no comparison)."""
         logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
         return soft_cap(logits, self.final_cap).argmax(dim=-1)
-
-    def _token_masks(self, model_index: torch.Tensor) -> tuple:
-        """Each token's adapter mask by model index, tiled for the fused q|k|v and gate|up updates."""
-        mask = self.row_masks[model_index]
-        return mask, mask.repeat(1, 2), mask.repeat(1, 3)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """HF's eager mask: 0 where a key is visible, the dtype's minimum where not."""
@@ -318,7 +312,7 @@ class GemmaDecodeEngine:
         for i, prompt in enumerate(prompts):
             ids[i, : lengths[i]] = torch.tensor(prompt)
         model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
-        token_masks = self._token_masks(model_index.repeat_interleave(p))
+        mask = self.row_masks[model_index.repeat_interleave(p)]
         h = self.embed(ids.to(self.device)).view(m * p, -1)
         cos, sin = self._rope(h, torch.arange(p, device=self.device).repeat(m))
         # Right padding: a real token never sees a pad (causal), so one [p, p] mask serves every row.
@@ -340,7 +334,7 @@ class GemmaDecodeEngine:
                 out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
                 return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-            h = self._layer(layer, h, token_masks, cos, sin, attend)
+            h = self._layer(layer, h, mask, cos, sin, attend)
         return h, model_index
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
@@ -372,7 +366,7 @@ class GemmaDecodeEngine:
         Shapes depend only on (width, kv_len), and nothing here reads a value back to the host."""
         st = self._state
         tokens, pos = st["tokens"][:width], st["pos"][:width]
-        token_masks = self._token_masks(st["model"][:width])
+        mask = self.row_masks[st["model"][:width]]
         h = self.embed(tokens)
         cos, sin = self._rope(h, pos)
         keys_at = torch.arange(kv_len, device=self.device)
@@ -393,7 +387,7 @@ class GemmaDecodeEngine:
                 q = q.reshape(width, self.kv_heads, g, self.head_dim)
                 return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
 
-            h = self._layer(layer, h, token_masks, cos, sin, attend)
+            h = self._layer(layer, h, mask, cos, sin, attend)
         tokens.copy_(self._greedy(h))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 
