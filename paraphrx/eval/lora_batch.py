@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,17 +163,24 @@ def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> to
     return masks.to(device=device, dtype=dtype)
 
 
+def add_update(y: torch.Tensor, update: torch.Tensor, round_before_add: bool) -> torch.Tensor:
+    """The float32 update added to the base output as PEFT's layer adds it: bitsandbytes 4-bit layers round the
+    update to y's dtype first, plain layers add in float32 and round the sum."""
+    return y + update.to(y.dtype) if round_before_add else (y + update).to(y.dtype)
+
+
 def apply_lora(
     y: torch.Tensor,
     x: torch.Tensor,
     lora: StackedLora | None,
     mask: torch.Tensor,
     round_before_add: bool = False,
+    add: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor] = add_update,
 ) -> torch.Tensor:
     """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc); `mask`
     [N, R] is each row's adapter mask (`adapter_masks`), the same for every module of a fused projection;
-    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer. Adapter weights in y's dtype add the
-    update into `y` in place."""
+    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer; `add` computes `add_update` (the
+    engine passes a compiled one). Adapter weights in y's dtype add the update into `y` in place."""
     if lora is None:
         return y
     n = x.shape[0]
@@ -188,6 +196,4 @@ def apply_lora(
         else:
             torch.mm(u[:, k], b.t(), out=block)
         col += b.shape[0]
-    if fused:
-        return y
-    return y + update.to(y.dtype) if round_before_add else (y + update).to(y.dtype)
+    return y if fused else add(y, update, round_before_add)
