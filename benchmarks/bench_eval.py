@@ -344,7 +344,7 @@ def parse_args(argv):
     parser.add_argument("--fp32_tokens", type=int, default=32, help="answer length cap of the float32 check")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default 256 (16 with --tiny)")
     parser.add_argument("--slots", type=int, default=None, help="ours: rows decoded together (default: fit, <= 512)")
-    parser.add_argument("--chunk_steps", type=int, default=8, help="ours: decode steps between host reads")
+    parser.add_argument("--chunk_steps", type=int, default=32, help="ours: decode steps between host reads")
     parser.add_argument("--no_graphs", action="store_true", help="ours: eager decode steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")

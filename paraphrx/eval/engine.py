@@ -231,7 +231,7 @@ class GemmaDecodeEngine:
         adapters: dict[str, str | Path] | None = None,
         *,
         max_slots: int | None = None,
-        chunk_steps: int = 8,
+        chunk_steps: int = 32,
         kv_bucket: int = 64,
         prefill_tokens: int = 8192,
         cuda_graphs: bool = True,
