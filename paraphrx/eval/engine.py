@@ -376,36 +376,40 @@ class GemmaDecodeEngine:
 
     # --- prefill ----------------------------------------------------------------------------------------------------
     def _run_prompts(self, prompts: list[list[int]], models: list[str], slots: list[int] | None = None):
-        """The decoder on prompts right-padded to one length p: final-normed hidden states [m * p, hidden] and the
-        rows' model indices. With `slots`, each prompt's keys/values are written into that slot of the cache."""
+        """The decoder on prompts right-padded to one length p: final-normed hidden states [m * p, hidden], and the
+        prompts' model indices, lengths and slots on the device. With `slots`, each prompt's keys/values are
+        written into that slot of the cache."""
         st = self._state
-        lengths = [len(ids) for ids in prompts]
-        m, p = len(prompts), _round_up(max(lengths), 8)
-        ids = torch.full((m, p), self.pad_id, dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, : lengths[i]] = torch.tensor(prompt)
-        model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
-        h = self.embed(ids.to(self.device)).view(m * p, -1)
+        m, p = len(prompts), _round_up(max(len(ids) for ids in prompts), 8)
+        # One host-to-device copy from pinned memory: a copy of a plain list waits for the GPU's queue to drain.
+        rows = [
+            [*ids] + [self.pad_id] * (p - len(ids)) + [self.models.index(name), len(ids), -1 if slot is None else slot]
+            for ids, name, slot in zip(prompts, models, slots or [None] * m)
+        ]
+        batch = torch.tensor(rows, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        batch = batch.to(self.device, non_blocking=True)
+        ids, model_index, lengths, slot_idx = batch[:, :p], batch[:, p], batch[:, p + 1], batch[:, p + 2]
+        h = self.embed(ids).view(m * p, -1)
         cos, sin = self._rope(h, torch.arange(p, device=self.device).repeat(m))
         # Right padding: a real token never sees a pad (causal), so one [p, p] mask serves every row.
         at = torch.arange(p, device=self.device)
         causal = at[None, :] <= at[:, None]
         window = causal & (at[None, :] > at[:, None] - (self.sliding_window or p))
         additive = {False: self._additive(causal), True: self._additive(window)}
-        slot_idx = None if slots is None else torch.tensor(slots, device=self.device)
         g = self.heads // self.kv_heads
 
         def attend(index, layer, q, k, v):
             k = k.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
             v = v.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
-            if slot_idx is not None:
+            if slots is not None:
                 st["k"][index, slot_idx, :, :p] = k
                 st["v"][index, slot_idx, :, :p] = v
             q = q.reshape(m, p, self.kv_heads, g, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, p, d]
             out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
             return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-        return self._decoder(h, self.row_masks[model_index.repeat_interleave(p)], cos, sin, attend), model_index
+        x = self._decoder(h, self.row_masks[model_index.repeat_interleave(p)], cos, sin, attend)
+        return x, model_index, lengths, slot_idx
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
         """Soft-capped logits [m, p, vocab] of each prompt under its model (rows right-padded to p; a check of the
@@ -417,12 +421,11 @@ class GemmaDecodeEngine:
     def _prefill(self, slots: list[int], rows: list[_Row]) -> None:
         """Prefill `rows` into `slots`: cache, first generated token, position and adapter mask of each slot."""
         st = self._state
-        prompts = [r.request.prompt_ids for r in rows]
-        x, model_index = self._run_prompts(prompts, [r.request.model for r in rows], slots)
+        x, model_index, lengths, slot_idx = self._run_prompts(
+            [r.request.prompt_ids for r in rows], [r.request.model for r in rows], slots
+        )
         p = x.shape[0] // len(rows)
-        lengths = torch.tensor([len(ids) for ids in prompts], device=self.device)
         first = self._greedy(x[lengths - 1 + torch.arange(len(rows), device=self.device) * p])
-        slot_idx = torch.tensor(slots, device=self.device)
         st["tokens"][slot_idx] = first
         st["first"][slot_idx] = first
         st["pos"][slot_idx] = lengths
