@@ -25,8 +25,9 @@ never picks them: answers stop only at their drawn length and decode to comparab
   identical text is expected.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `lora=fused` (the LoRA update in bf16 in one addmm instead of PEFT's fp32 arithmetic), `base=bf16` (a bf16 base
-  instead of the NF4 one dequantized once); each with its tokens/s and its agreement with one-at-a-time.
+  `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `base=bf16` (a bf16
+  base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager kernels instead of
+  torch.compile's fused ones); each with its tokens/s and its agreement with one-at-a-time.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
 whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
 run should take 6 to 7 minutes (today's path ~1.5, the one-at-a-time references ~1.5, the rest ~4).
@@ -73,7 +74,7 @@ from prep.templates import alpaca_prompt  # noqa: E402
 ALPACA = REPO / "data" / "alpaca_gemma-2-2b-it.json"
 ADAPTERS = ["bucket1", "bucket1-2", "bucket1-3", "bucket1-4", "bucket1-5"]
 MODELS = [BASE] + ADAPTERS
-LEVERS = ("graphs=off", "batching=static", "slots=128", "slots=256", "lora=fused", "base=bf16")
+LEVERS = ("graphs=off", "batching=static", "slots=128", "slots=256", "lora=fused", "base=bf16", "compile=off")
 
 
 # --- the user's setup --------------------------------------------------------------------------------------------
@@ -288,16 +289,19 @@ def bnb_dequantize_then_matmul():
 @contextmanager
 def lever_applied(lever: str, engine, model_args, adapters, args):
     """The engine with one lever changed: `graphs=off`, `batching=static`, `slots=N` (set on it for the block),
-    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype) or `base=bf16` (a second engine
-    on a base loaded in bf16 without 4-bit)."""
+    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype), `compile=off` (a second engine on
+    the same base, eager elementwise kernels) or `base=bf16` (a second engine on a base loaded in bf16 without
+    4-bit)."""
     key, _, value = lever.partition("=")
-    if key in ("base", "lora"):
+    if key in ("base", "lora", "compile"):
         if key == "base":
             dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(value, value)
             base_args = dataclasses.replace(model_args, load_in_4bit=False, use_bnb_nested_quant=False, dtype=dtype)
             variant, _ = engine_for(base_args, adapters, args)
-        else:
+        elif key == "lora":
             variant, _ = engine_for(model_args, adapters, args, model=engine.model, exact_lora=value != "fused")
+        else:
+            variant, _ = engine_for(model_args, adapters, args, model=engine.model, compile_kernels=value != "off")
         yield variant
         del variant
         reset_peak()
@@ -340,7 +344,7 @@ def parse_args(argv):
     parser.add_argument("--fp32_tokens", type=int, default=32, help="answer length cap of the float32 check")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default 256 (16 with --tiny)")
     parser.add_argument("--slots", type=int, default=None, help="ours: rows decoded together (default: fit, <= 512)")
-    parser.add_argument("--chunk_steps", type=int, default=8, help="ours: decode steps between host reads")
+    parser.add_argument("--chunk_steps", type=int, default=32, help="ours: decode steps between host reads")
     parser.add_argument("--no_graphs", action="store_true", help="ours: eager decode steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")

@@ -14,7 +14,10 @@ weight on every step, so the GPU mostly waits. This engine, built from a loaded 
   the new tokens once, retires finished rows and prefills queued prompts into the freed slots (length-sorted
   batches); when the queue runs dry the live rows are compacted into fewer slots;
 - on CUDA, each decode step of a (slots, L) shape is **captured once as a CUDA graph** and replayed (no host work
-  per kernel, no `.item()` inside a step); eager on the CPU.
+  per kernel, no `.item()` inside a step); eager on the CPU;
+- on CUDA, the **elementwise work between the matmuls is compiled** (`decoder_kernels`: torch.compile, one fused
+  kernel per step such as an fp32 RMSNorm with the residual add before it, or soft-cap + mask + fp32 softmax)
+  with eager's roundings kept; eager on the CPU.
 
 The arithmetic follows `transformers.models.gemma2.modeling_gemma2` op for op (embedding scaled in the model dtype,
 RMSNorm in fp32 as x * (1 + w), RoPE from the model's own rotary module, `query_pre_attn_scalar`, attention logits
@@ -42,6 +45,7 @@ from paraphrx.eval.lora_batch import (
     StackedLora,
     UnsupportedAdapter,
     adapter_masks,
+    add_update,
     apply_lora,
     read_lora_adapter,
     stack_lora,
@@ -121,14 +125,73 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else torch.tanh(x / cap) * cap
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """The elementwise work between the decoder's matmuls, as functions of tensors only (`decoder_kernels`)."""
+
+    norm: Callable  # (x, w) -> rms_norm(x, w)
+    residual_norm: Callable  # (h, y, w, w_next) -> (h + rms_norm(y, w), rms_norm of that by w_next)
+    rotate: Callable  # (x, cos, sin) -> rotate(x, cos, sin)
+    probs: Callable  # (scores q.k^T, additive mask) -> attention weights
+    glu: Callable  # (gate, up) -> act(gate) * up
+    greedy: Callable  # (logits) -> argmax of the soft-capped logits
+    lora_add: Callable  # lora_batch.add_update
+
+
+def decoder_kernels(
+    eps: float, scaling: float, attn_cap: float | None, final_cap: float | None, act: Callable, compiled: bool
+) -> Kernels:
+    """Gemma-2's elementwise steps with the model's constants bound, eager or (`compiled`) each one fused kernel.
+
+    Eager, each step is 2 to 10 kernels with a pass over memory each (an fp32 RMSNorm alone is 8). Compiled:
+    torch.compile, inductor's default mode (no CUDA graphs of its own: the engine captures whole steps), dynamic
+    shapes (one graph serves every slot count and KV length), and `emulate_precision_casts`, so a fused kernel still
+    rounds to the model dtype wherever eager does; without it, intermediates stay in fp32 and bf16 results change,
+    argmax ties included. The constants are closure constants: a float argument would be a symbolic input under
+    dynamic shapes, and inductor then drops the rounding around it (bf16 attention weights differed)."""
+
+    def norm(x, w):
+        return rms_norm(x, w, eps)
+
+    def residual_norm(h, y, w, w_next):
+        h = h + rms_norm(y, w, eps)
+        return h, rms_norm(h, w_next, eps)
+
+    def probs(scores, mask):
+        """Eager Gemma-2 attention weights: scaled, soft-capped before the mask, softmax in fp32, back to the
+        scores' dtype."""
+        return torch.softmax(soft_cap(scores * scaling, attn_cap) + mask, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+    def glu(gate, up):
+        return act(gate) * up
+
+    def greedy(logits):
+        return soft_cap(logits, final_cap).argmax(dim=-1)
+
+    steps = dict(
+        norm=norm,
+        residual_norm=residual_norm,
+        rotate=rotate,
+        probs=probs,
+        glu=glu,
+        greedy=greedy,
+        lora_add=add_update,
+    )
+    if compiled:
+        options = {"emulate_precision_casts": True}
+        steps = {k: torch.compile(f, dynamic=True, fullgraph=True, options=options) for k, f in steps.items()}
+    return Kernels(**steps)
+
+
 @dataclass
 class _Projection:
     weight: torch.Tensor  # [out, in]
     lora: StackedLora | None
     round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
+    add: Callable  # add_update, eager or compiled
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add)
+        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add, self.add)
 
 
 @dataclass
@@ -158,7 +221,9 @@ class GemmaDecodeEngine:
     CPU), `chunk_steps` is the number of decode steps between two host reads, `kv_bucket` the step between KV-length
     buckets, `prefill_tokens` the padded prompt tokens per prefill batch, `cuda_graphs` replays captured decode steps
     on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
-    `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch)."""
+    `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch),
+    `compile_kernels` fuses the elementwise steps into compiled kernels (`decoder_kernels`; default: on CUDA, eager
+    on the CPU)."""
 
     def __init__(
         self,
@@ -166,12 +231,13 @@ class GemmaDecodeEngine:
         adapters: dict[str, str | Path] | None = None,
         *,
         max_slots: int | None = None,
-        chunk_steps: int = 8,
+        chunk_steps: int = 32,
         kv_bucket: int = 64,
         prefill_tokens: int = 8192,
         cuda_graphs: bool = True,
         continuous: bool = True,
         exact_lora: bool = True,
+        compile_kernels: bool | None = None,
     ):
         adapters = dict(adapters or {})
         reason = unsupported_reason(model, {})
@@ -211,6 +277,10 @@ class GemmaDecodeEngine:
         self.models = [BASE] + [a.name for a in loaded]
         lora_dtype = torch.float32 if exact_lora else self.dtype
         self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
+        self.compile_kernels = self.device.type == "cuda" if compile_kernels is None else compile_kernels
+        self.kernels = decoder_kernels(
+            self.eps, self.scaling, self.attn_cap, self.final_cap, self.act, compiled=self.compile_kernels
+        )
         self.layers = [
             self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
             for i, layer in enumerate(model.model.layers)
@@ -225,12 +295,13 @@ class GemmaDecodeEngine:
         self._state: dict | None = None
         self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0, "capture_s": 0.0}
         logger.info(
-            "decode engine: {} models ({}), {} decoder layers in {}, {}",
+            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels",
             len(self.models),
             ", ".join(self.models),
             len(self.layers),
             self.dtype,
             "CUDA graphs" if self.cuda_graphs else "eager",
+            "compiled" if self.compile_kernels else "eager",
         )
 
     def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
@@ -242,7 +313,7 @@ class GemmaDecodeEngine:
             lora = stack_lora(
                 adapters, modules, linears[0].in_features, [m.out_features for m in linears], lora_dtype, self.device
             )
-            return _Projection(weight, lora, four_bit)
+            return _Projection(weight, lora, four_bit, self.kernels.lora_add)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
             return [f"{prefix}.{group}.{p}" for p in projs]
@@ -266,36 +337,32 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _layer(self, layer: _Layer, h: torch.Tensor, masks: tuple, cos, sin, attend: Callable) -> torch.Tensor:
-        """One decoder layer on tokens h [N, hidden]; `masks` = each token's adapter mask tiled 1x, 2x, 3x."""
+    def _decoder(self, h: torch.Tensor, mask: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
+        """Every decoder layer on tokens h [N, hidden] (each token's adapter `mask` [N, R]), then the final norm;
+        `attend(index, layer, q, k, v)` is layer `index`'s attention, which also writes its keys and values."""
+        ops = self.kernels
         n = h.shape[0]
-        mask, mask2, mask3 = masks
-        x = rms_norm(h, layer.norms[0], self.eps)
-        qkv = layer.qkv(x, mask3).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
-        qk = rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
-        q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
-        attention = attend(layer, q, k, v).reshape(n, self.heads * self.head_dim)
-        h = h + rms_norm(layer.o(attention, mask), layer.norms[1], self.eps)
-        x = rms_norm(h, layer.norms[2], self.eps)
-        gate, up = layer.gate_up(x, mask2).split(self.intermediate, dim=-1)
-        return h + rms_norm(layer.down(self.act(gate) * up, mask), layer.norms[3], self.eps)
+        x = ops.norm(h, self.layers[0].norms[0])
+        # Each residual add is fused with the norm that reads its sum: the layer's next one, or the final norm.
+        next_norms = [layer.norms[0] for layer in self.layers[1:]] + [self.final_norm]
+        for index, (layer, next_norm) in enumerate(zip(self.layers, next_norms)):
+            qkv = layer.qkv(x, mask).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+            qk = ops.rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+            q, key, value = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
+            attention = attend(index, layer, q, key, value).reshape(n, self.heads * self.head_dim)
+            h, x = ops.residual_norm(h, layer.o(attention, mask), layer.norms[1], layer.norms[2])
+            gate, up = layer.gate_up(x, mask).split(self.intermediate, dim=-1)
+            h, x = ops.residual_norm(h, layer.down(ops.glu(gate, up), mask), layer.norms[3], next_norm)
+        return x
 
     def _attention(self, q, keys, values, mask) -> torch.Tensor:
         """Eager Gemma-2 attention, GQA without copies: q [B, kv, g*T, d] against keys/values [B, kv, S, d]."""
-        scores = soft_cap(torch.matmul(q, keys.transpose(-1, -2)) * self.scaling, self.attn_cap)
-        probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(probs, values)
+        return torch.matmul(self.kernels.probs(torch.matmul(q, keys.transpose(-1, -2)), mask), values)
 
-    def _greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """Argmax of the soft-capped logits: computed in the model dtype as HF's forward does (generate then casts
-        them to fp32, which changes no comparison)."""
-        logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
-        return soft_cap(logits, self.final_cap).argmax(dim=-1)
-
-    def _token_masks(self, model_index: torch.Tensor) -> tuple:
-        """Each token's adapter mask by model index, tiled for the fused q|k|v and gate|up updates."""
-        mask = self.row_masks[model_index]
-        return mask, mask.repeat(1, 2), mask.repeat(1, 3)
+    def _greedy(self, x: torch.Tensor) -> torch.Tensor:
+        """Argmax of the soft-capped logits of final-normed states x: computed in the model dtype as HF's forward
+        does (generate then casts them to fp32, which changes no comparison)."""
+        return self.kernels.greedy(F.linear(x, self.lm_head))
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """HF's eager mask: 0 where a key is visible, the dtype's minimum where not."""
@@ -309,57 +376,56 @@ class GemmaDecodeEngine:
 
     # --- prefill ----------------------------------------------------------------------------------------------------
     def _run_prompts(self, prompts: list[list[int]], models: list[str], slots: list[int] | None = None):
-        """The decoder on prompts right-padded to one length p: final hidden states [m * p, hidden] and the rows'
-        model indices. With `slots`, each prompt's keys/values are written into that slot of the cache."""
+        """The decoder on prompts right-padded to one length p: final-normed hidden states [m * p, hidden], and the
+        prompts' model indices, lengths and slots on the device. With `slots`, each prompt's keys/values are
+        written into that slot of the cache."""
         st = self._state
-        lengths = [len(ids) for ids in prompts]
-        m, p = len(prompts), _round_up(max(lengths), 8)
-        ids = torch.full((m, p), self.pad_id, dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, : lengths[i]] = torch.tensor(prompt)
-        model_index = torch.tensor([self.models.index(name) for name in models], device=self.device)
-        token_masks = self._token_masks(model_index.repeat_interleave(p))
-        h = self.embed(ids.to(self.device)).view(m * p, -1)
+        m, p = len(prompts), _round_up(max(len(ids) for ids in prompts), 8)
+        # One host-to-device copy from pinned memory: a copy of a plain list waits for the GPU's queue to drain.
+        rows = [
+            [*ids] + [self.pad_id] * (p - len(ids)) + [self.models.index(name), len(ids), -1 if slot is None else slot]
+            for ids, name, slot in zip(prompts, models, slots or [None] * m)
+        ]
+        batch = torch.tensor(rows, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        batch = batch.to(self.device, non_blocking=True)
+        ids, model_index, lengths, slot_idx = batch[:, :p], batch[:, p], batch[:, p + 1], batch[:, p + 2]
+        h = self.embed(ids).view(m * p, -1)
         cos, sin = self._rope(h, torch.arange(p, device=self.device).repeat(m))
         # Right padding: a real token never sees a pad (causal), so one [p, p] mask serves every row.
         at = torch.arange(p, device=self.device)
         causal = at[None, :] <= at[:, None]
         window = causal & (at[None, :] > at[:, None] - (self.sliding_window or p))
         additive = {False: self._additive(causal), True: self._additive(window)}
-        slot_idx = None if slots is None else torch.tensor(slots, device=self.device)
         g = self.heads // self.kv_heads
-        for index, layer in enumerate(self.layers):
 
-            def attend(layer, q, k, v, index=index):
-                k = k.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
-                v = v.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
-                if slot_idx is not None:
-                    st["k"][index, slot_idx, :, :p] = k
-                    st["v"][index, slot_idx, :, :p] = v
-                q = q.reshape(m, p, self.kv_heads, g, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, p, d]
-                out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
-                return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
+        def attend(index, layer, q, k, v):
+            k = k.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.reshape(m, p, self.kv_heads, self.head_dim).transpose(1, 2)
+            if slots is not None:
+                st["k"][index, slot_idx, :, :p] = k
+                st["v"][index, slot_idx, :, :p] = v
+            q = q.reshape(m, p, self.kv_heads, g, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, p, d]
+            out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
+            return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-            h = self._layer(layer, h, token_masks, cos, sin, attend)
-        return h, model_index
+        x = self._decoder(h, self.row_masks[model_index.repeat_interleave(p)], cos, sin, attend)
+        return x, model_index, lengths, slot_idx
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
         """Soft-capped logits [m, p, vocab] of each prompt under its model (rows right-padded to p; a check of the
         engine's arithmetic against HF's forward)."""
         with torch.inference_mode():
-            h, _ = self._run_prompts(prompts, models)
-            logits = F.linear(rms_norm(h, self.final_norm, self.eps), self.lm_head)
-            return soft_cap(logits, self.final_cap).view(len(prompts), -1, self.vocab)
+            x = self._run_prompts(prompts, models)[0]
+            return soft_cap(F.linear(x, self.lm_head), self.final_cap).view(len(prompts), -1, self.vocab)
 
     def _prefill(self, slots: list[int], rows: list[_Row]) -> None:
         """Prefill `rows` into `slots`: cache, first generated token, position and adapter mask of each slot."""
         st = self._state
-        prompts = [r.request.prompt_ids for r in rows]
-        h, model_index = self._run_prompts(prompts, [r.request.model for r in rows], slots)
-        p = h.shape[0] // len(rows)
-        lengths = torch.tensor([len(ids) for ids in prompts], device=self.device)
-        first = self._greedy(h[lengths - 1 + torch.arange(len(rows), device=self.device) * p])
-        slot_idx = torch.tensor(slots, device=self.device)
+        x, model_index, lengths, slot_idx = self._run_prompts(
+            [r.request.prompt_ids for r in rows], [r.request.model for r in rows], slots
+        )
+        p = x.shape[0] // len(rows)
+        first = self._greedy(x[lengths - 1 + torch.arange(len(rows), device=self.device) * p])
         st["tokens"][slot_idx] = first
         st["first"][slot_idx] = first
         st["pos"][slot_idx] = lengths
@@ -372,7 +438,6 @@ class GemmaDecodeEngine:
         Shapes depend only on (width, kv_len), and nothing here reads a value back to the host."""
         st = self._state
         tokens, pos = st["tokens"][:width], st["pos"][:width]
-        token_masks = self._token_masks(st["model"][:width])
         h = self.embed(tokens)
         cos, sin = self._rope(h, pos)
         keys_at = torch.arange(kv_len, device=self.device)
@@ -384,17 +449,15 @@ class GemmaDecodeEngine:
         at = pos.view(width, 1, 1, 1).expand(width, self.kv_heads, 1, self.head_dim)  # each slot's cache column
         g = self.heads // self.kv_heads
 
-        for index, layer in enumerate(self.layers):
+        def attend(index, layer, q, k, v):
+            k_cache, v_cache = st["k"][index, :width], st["v"][index, :width]
+            k_cache.scatter_(2, at, k.unsqueeze(2))
+            v_cache.scatter_(2, at, v.unsqueeze(2))
+            q = q.reshape(width, self.kv_heads, g, self.head_dim)
+            return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
 
-            def attend(layer, q, k, v, index=index):
-                k_cache, v_cache = st["k"][index, :width], st["v"][index, :width]
-                k_cache.scatter_(2, at, k.unsqueeze(2))
-                v_cache.scatter_(2, at, v.unsqueeze(2))
-                q = q.reshape(width, self.kv_heads, g, self.head_dim)
-                return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
-
-            h = self._layer(layer, h, token_masks, cos, sin, attend)
-        tokens.copy_(self._greedy(h))
+        x = self._decoder(h, self.row_masks[st["model"][:width]], cos, sin, attend)
+        tokens.copy_(self._greedy(x))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 
     def _run_step(self, width: int, kv_len: int) -> None:
@@ -407,8 +470,10 @@ class GemmaDecodeEngine:
         graph.replay()
 
     def _capture(self, width: int, kv_len: int):
-        """Capture one decode step of this shape. The warm-up run writes keys/values only at the slots' current
-        positions (rewritten by the real step before anything reads them); tokens and positions are restored."""
+        """Capture one decode step of this shape. The warm-up run compiles the fused kernels for the shape if they
+        need it (compiling, or autotuning, inside a capture would fail) and writes keys/values only at the slots'
+        current positions (rewritten by the real step before anything reads them); tokens and positions are
+        restored."""
         st = self._state
         start = time.perf_counter()
         saved = st["tokens"].clone(), st["pos"].clone()

@@ -7,13 +7,16 @@ adapter's block (all zeros for the base) gets exactly its own update:
     y = x W^T + ((x A_cat^T) * mask) B_cat^T
 
 two skinny matmuls for every adapter at once, so rows of all models share one read of W. Projections that run as
-one matmul (q|k|v, gate|up) stack their A's the same way and take a block-diagonal B.
+one matmul (q|k|v, gate|up) stack their modules' A_cat's into one A ([k*R, in]: one matmul for the k modules),
+and each module's B_cat then multiplies only its own block of the masked x A^T, writing its columns of the
+update: no zero blocks are multiplied.
 
 With float32 adapter weights the update is computed as PEFT computes it (PEFT keeps adapter weights in fp32): in
 float32, then added to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output
 dtype before the add, plain layers add in fp32 and round the sum. The one difference, the scale applied before
 B_cat instead of after, is a float32 rounding and keeps the [rows, out] update to two passes. With adapter weights
-in the model dtype the update is one fused `addmm` (fewer kernels and bytes; in bf16 it drifts from PEFT's).
+in the model dtype each module's update is one `addmm` into the base output (fewer kernels and bytes; in bf16 it
+drifts from PEFT's).
 
 Adapters are read from their folders as PEFT writes them (`LoraConfig.from_pretrained`, `load_peft_weights`, keys
 `base_model.model.<module>.lora_A.weight`). Anything this formula does not compute is refused with one line
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +120,11 @@ def read_lora_adapter(name: str, path: str | Path, module_names: set[str]) -> Lo
 
 @dataclass
 class StackedLora:
-    """The stacked update of one (possibly fused) projection: A [k*R, in] and block-diagonal B [sum(out), k*R]."""
+    """The stacked update of one projection run as one matmul whose output concatenates k modules' outputs: A
+    [k*R, in] (module i's A_cat in rows i*R..(i+1)*R) and each module's B_cat [out_i, R]."""
 
     a: torch.Tensor
-    b: torch.Tensor
+    b: tuple[torch.Tensor, ...]
 
 
 def stack_lora(
@@ -136,18 +141,16 @@ def stack_lora(
         return None
     total = sum(adapter.rank for adapter in adapters)
     a = torch.zeros(len(modules) * total, in_features)
-    b = torch.zeros(sum(out_features), len(modules) * total)
-    row = 0
-    for k, (module, out) in enumerate(zip(modules, out_features)):
-        col = k * total
+    bs = [torch.zeros(out, total) for out in out_features]
+    for k, module in enumerate(modules):
+        col = 0
         for adapter in adapters:
             if module in adapter.tensors:
                 lora_a, lora_b = adapter.tensors[module]
-                a[col : col + adapter.rank] = lora_a
-                b[row : row + out, col : col + adapter.rank] = lora_b
+                a[k * total + col : k * total + col + adapter.rank] = lora_a
+                bs[k][:, col : col + adapter.rank] = lora_b
             col += adapter.rank
-        row += out
-    return StackedLora(a=a.to(device=device, dtype=dtype), b=b.to(device=device, dtype=dtype))
+    return StackedLora(a=a.to(device=device, dtype=dtype), b=tuple(b.to(device=device, dtype=dtype) for b in bs))
 
 
 def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> torch.Tensor:
@@ -160,15 +163,37 @@ def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> to
     return masks.to(device=device, dtype=dtype)
 
 
+def add_update(y: torch.Tensor, update: torch.Tensor, round_before_add: bool) -> torch.Tensor:
+    """The float32 update added to the base output as PEFT's layer adds it: bitsandbytes 4-bit layers round the
+    update to y's dtype first, plain layers add in float32 and round the sum."""
+    return y + update.to(y.dtype) if round_before_add else (y + update).to(y.dtype)
+
+
 def apply_lora(
-    y: torch.Tensor, x: torch.Tensor, lora: StackedLora | None, mask: torch.Tensor, round_before_add: bool = False
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora: StackedLora | None,
+    mask: torch.Tensor,
+    round_before_add: bool = False,
+    add: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor] = add_update,
 ) -> torch.Tensor:
-    """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc);
-    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer."""
+    """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc); `mask`
+    [N, R] is each row's adapter mask (`adapter_masks`), the same for every module of a fused projection;
+    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer; `add` computes `add_update` (the
+    engine passes a compiled one). Adapter weights in y's dtype add the update into `y` in place."""
     if lora is None:
         return y
-    u = torch.nn.functional.linear(x.to(lora.a.dtype), lora.a) * mask
-    if lora.a.dtype == y.dtype:
-        return torch.addmm(y, u, lora.b.t())
-    update = torch.nn.functional.linear(u, lora.b)
-    return y + update.to(y.dtype) if round_before_add else (y + update).to(y.dtype)
+    n = x.shape[0]
+    u = torch.nn.functional.linear(x.to(lora.a.dtype), lora.a).view(n, len(lora.b), -1) * mask.unsqueeze(1)
+    fused = lora.a.dtype == y.dtype
+    # float32: the modules' updates side by side in one [N, out] tensor, then one pass adds them to y.
+    update = y if fused else torch.empty(y.shape, dtype=lora.a.dtype, device=y.device)
+    col = 0
+    for k, b in enumerate(lora.b):
+        block = update[:, col : col + b.shape[0]]
+        if fused:
+            block.addmm_(u[:, k], b.t())
+        else:
+            torch.mm(u[:, k], b.t(), out=block)
+        col += b.shape[0]
+    return y if fused else add(y, update, round_before_add)

@@ -1,11 +1,22 @@
 """The decode engine on the tiny Gemma-2 in float32: HF's logits and HF's one-prompt-at-a-time greedy text, for the
 base and several adapters mixed in one batch, also on an NF4 base (bitsandbytes on the CPU)."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from paraphrx.eval.engine import BASE, GemmaDecodeEngine, Request, UnsupportedModel, generate_texts, unsupported_reason
+from paraphrx.eval.engine import (
+    BASE,
+    GemmaDecodeEngine,
+    Kernels,
+    Request,
+    UnsupportedModel,
+    decoder_kernels,
+    generate_texts,
+    unsupported_reason,
+)
 from paraphrx.eval.generation import (
     active_model,
     attach_adapters,
@@ -172,6 +183,83 @@ def test_request_limits_and_answers_as_they_finish(tiny_model_dir, tokenizer):
     assert len(groups) >= 3  # yielded as rows finish, not all at the end
     full = dict((r.key, t) for g in engine.generate([Request(BASE, ids[1], 9, key=1)]) for r, t in g)
     assert full[1] == finished[1]
+
+
+@pytest.fixture(scope="module")
+def compiled_bf16_engine(tiny_model_dir, adapters):
+    """The engine with its elementwise steps compiled as on CUDA (inductor's CPU backend here), in bf16, where a
+    fused kernel that skipped one of eager's roundings would show."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    return GemmaDecodeEngine(model, adapters, max_slots=6, chunk_steps=8, compile_kernels=True)
+
+
+def assert_as_eager_in_bf16(ours, eager):
+    """Nearly all bitwise (a fused kernel that skips one of eager's roundings to bf16 changes a fifth to a half of
+    the values, and breaks the argmax's ties otherwise), the rest within bf16 rounding (an fp32 sum of a norm or a
+    softmax may be added up in another order)."""
+    for a, b in zip(*((x,) if isinstance(x, torch.Tensor) else x for x in (ours, eager)), strict=True):
+        assert (a == b).float().mean() > 0.99
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b)
+
+
+def test_compiled_kernels_compute_what_the_eager_ones_do_for_any_shape(compiled_bf16_engine):
+    from torch._dynamo.utils import counters
+
+    engine = compiled_bf16_engine
+    compiled = engine.kernels
+    eager = decoder_kernels(engine.eps, engine.scaling, engine.attn_cap, engine.final_cap, engine.act, compiled=False)
+    hidden, d, kv, g = engine.final_norm.shape[0], engine.head_dim, engine.kv_heads, engine.heads // engine.kv_heads
+    low = torch.finfo(torch.bfloat16).min  # the additive mask's "not visible"
+    torch.manual_seed(0)
+
+    def bf16(*shape, scale=1.0):
+        return (torch.randn(*shape) * scale).bfloat16()
+
+    def cases(n, s):
+        """Each kernel's arguments as the engine passes them: n tokens, s keys (views where the engine has views)."""
+        qkv = bf16(n, engine.heads + 2 * kv, d)
+        gate_up = bf16(n, 2 * engine.intermediate, scale=2.0)
+        mask = torch.zeros(n, 1, 1, s).bfloat16().masked_fill_(torch.rand(n, 1, 1, s) < 0.3, low)
+        norm, next_norm = engine.layers[0].norms[:2]  # the engine's weights (not inference tensors: no recompile)
+        return {
+            "norm": (bf16(n, hidden, scale=3.0), norm),
+            "residual_norm": (bf16(n, hidden), bf16(n, hidden, scale=3.0), norm, next_norm),
+            "rotate": (qkv[:, : engine.heads + kv], bf16(n, 1, d), bf16(n, 1, d)),
+            "probs": (bf16(n, kv, g, s, scale=30.0), mask),
+            "glu": gate_up.split(engine.intermediate, dim=-1),
+            "greedy": (bf16(n, 4 * s, scale=60.0),),  # soft-capped to 30: bf16 ties, the first one wins
+            "lora_add": (bf16(n, hidden), torch.randn(n, hidden) * 0.01, False),  # plain base: the sum rounded
+        }
+
+    assert set(cases(2, 2)) == {f.name for f in dataclasses.fields(Kernels)}
+    assert all(hasattr(getattr(compiled, name), "_torchdynamo_orig_callable") for name in cases(2, 2))  # compiled
+    with torch.inference_mode():
+        for name, args in cases(24, 40).items():  # compiles every kernel (unless an earlier test did)
+            assert_as_eager_in_bf16(getattr(compiled, name)(*args), getattr(eager, name)(*args))
+        after_first = counters["stats"]["unique_graphs"]
+        for name, args in cases(40, 72).items():
+            assert_as_eager_in_bf16(getattr(compiled, name)(*args), getattr(eager, name)(*args))
+        assert counters["stats"]["unique_graphs"] == after_first  # one graph serves other sizes
+        causal = torch.zeros(16, 16).bfloat16().masked_fill_(torch.ones(16, 16, dtype=torch.bool).triu(1), low)
+        prefill = (bf16(2, kv, g, 16, 16, scale=30.0), causal)  # the prefill's [m, kv, g, p, p] against one mask
+        assert_as_eager_in_bf16(compiled.probs(*prefill), eager.probs(*prefill))
+        four_bit = (bf16(8, hidden), torch.randn(8, hidden) * 0.01, True)  # an NF4 base: the update rounded first
+        assert_as_eager_in_bf16(compiled.lora_add(*four_bit), eager.lora_add(*four_bit))
+
+
+def test_engine_with_compiled_kernels_gives_the_eager_engines_logits_and_text(
+    compiled_bf16_engine, tiny_model_dir, adapters, tokenizer
+):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    eager = GemmaDecodeEngine(model, adapters, max_slots=6, chunk_steps=8)
+    assert compiled_bf16_engine.compile_kernels and not eager.compile_kernels  # eager by default on the CPU
+    models, ids = [BASE, "a1", "a2", "a3"], tokenizer(PROMPTS[:4])["input_ids"]
+    assert_as_eager_in_bf16(compiled_bf16_engine.prompt_logits(ids, models), eager.prompt_logits(ids, models))
+    jobs = {BASE: PROMPTS[:4], "a1": PROMPTS[2:6], "a2": PROMPTS[:3]}
+    ours = generate_texts(compiled_bf16_engine, tokenizer, jobs, 40)
+    assert ours == generate_texts(eager, tokenizer, jobs, 40)
+    assert len({ours["a1"][p] for p in PROMPTS[2:4]} & {ours[BASE][p] for p in PROMPTS[2:4]}) == 0
 
 
 def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, adapters):
