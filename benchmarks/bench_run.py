@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -227,12 +228,15 @@ def run_config(config: str, cmd: list[str], work: Path, args) -> dict | None:
     print(f"[{config}] {' '.join(cmd[4:])}", flush=True)
     with open(out / "process.log", "w") as log:
         launched = time.time()
+        child = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            code = subprocess.run(
-                cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout
-            ).returncode
+            code = child.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
             code = "timeout"
+            child.send_signal(signal.SIGUSR1)  # phase_timer writes every thread's stack to the log: where it was
+            time.sleep(3)
+            child.kill()
+            child.wait()
         ended = time.time()
     timeline_path = out / "timeline.json"
     if code != 0 or not timeline_path.is_file():

@@ -19,11 +19,13 @@ dataset preparation) begin and end, and when training begins.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import json
 import logging
 import os
 import runpy
+import signal
 import sys
 import time
 from pathlib import Path
@@ -280,6 +282,7 @@ def main() -> None:
     sys.path.insert(0, str(tree))  # ahead of this checkout's editable install
     script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
     sys.argv = [str(script), *script_args]
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # bench_run asks for the stacks of a run it stops
     install()
     TIMELINE.marks["script_start"] = time.time()
     code = 0

@@ -1,6 +1,8 @@
 """benchmarks/bench_run.py: phases from a timeline, and its smoke mode on the CPU with all three configurations."""
 
+import argparse
 import shutil
+import sys
 
 import pytest
 
@@ -239,3 +241,15 @@ def test_the_projection_counts_the_compiling_first_evaluation_once():
     projection = bench_run.project_train_all(result, 10.0, {"1": {"train": 320, "validation": 0}}, 1, recipe)
     assert projection["runs"]["1"]["steps"] == 60
     assert projection["runs"]["1"]["seconds"]["evaluation"] == pytest.approx(6.0 + 2 * 0.6)
+
+
+def test_a_configuration_stopped_at_its_timeout_leaves_its_stacks_in_the_log(tmp_path, capsys):
+    """A run that outlives --timeout is stopped after phase_timer wrote every thread's stack to its log (so a run
+    that printed nothing still says where it was), and counts as failed."""
+    script = tmp_path / "train_sft.py"
+    script.write_text("import time\n\ndef waiting_for_nothing():\n    time.sleep(120)\n\nwaiting_for_nothing()\n")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "phase_timer.py"), "--timeline", str(tmp_path / "t.json"), "--"]
+    args = argparse.Namespace(timeout=20, warm_compile_cache=False, device="cpu")  # past phase_timer's imports
+    assert bench_run.run_config("hung", [*cmd, str(script)], tmp_path, args) is None
+    log = (tmp_path / "runs" / "hung" / "process.log").read_text()
+    assert "waiting_for_nothing" in log and "FAILED (timeout)" in capsys.readouterr().out
