@@ -28,6 +28,7 @@ never picks them: answers stop only at their drawn length and decode to comparab
   `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `base=bf16` (a bf16
   base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager kernels instead of
   torch.compile's fused ones); each with its tokens/s and its agreement with one-at-a-time.
+`--steady_only` skips today's path, the references and the agreement: ours' steady rate, levers and float32 check.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
 whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
 run should take 6 to 7 minutes (today's path ~1.5, the one-at-a-time references ~1.5, the rest ~4).
@@ -346,6 +347,12 @@ def parse_args(argv):
     parser.add_argument("--slots", type=int, default=None, help="ours: rows decoded together (default: fit, <= 512)")
     parser.add_argument("--chunk_steps", type=int, default=32, help="ours: decode steps between host reads")
     parser.add_argument("--no_graphs", action="store_true", help="ours: eager decode steps")
+    parser.add_argument(
+        "--steady_only",
+        action="store_true",
+        help="ours only: its steady rate, the levers and the float32 check, without today's path, the one-at-a-time "
+        "references or the agreement (a quicker run when only the engine changed)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -404,79 +411,86 @@ def main(argv=None) -> dict:
         f"{statistics.median(answer_lengths):.0f} tokens, capped at {args.max_new_tokens}"
     )
 
-    # Today's path: the PEFT model with all adapters, one model at a time; then one prompt at a time (references).
-    reset_peak()
-    peft_model = attach_adapters(load_base_model(model_args), adapters)
-    today, t_today = timed(
-        run_hf, generate_batched, peft_model, tokenizer, today_prompts, limits, args, batch_size=args.batch_size
-    )
-    today_peak = peak_gib()
-    n_today = tokens_of(limits, today_prompts)
-    report(
-        "today",
-        f"today       {len(MODELS)} models x {len(today_prompts)} prompts, batch {args.batch_size}: "
-        f"{n_today:,} tokens in {t_today:.1f} s = {n_today / t_today:,.0f} tokens/s, peak {gib(today_peak)}",
-        tokens=n_today,
-        seconds=t_today,
-        tokens_per_s=n_today / t_today,
-        peak_gib=today_peak,
-    )
-    reference, t_reference = timed(run_hf, generate_per_example, peft_model, tokenizer, reference_prompts, limits, args)
-    print(f"reference   {len(MODELS)} models x {len(reference_prompts)} prompts one at a time: {t_reference:.1f} s")
-    with bnb_dequantize_then_matmul() as switched:
-        dequant_reference = (
-            run_hf(generate_per_example, peft_model, tokenizer, reference_prompts, limits, args)
-            if switched is not None and model_args.load_in_4bit
-            else None
+    reference, n_ref = {}, 0  # one-at-a-time answers (none with --steady_only)
+    if not args.steady_only:
+        # Today's path: the PEFT model with all adapters, one model at a time; then one prompt at a time (references).
+        reset_peak()
+        peft_model = attach_adapters(load_base_model(model_args), adapters)
+        today, t_today = timed(
+            run_hf, generate_batched, peft_model, tokenizer, today_prompts, limits, args, batch_size=args.batch_size
         )
-    del peft_model
-    reset_peak()
+        today_peak = peak_gib()
+        n_today = tokens_of(limits, today_prompts)
+        report(
+            "today",
+            f"today       {len(MODELS)} models x {len(today_prompts)} prompts, batch {args.batch_size}: "
+            f"{n_today:,} tokens in {t_today:.1f} s = {n_today / t_today:,.0f} tokens/s, peak {gib(today_peak)}",
+            tokens=n_today,
+            seconds=t_today,
+            tokens_per_s=n_today / t_today,
+            peak_gib=today_peak,
+        )
+        reference, t_reference = timed(
+            run_hf, generate_per_example, peft_model, tokenizer, reference_prompts, limits, args
+        )
+        print(f"reference   {len(MODELS)} models x {len(reference_prompts)} prompts one at a time: {t_reference:.1f} s")
+        with bnb_dequantize_then_matmul() as switched:
+            dequant_reference = (
+                run_hf(generate_per_example, peft_model, tokenizer, reference_prompts, limits, args)
+                if switched is not None and model_args.load_in_4bit
+                else None
+            )
+        del peft_model
+        reset_peak()
 
     # Ours on the same prompts: cold (graph captures included), warm, then the steady workload.
     engine, t_build = engine_for(model_args, adapters, args)
-    ours, t_cold = timed(run_ours, engine, tokenizer, today_prompts, limits, args)
-    cold_stats = dict(engine.stats)
-    ours_warm, t_warm = timed(run_ours, engine, tokenizer, today_prompts, limits, args)
-    ours_peak = peak_gib()
-    report(
-        "ours",
-        f"ours        the same {len(MODELS) * len(today_prompts)} answers: {t_cold:.2f} s with "
-        f"{cold_stats['graphs_captured']} graph captures ({cold_stats['capture_s']:.1f} s) = {n_today / t_cold:,.0f} "
-        f"tokens/s; warm {t_warm:.2f} s = {n_today / t_warm:,.0f} tokens/s; peak {gib(ours_peak)} "
-        f"(engine built in {t_build:.1f} s: dequantize once, fuse, stack adapters)",
-        seconds_cold=t_cold,
-        seconds_warm=t_warm,
-        tokens_per_s_cold=n_today / t_cold,
-        tokens_per_s_warm=n_today / t_warm,
-        peak_gib=ours_peak,
-        build_s=t_build,
-        stats=cold_stats,
-    )
-    report(
-        "ratio",
-        f"ratio       {t_today / t_cold:.1f}x (cold), {t_today / t_warm:.1f}x (warm) over today's path (goal >= 25x)",
-        cold=t_today / t_cold,
-        warm=t_today / t_warm,
-    )
-    same_today, n_ref = identical(today, reference)
-    same_ours, _ = identical(ours, reference)
-    agreement = dict(
-        today=same_today / n_ref, ours=same_ours / n_ref, answers=n_ref, cold_equals_warm=ours == ours_warm
-    )
-    line = (
-        f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
-        f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}"
-    )
-    same_as_today, n_today_answers = identical(ours, today)  # every answer both paths gave, not only the references
-    agreement["ours_vs_today"] = same_as_today / n_today_answers
-    line += f"; ours identical to today's batched path on {same_as_today}/{n_today_answers} answers"
-    if dequant_reference is not None:
-        agreement["ours_vs_dequantize_matmul"] = identical(ours, dequant_reference)[0] / n_ref
-        line += (
-            f"; ours vs one-at-a-time with bitsandbytes' dequantize+matmul (training's arithmetic, not its fused "
-            f"inference kernels): {agreement['ours_vs_dequantize_matmul']:.0%}"
+    if not args.steady_only:
+        ours, t_cold = timed(run_ours, engine, tokenizer, today_prompts, limits, args)
+        cold_stats = dict(engine.stats)
+        ours_warm, t_warm = timed(run_ours, engine, tokenizer, today_prompts, limits, args)
+        ours_peak = peak_gib()
+        report(
+            "ours",
+            f"ours        the same {len(MODELS) * len(today_prompts)} answers: {t_cold:.2f} s with "
+            f"{cold_stats['graphs_captured']} graph captures ({cold_stats['capture_s']:.1f} s) = {n_today / t_cold:,.0f} "
+            f"tokens/s; warm {t_warm:.2f} s = {n_today / t_warm:,.0f} tokens/s; peak {gib(ours_peak)} "
+            f"(engine built in {t_build:.1f} s: dequantize once, fuse, stack adapters)",
+            seconds_cold=t_cold,
+            seconds_warm=t_warm,
+            tokens_per_s_cold=n_today / t_cold,
+            tokens_per_s_warm=n_today / t_warm,
+            peak_gib=ours_peak,
+            build_s=t_build,
+            stats=cold_stats,
         )
-    report("agreement", line + f"; ours cold == warm: {ours == ours_warm}", **agreement)
+        report(
+            "ratio",
+            f"ratio       {t_today / t_cold:.1f}x (cold), {t_today / t_warm:.1f}x (warm) over today's path (goal >= 25x)",
+            cold=t_today / t_cold,
+            warm=t_today / t_warm,
+        )
+        same_today, n_ref = identical(today, reference)
+        same_ours, _ = identical(ours, reference)
+        agreement = dict(
+            today=same_today / n_ref, ours=same_ours / n_ref, answers=n_ref, cold_equals_warm=ours == ours_warm
+        )
+        line = (
+            f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
+            f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}"
+        )
+        same_as_today, n_today_answers = identical(ours, today)  # every answer both paths gave, not only the references
+        agreement["ours_vs_today"] = same_as_today / n_today_answers
+        line += f"; ours identical to today's batched path on {same_as_today}/{n_today_answers} answers"
+        if dequant_reference is not None:
+            agreement["ours_vs_dequantize_matmul"] = identical(ours, dequant_reference)[0] / n_ref
+            line += (
+                f"; ours vs one-at-a-time with bitsandbytes' dequantize+matmul (training's arithmetic, not its fused "
+                f"inference kernels): {agreement['ours_vs_dequantize_matmul']:.0%}"
+            )
+        report("agreement", line + f"; ours cold == warm: {ours == ours_warm}", **agreement)
+    else:  # the first graph captures and compilations happen here, outside the timed run, as above
+        run_ours(engine, tokenizer, today_prompts, limits, args)
     steady = pool[: args.steady_prompts]
     n_steady = tokens_of(limits, steady)
     captured = engine.stats["graphs_captured"]
@@ -508,7 +522,8 @@ def main(argv=None) -> dict:
             with lever_applied(lever, engine, model_args, adapters, args) as variant:
                 run_ours(variant, tokenizer, lever_prompts, limits, args)  # warm-up: its own shapes
                 answers, t_lever = timed(run_ours, variant, tokenizer, lever_prompts, limits, args)
-            same = identical(answers, reference)[0] / n_ref if len(lever_prompts) >= len(reference_prompts) else None
+            compared = reference and len(lever_prompts) >= len(reference_prompts)
+            same = identical(answers, reference)[0] / n_ref if compared else None
             report(
                 "levers",
                 f"  {lever:<16} {n_lever / t_lever:>9,.0f} tokens/s  ({t_lever / t_default:.2f}x ours' "

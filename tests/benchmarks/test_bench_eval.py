@@ -41,3 +41,15 @@ def test_bench_eval_tiny_runs_every_part(capsys, tmp_path):
     assert results["today"]["tokens"] >= 12 and results["ratio"]["cold"] > 0
     assert set(results["levers"]) == {"default", "graphs=off", "batching=static", "slots=2", "lora=fused"}
     assert (tmp_path / "outputs" / "bucket1-4" / "recipe.yaml").is_file()  # the user's setup: recipe next to adapter
+
+
+def test_steady_only_measures_ours_without_todays_path(capsys, tmp_path):
+    results = bench_eval.main(
+        "--tiny --device cpu --steady_only --steady_prompts 3 --lever_prompts 2 --max_new_tokens 6 --fp32_tokens 6 "
+        f"--levers lora=fused --work_dir {tmp_path}".split()
+    )
+    out = capsys.readouterr().out
+    assert "steady      ours, 6 models x 3 prompts" in out and "  lora=fused" in out
+    assert not {"today", "ours", "ratio", "agreement"} & results.keys()
+    assert results["levers"]["lora=fused"]["agreement"] is None  # no one-at-a-time references to compare with
+    assert results["fp32_check"] == {"identical": 6, "answers": 6}
