@@ -31,7 +31,8 @@ never picks them: answers stop only at their drawn length and decode to comparab
 `--steady_only` skips today's path, the references and the agreement: ours' steady rate, levers and float32 check.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
 whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
-run should take 6 to 7 minutes (today's path ~1.5, the one-at-a-time references ~1.5, the rest ~4).
+run takes over 6 minutes (today's path ~2.5, the one-at-a-time references ~2; a 350 s limit stopped one before
+its levers).
 """
 
 from __future__ import annotations
@@ -522,7 +523,7 @@ def main(argv=None) -> dict:
             with lever_applied(lever, engine, model_args, adapters, args) as variant:
                 run_ours(variant, tokenizer, lever_prompts, limits, args)  # warm-up: its own shapes
                 answers, t_lever = timed(run_ours, variant, tokenizer, lever_prompts, limits, args)
-            compared = reference and len(lever_prompts) >= len(reference_prompts)
+            compared = bool(reference) and len(lever_prompts) >= len(reference_prompts)
             same = identical(answers, reference)[0] / n_ref if compared else None
             report(
                 "levers",

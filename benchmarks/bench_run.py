@@ -57,8 +57,6 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from paraphrx.fast_path import tokenize_processes  # noqa: E402
-
 CONFIGS = ("ours", "ours_warm", "ours_resume", "trl", "before")
 WARM = ("ours_warm", "ours_resume")  # they start with the compile cache `ours` left
 # Start-up, launch -> end of the first optimizer step, split at phase_timer's marks (each part ends at its mark).
@@ -79,6 +77,8 @@ LENGTHS = {False: (45, 180), True: (45, 40)}  # median prompt and completion tok
 def trl_overrides(on_gpu: bool, examples_per_step: int) -> list[str]:
     """bench_train.py's `trl` configuration as recipe overrides: TRL's knobs, not paraphrx's fast path (with the
     dataset tokenized on as many cores as the fast path would use)."""
+    from paraphrx.fast_path import tokenize_processes  # here: the driver itself does not load the training stack
+
     processes = tokenize_processes()
     args = ["--dataset_num_proc", str(processes)] if processes else []
     args += [
@@ -235,8 +235,10 @@ def run_config(config: str, cmd: list[str], work: Path, args) -> dict | None:
             code = "timeout"
             child.send_signal(signal.SIGUSR1)  # phase_timer writes every thread's stack to the log: where it was
             time.sleep(3)
-            child.kill()
-            child.wait()
+        finally:  # stopped at its timeout, or this script interrupted: the run does not outlive it
+            if child.poll() is None:
+                child.kill()
+                child.wait()
         ended = time.time()
     timeline_path = out / "timeline.json"
     if code != 0 or not timeline_path.is_file():

@@ -4,12 +4,12 @@ Where no public API does the job, the fast path (fast_path.py) reaches into libr
 log-prob kernels (lm_head.py), the output type of the forward TRL patches onto the model for its fused LM head
 (completion_positions.py), SFTTrainer's per-step metric state (device_loss.py), Trainer's gradient clipping
 (module_walks.py), transformers' packed-sequence check, its block-mask builder and the mask builders a modeling
-module imports, dynamo's recompile limit and float specialization, inductor's default cache folder and torch's record
-of a compiled module; the label-mask view runs SFTTrainer's dataset preparation without a model (label_mask.py). No
-other module names them. Each is looked up when paraphrx is imported: one that a TRL, transformers or torch release
-renamed or removed lands in `MISSING` instead of failing an import, so `fast_path: auto` trains on the plain path
-(one warning line) and `fast_path: on` refuses (config.fast_path_enabled). pyproject.toml bounds the versions they
-were tested on.
+module imports, dynamo's recompile limit and float specialization, inductor's default cache folder, its
+precision-cast emulation (the decode engine) and torch's record of a compiled module; the label-mask view runs
+SFTTrainer's dataset preparation without a model (label_mask.py). No other module names them. Each is looked up when
+paraphrx is imported: one that a TRL, transformers or torch release renamed or removed lands in `MISSING` instead of
+failing an import, so `fast_path: auto` trains on the plain path (one warning line) and `fast_path: on` refuses
+(config.fast_path_enabled). pyproject.toml bounds the versions they were tested on.
 """
 
 from __future__ import annotations
@@ -195,6 +195,15 @@ def inductor_default_cache_dir() -> str | None:
     environment as soon as transformers' trainer is imported; None where this torch has no such function."""
     default = _lookup("torch._inductor.runtime.cache_dir_utils", "default_cache_dir")
     return default() if default is not None else None
+
+
+def inductor_eager_rounding() -> dict | None:
+    """torch.compile options under which inductor's fused kernels round to the model dtype wherever eager does
+    (`emulate_precision_casts`, an inductor config key, not a public API), or None where this torch lacks it (the
+    decode engine's compiled kernels, eval/engine.py, then stay eager)."""
+    from torch._inductor import config
+
+    return {"emulate_precision_casts": True} if hasattr(config, "emulate_precision_casts") else None
 
 
 @contextmanager

@@ -141,7 +141,8 @@ def packed_evaluation(
     trainer with `compute_metrics` (which needs the logits) or a `predict` call keep transformers' own loop."""
     own_dataloader, own_loop = trainer.get_eval_dataloader, trainer.evaluation_loop
     # The trainer's own evaluation set(s), scored every `eval_steps`: cut, packed and collated once. Keyed by name
-    # (None: the one set), kept with the dataset object it was built from, so a replaced set is packed anew.
+    # (None: the one set), kept with the dataset object it was built from, so a replaced set (or collator) is packed
+    # anew.
     packed: dict[str | None, tuple[object, PackedEvalBatches]] = {}
 
     def get_eval_dataloader(eval_dataset=None):
@@ -151,7 +152,7 @@ def packed_evaluation(
         dataset = trainer.eval_dataset[name] if name is not None else eval_dataset
         dataset = trainer.eval_dataset if dataset is None else dataset
         own = dataset is (trainer.eval_dataset[name] if name is not None else trainer.eval_dataset)
-        if own and name in packed and packed[name][0] is dataset:
+        if own and name in packed and packed[name][0] is dataset and packed[name][1].collator is trainer.data_collator:
             return packed[name][1]
         source = dataset
         if prepare_rows is not None:

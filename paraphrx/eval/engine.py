@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 
+from paraphrx import library_internals as internals
 from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
     LoraAdapter,
@@ -145,10 +146,14 @@ def decoder_kernels(
 
     Eager, each step is 2 to 10 kernels with a pass over memory each (an fp32 RMSNorm alone is 8). Compiled:
     torch.compile, inductor's default mode (no CUDA graphs of its own: the engine captures whole steps), dynamic
-    shapes (one graph serves every slot count and KV length), and `emulate_precision_casts`, so a fused kernel still
-    rounds to the model dtype wherever eager does; without it, intermediates stay in fp32 and bf16 results change,
-    argmax ties included. The constants are closure constants: a float argument would be a symbolic input under
-    dynamic shapes, and inductor then drops the rounding around it (bf16 attention weights differed)."""
+    shapes (one graph serves the slot counts and KV lengths of a dtype and tensor rank; a dtype, the prefill's 5-D
+    scores or a single row compile another), and inductor's precision-cast emulation
+    (`library_internals.inductor_eager_rounding`), so a fused kernel still rounds to the model dtype wherever eager
+    does; without it, intermediates stay in fp32 and bf16 results change, argmax ties included (a torch without that
+    option gets the eager kernels). The constants are closure constants: a float argument would be a symbolic input
+    under dynamic shapes, and inductor then drops the rounding around it (bf16 attention weights differed). Every
+    engine of a process shares dynamo's cache of each kernel: past its recompile limit a kernel runs eagerly (same
+    values, slower) rather than failing, hence no `fullgraph`."""
 
     def norm(x, w):
         return rms_norm(x, w, eps)
@@ -177,9 +182,11 @@ def decoder_kernels(
         greedy=greedy,
         lora_add=add_update,
     )
-    if compiled:
-        options = {"emulate_precision_casts": True}
-        steps = {k: torch.compile(f, dynamic=True, fullgraph=True, options=options) for k, f in steps.items()}
+    options = internals.inductor_eager_rounding() if compiled else None
+    if compiled and options is None:
+        logger.warning("decode engine: this torch's inductor cannot keep eager's roundings; eager kernels")
+    if options is not None:
+        steps = {k: torch.compile(f, dynamic=True, options=options) for k, f in steps.items()}
     return Kernels(**steps)
 
 

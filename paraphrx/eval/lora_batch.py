@@ -9,7 +9,8 @@ adapter's block (all zeros for the base) gets exactly its own update:
 two skinny matmuls for every adapter at once, so rows of all models share one read of W. Projections that run as
 one matmul (q|k|v, gate|up) stack their modules' A_cat's into one A ([k*R, in]: one matmul for the k modules),
 and each module's B_cat then multiplies only its own block of the masked x A^T, writing its columns of the
-update: no zero blocks are multiplied.
+update: no block-diagonal zeros are multiplied (an adapter that leaves a module alone still has zero columns
+in that module's B_cat).
 
 With float32 adapter weights the update is computed as PEFT computes it (PEFT keeps adapter weights in fp32): in
 float32, then added to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output

@@ -118,7 +118,8 @@ def test_a_dataset_passed_to_evaluate_is_prepared_and_cut_like_the_training_rows
 
 def test_the_evaluation_set_is_packed_and_collated_once(trainer, prepared_dataset_dir, monkeypatch):
     """The set scored every `eval_steps` is cut, packed and collated at its first evaluation only (the same batches
-    and loss after); a dataset passed to `evaluate` (the end-of-run split) is packed every time and not kept."""
+    and loss after); a dataset passed to `evaluate` (the end-of-run split) is packed every time and not kept; a
+    replaced set is packed anew."""
     collated = []
     collator = trainer.data_collator
     monkeypatch.setattr(trainer, "data_collator", lambda rows: collated.append(len(rows)) or collator(rows))
@@ -132,7 +133,13 @@ def test_the_evaluation_set_is_packed_and_collated_once(trainer, prepared_datase
         passed = len(collated) - once
         trainer.evaluate(eval_dataset=raw, metric_key_prefix="eval_full")
         assert len(collated) - once == 2 * passed > 0
-    assert sum(collated[:once]) == len(trainer.eval_dataset)
+        assert sum(collated[:once]) == len(trainer.eval_dataset)
+        before = len(collated)
+        monkeypatch.setattr(trainer, "eval_dataset", trainer.eval_dataset.select(range(len(trainer.eval_dataset) - 1)))
+        trainer.evaluate()  # a replaced set is packed anew, and kept in its turn
+        assert sum(collated[before:]) == len(trainer.eval_dataset)
+        trainer.evaluate()
+        assert sum(collated[before:]) == len(trainer.eval_dataset)
 
 
 def test_evaluation_in_training_keeps_the_best_adapter_by_eval_loss(tiny_model_dir, prepared_dataset_dir, tmp_path):

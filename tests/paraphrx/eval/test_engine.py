@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from paraphrx import library_internals as internals
 from paraphrx.eval.engine import (
     BASE,
     GemmaDecodeEngine,
@@ -260,6 +261,26 @@ def test_engine_with_compiled_kernels_gives_the_eager_engines_logits_and_text(
     ours = generate_texts(compiled_bf16_engine, tokenizer, jobs, 40)
     assert ours == generate_texts(eager, tokenizer, jobs, 40)
     assert len({ours["a1"][p] for p in PROMPTS[2:4]} & {ours[BASE][p] for p in PROMPTS[2:4]}) == 0
+
+
+def test_compiled_kernels_past_the_recompile_limit_run_eagerly(compiled_bf16_engine, monkeypatch):
+    """Every engine of a process shares dynamo's cache of each kernel, and each dtype compiles another graph: past
+    the limit a kernel must still answer (eagerly), not fail the evaluation."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    engine = compiled_bf16_engine
+    compiled = decoder_kernels(engine.eps, engine.scaling, engine.attn_cap, engine.final_cap, engine.act, True)
+    eager = decoder_kernels(engine.eps, engine.scaling, engine.attn_cap, engine.final_cap, engine.act, False)
+    weight = engine.layers[0].norms[0]
+    for dtype in (torch.bfloat16, torch.float32, torch.float16):
+        x = torch.randn(5, weight.shape[0]).to(dtype)
+        torch.testing.assert_close(compiled.norm(x, weight), eager.norm(x, weight))
+
+
+def test_without_inductors_rounding_option_the_kernels_stay_eager(monkeypatch):
+    assert internals.inductor_eager_rounding() == {"emulate_precision_casts": True}  # this torch has it
+    monkeypatch.setattr(internals, "inductor_eager_rounding", lambda: None)
+    kernels = decoder_kernels(1e-6, 0.5, 50.0, 30.0, torch.tanh, compiled=True)
+    assert not hasattr(kernels.norm, "_torchdynamo_orig_callable")
 
 
 def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, adapters):
