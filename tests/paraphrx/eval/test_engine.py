@@ -263,17 +263,17 @@ def test_engine_with_compiled_kernels_gives_the_eager_engines_logits_and_text(
     assert len({ours["a1"][p] for p in PROMPTS[2:4]} & {ours[BASE][p] for p in PROMPTS[2:4]}) == 0
 
 
-def test_compiled_kernels_past_the_recompile_limit_run_eagerly(compiled_bf16_engine, monkeypatch):
+def test_compiled_kernels_past_the_recompile_limit_run_eagerly(compiled_bf16_engine):
     """Every engine of a process shares dynamo's cache of each kernel, and each dtype compiles another graph: past
     the limit a kernel must still answer (eagerly), not fail the evaluation."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     engine = compiled_bf16_engine
     compiled = decoder_kernels(engine.eps, engine.scaling, engine.attn_cap, engine.final_cap, engine.act, True)
     eager = decoder_kernels(engine.eps, engine.scaling, engine.attn_cap, engine.final_cap, engine.act, False)
     weight = engine.layers[0].norms[0]
-    for dtype in (torch.bfloat16, torch.float32, torch.float16):
-        x = torch.randn(5, weight.shape[0]).to(dtype)
-        torch.testing.assert_close(compiled.norm(x, weight), eager.norm(x, weight))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for dtype in (torch.bfloat16, torch.float32, torch.float16):
+            x = torch.randn(5, weight.shape[0]).to(dtype)
+            torch.testing.assert_close(compiled.norm(x, weight), eager.norm(x, weight))
 
 
 def test_without_inductors_rounding_option_the_kernels_stay_eager(monkeypatch):
