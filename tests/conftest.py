@@ -232,6 +232,23 @@ def run_killed(argv, cwd, patch: str, **kwargs):
     return proc
 
 
+def prepared_row(**fields) -> dict:
+    """One row of a prepared split (every column of the data contract), with `fields` changed."""
+    row = {
+        "prompt": "p",
+        "completion": "c",
+        "reference": "r",
+        "source": "alpaca",
+        "prompt_count": 1,
+        "instruct_type": "instruction_original",
+        "paraphrase": "p",
+        "input": "",
+        "bucket": 1,
+        "task_score": 9.0,
+    }
+    return {**row, **fields}
+
+
 def write_prepared(folder: Path, rows: list[dict]) -> Path:
     """A prepared-dataset folder with one `test` split holding `rows` (for hand-made evaluation inputs)."""
     from datasets import Dataset

@@ -15,7 +15,7 @@ from paraphrx.dataset_io import load_prepared
 from paraphrx.eval import pipeline
 from paraphrx.eval.config import EvalModelConfig
 from paraphrx.eval.pipeline import EvalError
-from tests.conftest import REPO, make_adapter, run_python, write_prepared
+from tests.conftest import REPO, make_adapter, prepared_row, run_python, write_prepared
 
 
 def _argv(tmp_path, dataset, adapters, *extra):
@@ -461,18 +461,7 @@ def test_an_adapters_hostile_recipe_yaml_is_one_line(eval_adapters):
 
 def test_a_prompt_over_the_token_limit_is_refused_before_generating(tmp_path, tiny_model_dir, capfd):
     """A 100k-character paraphrase used to make generation allocate ~10 GB; now one line names its row."""
-    row = {
-        "prompt": "Name a colour.",
-        "completion": "c",
-        "reference": "Blue",
-        "source": "alpaca",
-        "prompt_count": 1,
-        "instruct_type": "instruction_original",
-        "paraphrase": "p",
-        "input": "",
-        "bucket": 1,
-        "task_score": 9.0,
-    }
+    row = prepared_row(prompt="Name a colour.", reference="Blue")
     huge = {**row, "prompt": "colour " * 15_000, "prompt_count": 2, "instruct_type": "very_long"}
     folder = write_prepared(tmp_path / "long", [row, huge])
     argv = [

@@ -5,7 +5,7 @@ import pytest
 from paraphrx.eval import pipeline
 from paraphrx.eval.config import EvalArguments, EvalModelConfig
 from paraphrx.eval.pipeline import EvalError
-from tests.conftest import write_prepared
+from tests.conftest import prepared_row, write_prepared
 
 
 def test_recipe_yaml_decides_how_the_base_is_loaded(tiny_model_dir, eval_adapters):
@@ -49,18 +49,7 @@ def test_quick_run_selection_keeps_the_original_and_every_bucket():
 
 
 def test_bad_rows_name_the_row_and_field(tmp_path):
-    row = {
-        "prompt": "p",
-        "completion": "c",
-        "reference": "r",
-        "source": "alpaca",
-        "prompt_count": 1,
-        "instruct_type": "instruction_original",
-        "paraphrase": "p",
-        "input": "",
-        "bucket": 1,
-        "task_score": 9.0,
-    }
+    row = prepared_row()
     folder = write_prepared(tmp_path / "bad", [row, {**row, "bucket": 7}])
     with pytest.raises(EvalError, match=r"split 'test' row 1: field 'bucket' is 7, expected 1..5"):
         pipeline.load_rows(EvalArguments(dataset=str(folder)))
