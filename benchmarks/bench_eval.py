@@ -25,9 +25,12 @@ never picks them: answers stop only at their drawn length and decode to comparab
   identical text is expected.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `base=bf16` (a bf16
-  base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager kernels instead of
-  torch.compile's fused ones); each with its tokens/s and its agreement with one-at-a-time.
+  `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `lora=masked`
+  (the fp32 update with every row multiplying all five adapters, masked, instead of the per-row Triton kernels),
+  `base=bf16` (a bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager
+  kernels instead of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest
+  live row, instead of flex decoding's own length per row); each with its tokens/s and its agreement with
+  one-at-a-time.
 `--steady_only` skips today's path, the references and the agreement: ours' steady rate, levers and float32 check.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
 whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
@@ -61,7 +64,7 @@ sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmark
 from benchmarks.bench_train import GEMMA2_2B, LORA_TARGETS  # noqa: E402
 from paraphrx.atomic_folder import atomic_folder  # noqa: E402
 from paraphrx.eval.config import EvalModelConfig  # noqa: E402
-from paraphrx.eval.engine import BASE, GemmaDecodeEngine, generate_texts  # noqa: E402
+from paraphrx.eval.engine import BASE, GemmaDecodeEngine, generate_texts, text_requests  # noqa: E402
 from paraphrx.eval.generation import (  # noqa: E402
     active_model,
     attach_adapters,
@@ -76,7 +79,17 @@ from prep.templates import alpaca_prompt  # noqa: E402
 ALPACA = REPO / "data" / "alpaca_gemma-2-2b-it.json"
 ADAPTERS = ["bucket1", "bucket1-2", "bucket1-3", "bucket1-4", "bucket1-5"]
 MODELS = [BASE] + ADAPTERS
-LEVERS = ("graphs=off", "batching=static", "slots=128", "slots=256", "lora=fused", "base=bf16", "compile=off")
+LEVERS = (
+    "graphs=off",
+    "batching=static",
+    "slots=128",
+    "slots=256",
+    "lora=fused",
+    "lora=masked",
+    "base=bf16",
+    "compile=off",
+    "attention=padded",
+)
 
 
 # --- the user's setup --------------------------------------------------------------------------------------------
@@ -291,19 +304,24 @@ def bnb_dequantize_then_matmul():
 @contextmanager
 def lever_applied(lever: str, engine, model_args, adapters, args):
     """The engine with one lever changed: `graphs=off`, `batching=static`, `slots=N` (set on it for the block),
-    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype), `compile=off` (a second engine on
-    the same base, eager elementwise kernels) or `base=bf16` (a second engine on a base loaded in bf16 without
-    4-bit)."""
+    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype), `lora=masked` (the float32 update
+    with every row multiplying every adapter, masked, instead of the per-row kernels), `compile=off` (a second engine on
+    the same base, eager elementwise kernels), `attention=padded` (a second engine on the same base, every row's
+    attention reading up to the longest live row instead of flex's own length) or `base=bf16` (a second engine on a
+    base loaded in bf16 without 4-bit)."""
     key, _, value = lever.partition("=")
-    if key in ("base", "lora", "compile"):
+    if key in ("base", "lora", "compile", "attention"):
         if key == "base":
             dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(value, value)
             base_args = dataclasses.replace(model_args, load_in_4bit=False, use_bnb_nested_quant=False, dtype=dtype)
             variant, _ = engine_for(base_args, adapters, args)
         elif key == "lora":
-            variant, _ = engine_for(model_args, adapters, args, model=engine.model, exact_lora=value != "fused")
-        else:
+            exact = {"exact_lora": False} if value == "fused" else {"lora_kernels": value != "masked"}
+            variant, _ = engine_for(model_args, adapters, args, model=engine.model, **exact)
+        elif key == "compile":
             variant, _ = engine_for(model_args, adapters, args, model=engine.model, compile_kernels=value != "off")
+        else:
+            variant, _ = engine_for(model_args, adapters, args, model=engine.model, flex_attention=value != "padded")
         yield variant
         del variant
         reset_peak()
@@ -494,17 +512,24 @@ def main(argv=None) -> dict:
         run_ours(engine, tokenizer, today_prompts, limits, args)
     steady = pool[: args.steady_prompts]
     n_steady = tokens_of(limits, steady)
+    # The engine compiles and captures its decode steps for a run's slot counts before it starts (`prepare`, inside
+    # generate); timed apart, so the rate is the generation's: a user's run pays it once per process
     captured = engine.stats["graphs_captured"]
+    steady_requests = text_requests(tokenizer, {name: steady for name in MODELS}, args.max_new_tokens, limits)
+    _, t_prepare = timed(engine.prepare, steady_requests)
+    prepared = engine.stats["graphs_captured"] - captured
     _, t_steady = timed(run_ours, engine, tokenizer, steady, limits, args)
     steady_peak = peak_gib()
     report(
         "steady",
         f"steady      ours, {len(MODELS)} models x {len(steady)} prompts: {n_steady:,} tokens in "
-        f"{t_steady:.1f} s = {n_steady / t_steady:,.0f} tokens/s (goal >= 30k), peak {gib(steady_peak)}, "
-        f"{engine.stats['graphs_captured'] - captured} new graphs",
+        f"{t_steady:.1f} s = {n_steady / t_steady:,.0f} tokens/s (goal >= 30k), peak {gib(steady_peak)}; before "
+        f"it, {prepared} decode graphs compiled and captured in {t_prepare:.1f} s; "
+        f"{engine.stats['graphs_captured'] - captured - prepared} more during the run",
         tokens=n_steady,
         seconds=t_steady,
         tokens_per_s=n_steady / t_steady,
+        prepare_s=t_prepare,
         peak_gib=steady_peak,
     )
 

@@ -7,9 +7,10 @@ weight on every step, so the GPU mostly waits. This engine, built from a loaded 
   the NF4-rounded values the adapters trained on) and fuses q|k|v and gate|up into one matmul each;
 - runs **every model in one batch**: each row carries its adapter's mask (`lora_batch.py`), so the base and all
   adapters share each weight read;
-- keeps a **static KV cache** [layers, slots, kv_heads, max_len, head_dim] with per-slot positions; a decode step
-  attends over the first L cache columns (L from a few buckets) with a per-slot valid-length mask, so every step has
-  static shapes;
+- keeps a **static KV cache** [layers, slots, kv_heads, max_len, head_dim] with per-slot positions, so every decode
+  step has static shapes; on CUDA each row's attention reads only its own keys (flex decoding, `decode_attention`),
+  elsewhere every row attends over the first L cache columns (L from a few buckets, set by the longest live row)
+  with a per-slot valid-length mask;
 - **continuous batching**: one queue of (model, prompt) requests; every `chunk_steps` decode steps the host reads
   the new tokens once, retires finished rows and prefills queued prompts into the freed slots (length-sorted
   batches); when the queue runs dry the live rows are compacted into fewer slots;
@@ -40,14 +41,17 @@ import torch.nn.functional as F
 from loguru import logger
 
 from paraphrx import library_internals as internals
+from paraphrx.eval import decode_attention
 from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
     LoraAdapter,
+    PaddedLora,
     StackedLora,
     UnsupportedAdapter,
     adapter_masks,
     add_update,
     apply_lora,
+    pad_lora,
     read_lora_adapter,
     stack_lora,
 )
@@ -193,12 +197,19 @@ def decoder_kernels(
 @dataclass
 class _Projection:
     weight: torch.Tensor  # [out, in]
-    lora: StackedLora | None
+    lora: StackedLora | PaddedLora | None  # PaddedLora: the GPU kernels' layout (lora_kernels.py)
     round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
     add: Callable  # add_update, eager or compiled
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add, self.add)
+    def __call__(self, x: torch.Tensor, rows) -> torch.Tensor:
+        """x W^T plus each row's adapter update; `rows` is what `GemmaDecodeEngine._rows` made of the rows' models."""
+        y = F.linear(x, self.weight)
+        if isinstance(self.lora, PaddedLora):
+            from paraphrx.eval import lora_kernels
+
+            u = lora_kernels.shrink(x, self.lora, rows)
+            return lora_kernels.expand(y, u, self.lora, rows, self.round_before_add)
+        return apply_lora(y, x, self.lora, rows, self.round_before_add, self.add)
 
 
 @dataclass
@@ -229,8 +240,11 @@ class GemmaDecodeEngine:
     buckets, `prefill_tokens` the padded prompt tokens per prefill batch, `cuda_graphs` replays captured decode steps
     on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
     `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch),
+    `lora_kernels` computes that float32 update with each row multiplying only its own adapter (`lora_kernels.py`;
+    default: on CUDA where Triton is installed; off, every row multiplies every adapter and masks the others),
     `compile_kernels` fuses the elementwise steps into compiled kernels (`decoder_kernels`; default: on CUDA, eager
-    on the CPU)."""
+    on the CPU), `flex_attention` has each decode row read only its own keys (`decode_attention.py`; default: on
+    CUDA; off, every row reads up to the longest live row's bucketed length)."""
 
     def __init__(
         self,
@@ -244,7 +258,9 @@ class GemmaDecodeEngine:
         cuda_graphs: bool = True,
         continuous: bool = True,
         exact_lora: bool = True,
+        lora_kernels: bool | None = None,
         compile_kernels: bool | None = None,
+        flex_attention: bool | None = None,
     ):
         adapters = dict(adapters or {})
         reason = unsupported_reason(model, {})
@@ -284,10 +300,17 @@ class GemmaDecodeEngine:
         self.models = [BASE] + [a.name for a in loaded]
         lora_dtype = torch.float32 if exact_lora else self.dtype
         self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
+        if lora_kernels is None:
+            lora_kernels = exact_lora and self.device.type == "cuda" and _triton_installed()
+        if lora_kernels and not exact_lora:
+            raise ValueError("lora_kernels compute the exact (float32) update: they need exact_lora=True")
+        self.lora_kernels = bool(lora_kernels and loaded)
         self.compile_kernels = self.device.type == "cuda" if compile_kernels is None else compile_kernels
         self.kernels = decoder_kernels(
             self.eps, self.scaling, self.attn_cap, self.final_cap, self.act, compiled=self.compile_kernels
         )
+        self.flex = self.device.type == "cuda" if flex_attention is None else flex_attention
+        self.flex_attention = decode_attention.flex_decode_attention(self.scaling, self.attn_cap) if self.flex else None
         self.layers = [
             self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
             for i, layer in enumerate(model.model.layers)
@@ -302,13 +325,17 @@ class GemmaDecodeEngine:
         self._state: dict | None = None
         self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0, "capture_s": 0.0}
         logger.info(
-            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels",
+            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels, {} decode attention, LoRA {}",
             len(self.models),
             ", ".join(self.models),
             len(self.layers),
             self.dtype,
             "CUDA graphs" if self.cuda_graphs else "eager",
             "compiled" if self.compile_kernels else "eager",
+            "flex" if self.flex else "padded",
+            "per-row kernels"
+            if self.lora_kernels
+            else ("masked float32" if exact_lora else "fused in the model dtype"),
         )
 
     def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
@@ -317,9 +344,11 @@ class GemmaDecodeEngine:
 
         def projection(modules: list[str], linears: list[torch.nn.Linear]) -> _Projection:
             weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
-            lora = stack_lora(
-                adapters, modules, linears[0].in_features, [m.out_features for m in linears], lora_dtype, self.device
-            )
+            shape = linears[0].in_features, [m.out_features for m in linears]
+            if self.lora_kernels:
+                lora = pad_lora(adapters, modules, *shape, self.device)
+            else:
+                lora = stack_lora(adapters, modules, *shape, lora_dtype, self.device)
             return _Projection(weight, lora, four_bit, self.kernels.lora_add)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
@@ -344,11 +373,20 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _decoder(self, h: torch.Tensor, mask: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
-        """Every decoder layer on tokens h [N, hidden] (each token's adapter `mask` [N, R]), then the final norm;
+    def _rows(self, model_index: torch.Tensor):
+        """What the projections need to know of the rows' models [N] (indices into self.models): their adapter
+        masks [N, R] (lora_batch), or the rows sorted by adapter for the per-row kernels."""
+        if self.lora_kernels:
+            from paraphrx.eval import lora_kernels
+
+            return lora_kernels.row_order(model_index - 1)  # model 0 is the base: adapter -1
+        return self.row_masks[model_index]
+
+    def _decoder(self, h: torch.Tensor, model_index: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
+        """Every decoder layer on tokens h [N, hidden] (each token's model `model_index` [N]), then the final norm;
         `attend(index, layer, q, k, v)` is layer `index`'s attention, which also writes its keys and values."""
         ops = self.kernels
-        n = h.shape[0]
+        n, mask = h.shape[0], self._rows(model_index)
         x = ops.norm(h, self.layers[0].norms[0])
         # Each residual add is fused with the norm that reads its sum: the layer's next one, or the final norm.
         next_norms = [layer.norms[0] for layer in self.layers[1:]] + [self.final_norm]
@@ -415,7 +453,7 @@ class GemmaDecodeEngine:
             out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
             return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-        x = self._decoder(h, self.row_masks[model_index.repeat_interleave(p)], cos, sin, attend)
+        x = self._decoder(h, model_index.repeat_interleave(p), cos, sin, attend)
         return x, model_index, lengths, slot_idx
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
@@ -447,29 +485,48 @@ class GemmaDecodeEngine:
         tokens, pos = st["tokens"][:width], st["pos"][:width]
         h = self.embed(tokens)
         cos, sin = self._rope(h, pos)
-        keys_at = torch.arange(kv_len, device=self.device)
-        valid = keys_at[None, :] <= pos[:, None]
-        allowed = {False: valid}
-        if self.sliding_window is not None:
-            allowed[True] = valid & (keys_at[None, :] > (pos - self.sliding_window)[:, None])
-        additive = {s: self._additive(a).view(width, 1, 1, kv_len) for s, a in allowed.items()}
         at = pos.view(width, 1, 1, 1).expand(width, self.kv_heads, 1, self.head_dim)  # each slot's cache column
         g = self.heads // self.kv_heads
+        if self.flex:
+            # keys lo < j <= pos: all of them on global layers, the window on sliding ones
+            lo = {False: torch.full_like(pos, -1)}
+            if self.sliding_window is not None:
+                lo[True] = pos - self.sliding_window
+        else:
+            keys_at = torch.arange(kv_len, device=self.device)
+            valid = keys_at[None, :] <= pos[:, None]
+            allowed = {False: valid}
+            if self.sliding_window is not None:
+                allowed[True] = valid & (keys_at[None, :] > (pos - self.sliding_window)[:, None])
+            additive = {s: self._additive(a).view(width, 1, 1, kv_len) for s, a in allowed.items()}
 
         def attend(index, layer, q, k, v):
             k_cache, v_cache = st["k"][index, :width], st["v"][index, :width]
             k_cache.scatter_(2, at, k.unsqueeze(2))
             v_cache.scatter_(2, at, v.unsqueeze(2))
+            if self.flex:
+                q = q.view(width, self.heads, 1, self.head_dim)
+                return self.flex_attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], pos, lo[layer.sliding])
             q = q.reshape(width, self.kv_heads, g, self.head_dim)
             return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
 
-        x = self._decoder(h, self.row_masks[st["model"][:width]], cos, sin, attend)
+        x = self._decoder(h, st["model"][:width], cos, sin, attend)
         tokens.copy_(self._greedy(x))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 
+    def _traced_step(self, width: int, kv_len: int) -> None:
+        """A decode step that may compile: flex attention compiles one graph per (width, cache length, dtype), and
+        an evaluation or benchmark process holds several engines, so dynamo's default limit of 8 would send the rest
+        to eager flex (the whole score matrix, slow)."""
+        if not self.flex:
+            self._decode_step(width, kv_len)
+            return
+        with internals.recompile_limit_at_least(64):
+            self._decode_step(width, kv_len)
+
     def _run_step(self, width: int, kv_len: int) -> None:
         if not self.cuda_graphs:
-            self._decode_step(width, kv_len)
+            self._traced_step(width, kv_len)
             return
         graph = self._state["graphs"].get((width, kv_len))
         if graph is None:
@@ -487,7 +544,7 @@ class GemmaDecodeEngine:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            self._decode_step(width, kv_len)
+            self._traced_step(width, kv_len)
         torch.cuda.current_stream().wait_stream(stream)
         st["tokens"].copy_(saved[0])
         st["pos"].copy_(saved[1])
@@ -506,7 +563,8 @@ class GemmaDecodeEngine:
         """(slots, max_len) for these requests: every prompt plus its answer plus one chunk of overrun fits, and the
         cache with its per-row working set fits in free GPU memory."""
         longest = max(len(r.prompt_ids) + r.max_new_tokens for r in requests)
-        max_len = _round_up(longest + self.chunk_steps + 1, self.kv_bucket)
+        step = math.lcm(self.kv_bucket, decode_attention.BLOCK) if self.flex else self.kv_bucket
+        max_len = _round_up(longest + self.chunk_steps + 1, step)
         limit = self.max_slots or (512 if self.device.type == "cuda" else 64)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
@@ -564,6 +622,20 @@ class GemmaDecodeEngine:
         return dict(zip(movers, free))
 
     # --- the loop ---------------------------------------------------------------------------------------------------
+    def prepare(self, requests: list[Request]) -> int:
+        """Allocate the cache for `requests` and, with flex attention on CUDA, compile and capture the decode step
+        at every width the run can use (the slots, then each power of two from 8 below it: the tail's compactions),
+        so no compilation stalls the run halfway; `generate` calls it. Returns the slots the run decodes in."""
+        slots, max_len = self._plan(requests)
+        self._allocate(slots, max_len)
+        if self.flex and self.cuda_graphs:  # padded attention's KV length follows the live rows: captured when met
+            widths = [slots] + [w for w in (8 << i for i in range(slots.bit_length())) if w < slots]
+            with torch.inference_mode():
+                for width in widths:
+                    if (width, self._state["max_len"]) not in self._state["graphs"]:
+                        self._capture(width, self._state["max_len"])
+        return slots
+
     def generate(self, requests: list[Request]) -> Iterator[list[tuple[Request, list[int]]]]:
         """Greedy answers of `requests` (token ids, ending with the stop token when one was generated), yielded in
         groups as rows finish."""
@@ -572,8 +644,7 @@ class GemmaDecodeEngine:
             raise ValueError(f"no such model(s) in the engine: {sorted(unknown)}; have {self.models}")
         if not requests:
             return
-        slots, max_len = self._plan(requests)
-        self._allocate(slots, max_len)
+        slots = self.prepare(requests)
         # Longest prompts first: prefill batches of similar length, and an out-of-memory shape fails at once.
         queue = sorted(requests, key=lambda r: -len(r.prompt_ids))
         queue.reverse()  # pop() from the end
@@ -588,10 +659,12 @@ class GemmaDecodeEngine:
                     self._refill(free, queue, live, host_pos)
                 if not live:
                     continue
-                kv_len = min(
-                    _round_up(max(host_pos[s] for s in live) + self.chunk_steps + 1, self.kv_bucket),
-                    self._state["max_len"],
-                )
+                # flex reads each row's own length from the whole cache: one shape (graph, compile) per width
+                kv_len = self._state["max_len"]
+                if not self.flex:
+                    kv_len = min(
+                        _round_up(max(host_pos[s] for s in live) + self.chunk_steps + 1, self.kv_bucket), kv_len
+                    )
                 out = self._state["out"]
                 for step in range(self.chunk_steps):
                     self._run_step(width, kv_len)
@@ -632,6 +705,12 @@ class GemmaDecodeEngine:
             host_pos[slot] = len(row.request.prompt_ids)
 
 
+def _triton_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def _extend(row: _Row, new: list[int], eos_ids: set[int]) -> bool:
     """Append new tokens to a row up to and including its stop token (as `generate` returns it; decoding with
     `skip_special_tokens` drops it); True when the row is finished."""
@@ -654,6 +733,20 @@ def _next_width(live: int, width: int) -> int:
     return min(new, width)
 
 
+def text_requests(
+    tokenizer, jobs: dict[str, list[str]], max_new_tokens: int, limits: dict[tuple[str, str], int] | None = None
+) -> list[Request]:
+    """One request per (model, prompt) of `jobs`, keyed by the prompt text (see `generate_texts`)."""
+    limits = limits or {}
+    prompts = list(dict.fromkeys(p for texts in jobs.values() for p in texts))
+    ids = dict(zip(prompts, tokenizer(prompts)["input_ids"])) if prompts else {}
+    return [
+        Request(model, ids[p], min(max_new_tokens, limits.get((model, p), max_new_tokens)), key=p)
+        for model, texts in jobs.items()
+        for p in texts
+    ]
+
+
 def generate_texts(
     engine: GemmaDecodeEngine,
     tokenizer,
@@ -665,14 +758,7 @@ def generate_texts(
     """{model: {prompt: answer}} for every (model, prompt) of `jobs`, decoded like `generate_batched`
     (`skip_special_tokens=True`). `on_answers(model, prompts, answers)` sees each group as it finishes (the cache
     appends there); `limits` caps single answers below `max_new_tokens` (the benchmark's forced lengths)."""
-    limits = limits or {}
-    prompts = list(dict.fromkeys(p for texts in jobs.values() for p in texts))
-    ids = dict(zip(prompts, tokenizer(prompts)["input_ids"])) if prompts else {}
-    requests = [
-        Request(model, ids[p], min(max_new_tokens, limits.get((model, p), max_new_tokens)), key=p)
-        for model, texts in jobs.items()
-        for p in texts
-    ]
+    requests = text_requests(tokenizer, jobs, max_new_tokens, limits)
     answers: dict[str, dict[str, str]] = {model: {} for model in jobs}
     for group in engine.generate(requests):
         by_model: dict[str, tuple[list[str], list[str]]] = {}

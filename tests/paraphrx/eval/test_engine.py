@@ -150,6 +150,19 @@ def test_greedy_text_equals_per_example_generation(tiny_model_dir, adapters, tok
     assert len({ours["a1"][p] for p in PROMPTS} & {ours[BASE][p] for p in PROMPTS}) == 0  # adapters change text
 
 
+def test_flex_decode_attention_gives_the_padded_attentions_text(tiny_model_dir, adapters, tokenizer):
+    """Each row reading only its own keys (flex, on by default on CUDA) against every row reading up to the
+    longest: the same greedy text in float32, past the sliding window (64), over a refill and a compaction."""
+    jobs = {BASE: PROMPTS, "a1": PROMPTS[::-1], "a2": PROMPTS[1:5]}
+    options = dict(max_slots=12, chunk_steps=8)
+    padded = GemmaDecodeEngine(load(tiny_model_dir), adapters, flex_attention=False, **options)
+    flex = GemmaDecodeEngine(load(tiny_model_dir), adapters, flex_attention=True, **options)
+    assert not GemmaDecodeEngine(load(tiny_model_dir), adapters).flex  # eager on the CPU by default
+    ours = generate_texts(flex, tokenizer, jobs, max_new_tokens=72)
+    assert ours == generate_texts(padded, tokenizer, jobs, max_new_tokens=72)
+    assert flex.stats["compactions"] >= 1 and flex._state["max_len"] % 128 == 0
+
+
 def test_static_batches_and_one_slot_give_the_same_text(tiny_model_dir, adapters, tokenizer):
     jobs = {BASE: PROMPTS[:3], "a2": PROMPTS[2:5]}
     expected = generate_texts(GemmaDecodeEngine(load(tiny_model_dir), adapters), tokenizer, jobs, 20)
@@ -307,21 +320,32 @@ def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, ad
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+@pytest.mark.parametrize("flex", [True, False], ids=["flex-per-row-lora", "padded-masked-lora"])
 @pytest.mark.parametrize("nf4", [False, True], ids=["float32", "nf4-float32"])
-def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapters, tokenizer, nf4):
+def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapters, tokenizer, nf4, flex):
     """On the GPU: decode steps replayed from CUDA graphs (several widths and KV lengths: refills, compaction, the
-    sliding window) give HF's one-at-a-time greedy tokens in float32, with and without the NF4 base. cuBLAS picks
+    sliding window), with flex decode attention and the per-row LoRA kernels or the padded attention and masked LoRA,
+    give HF's one-at-a-time greedy tokens in float32, with and without the NF4 base. cuBLAS picks
     its float32 kernels by shape (a batch of rows, fused q|k|v, against one prompt at a time), so sums round
     differently, and bitsandbytes answers one prompt at a time through its fused 4-bit kernels where the engine (and
     training) dequantize and multiply; so a greedy choice between two logits tied to that rounding can go either
     way. Where the tokens part, the reference's own logits must show such a tie (within 2e-3; a wrong adapter, mask
     or cache slot moves them by tenths), never a real difference."""
     jobs = {BASE: PROMPTS, "a1": PROMPTS[::-1], "a2": PROMPTS[1:5], "a3": PROMPTS[2:4]}
-    engine = GemmaDecodeEngine(load(tiny_model_dir, nf4, "cuda"), adapters, max_slots=12, chunk_steps=4, kv_bucket=16)
+    engine = GemmaDecodeEngine(
+        load(tiny_model_dir, nf4, "cuda"),
+        adapters,
+        max_slots=12,
+        chunk_steps=4,
+        kv_bucket=16,
+        flex_attention=flex,
+        lora_kernels=flex,
+    )
     ids = dict(zip(PROMPTS, tokenizer(PROMPTS)["input_ids"]))
     requests = [Request(model, ids[p], 72, key=p) for model, prompts in jobs.items() for p in prompts]
     ours = {(r.model, r.key): tokens for group in engine.generate(requests) for r, tokens in group}
-    assert engine.stats["graphs_captured"] >= 3 and engine.stats["compactions"] >= 1
+    # flex: one graph per width (12, then 8); padded: per width and KV length
+    assert engine.stats["graphs_captured"] >= (2 if flex else 3) and engine.stats["compactions"] >= 1
     again = {(r.model, r.key): tokens for group in engine.generate(requests) for r, tokens in group}
     assert again == ours  # replaying the captured graphs again
 
@@ -340,7 +364,7 @@ def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapter
             logits = active(input_ids=prefix).logits[0, -1].float()
             margins.append((logits[theirs[at]] - logits[tokens[at]]).item())
     print(
-        f"float32 on CUDA ({'NF4' if nf4 else 'plain'} base): {len(ours) - parted}/{len(ours)} answers token for "
+        f"float32 on CUDA ({'NF4' if nf4 else 'plain'} base, {'flex, per-row LoRA' if flex else 'padded, masked LoRA'}): {len(ours) - parted}/{len(ours)} answers token for "
         f"token equal; where they part, the reference's margin between the two tokens: {margins}"
     )
     assert all(margin < 2e-3 for margin in margins), margins

@@ -1,0 +1,31 @@
+"""Flex decode attention against Gemma-2's eager attention (float32): each row's own keys, the sliding window,
+the soft-cap and GQA, on rows whose lengths end in different KV blocks."""
+
+import pytest
+import torch
+
+from paraphrx.eval.decode_attention import BLOCK, flex_decode_attention
+
+ROWS, KV_HEADS, GROUP, DIM, CAP, SCALING = 5, 2, 2, 16, 50.0, 0.25
+
+
+def eager(q, keys, values, pos, lo):
+    """Scores scaled, soft-capped, masked to lo < j <= pos, softmax in fp32: as the engine's padded path."""
+    at = torch.arange(keys.shape[2])
+    visible = (at[None, :] <= pos[:, None]) & (at[None, :] > lo[:, None])
+    scores = torch.matmul(q.view(ROWS, KV_HEADS, GROUP, DIM), keys.transpose(-1, -2)) * SCALING
+    scores = torch.tanh(scores / CAP) * CAP + torch.where(visible, 0.0, torch.finfo(q.dtype).min)[:, None, None]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.matmul(weights, values).view(ROWS, KV_HEADS * GROUP, 1, DIM)
+
+
+@pytest.mark.parametrize("window", [None, 100], ids=["global", "sliding"])
+def test_flex_decode_attention_equals_eager_attention(window):
+    torch.manual_seed(0)
+    length = 3 * BLOCK
+    q = torch.randn(ROWS, KV_HEADS * GROUP, 1, DIM)
+    keys, values = torch.randn(2, ROWS, KV_HEADS, length, DIM).unbind(0)
+    pos = torch.tensor([0, BLOCK - 1, BLOCK, 2 * BLOCK + 7, length - 1])  # first key, block edges, the last one
+    lo = torch.full_like(pos, -1) if window is None else pos - window
+    ours = flex_decode_attention(SCALING, CAP)(q, keys, values, pos, lo)
+    torch.testing.assert_close(ours, eager(q, keys, values, pos, lo), rtol=0, atol=1e-5)
