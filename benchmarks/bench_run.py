@@ -7,8 +7,9 @@ Each configuration is one `train_sft.py` process on `recipes/bucket1-4.yaml` as 
 overriding only --max_steps, --dataset_name, --model_name_or_path, --output_dir, --run_name and --log_dir, so the
 recipe's own evaluation, checkpoint and early-stopping cadence runs:
   ours         this checkout's train_sft.py and recipe, with an empty compile cache (a cold start);
-  ours_warm    the same again, finding the compile cache `ours` left (the second and later runs of `make train-all`);
-  ours_resume  the same resumed from `ours`'s last checkpoint before its end (warm cache; `ours` then keeps its
+  ours_warm    the next recipe of `make train-all` (bucket1-5), finding the compile and datasets caches `ours` left:
+               the second and later runs of `make train-all`;
+  ours_resume  the same as `ours` resumed from its last checkpoint before its end (warm caches; `ours` then keeps its
                checkpoints: --keep_checkpoints true --save_total_limit 100), training the steps after it;
   trl          the same with TRL's best knobs instead of paraphrx's GPU path (bench_train.py's `trl`): --fast_path off,
                one padding-free batch of 16, flex attention, Liger kernels, no activation checkpointing, and the
@@ -32,9 +33,10 @@ has no benchmark switch) and writes a timeline; from it, wall time (launch to ex
 with each one's share, evaluation rows/s and tokens/s beside training tokens/s, torch.compile's compiled frames
 and recompilations per phase (and each recompilation after the first step, with its reason), peak GPU memory, and
 start-up split into: launch to the model load (interpreter, imports, recipe, data), the model load, to the trainer,
-building the trainer (of which SFTTrainer's tokenization), to training, and the first step (compilation). Each
-configuration gets an empty compile cache unless --warm_compile_cache (ours_warm and ours_resume use ours's), and an
-empty datasets cache (each one tokenizes its rows, as a first run does).
+building the trainer (of which SFTTrainer's tokenization), to training, and the first step (compilation), with
+torch.compile's seconds until the first step's end split by dynamo's timers (tracing, backend, kernels, guards). Each
+configuration gets an empty compile cache unless --warm_compile_cache, and an empty datasets cache (each one tokenizes
+its rows, as a first run does); ours_warm and ours_resume use ours's caches.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CONFIGS = ("ours", "ours_warm", "ours_resume", "trl", "before")
-WARM = ("ours_warm", "ours_resume")  # they start with the compile cache `ours` left
+WARM = ("ours_warm", "ours_resume")  # they start with the compile and datasets caches `ours` left
 # Start-up, launch -> end of the first optimizer step, split at phase_timer's marks (each part ends at its mark).
 STARTUP_PARTS = (
     ("to_model_load", "model_load_start"),  # interpreter, imports, recipe, data, evaluation subset
@@ -174,7 +176,7 @@ def command(config: str, tree: Path, recipe: str, args, work: Path, dataset: Pat
         str(out / "timeline.json"),
         "--",
         str(tree / "train_sft.py"),
-        str(tree / recipe),
+        str(tree / (recipe.replace("bucket1-4", "bucket1-5") if config == "ours_warm" else recipe)),
         "--max_steps",
         str(steps),
         "--dataset_name",
@@ -213,13 +215,15 @@ def run_config(config: str, cmd: list[str], work: Path, args) -> dict | None:
     cache = work / "compile-cache" / ("ours" if config in WARM else config)
     if not (args.warm_compile_cache or config in WARM):
         shutil.rmtree(cache, ignore_errors=True)
-    # Its own datasets cache too: a configuration run after another would find the rows already tokenized.
+    # Its own datasets cache too (a configuration run after another would find the rows already tokenized), but for
+    # the runs that follow `ours` as make train-all's later runs do
+    datasets_cache = (work / "runs" / "ours" if config in WARM else out) / "datasets-cache"
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(out / "datasets-cache"),
+        "HF_DATASETS_CACHE": str(datasets_cache),
         "TORCHINDUCTOR_CACHE_DIR": str(cache),
         "TRITON_CACHE_DIR": str(cache / "triton"),
     }
@@ -337,6 +341,7 @@ def summarize(config: str, timeline: dict, launched: float, ended: float) -> dic
         "recompiles_after_first_step": len(after_first),
         "recompile_reasons_after_first_step": sorted({e["reason"] for e in after_first})[:10],
         "startup_s": startup,
+        "compile_s_at_first_step": timeline.get("compile_s_at_first_step") or {},
         "peak_gpu_gib": timeline["peak_gpu_gib"],
         "tree": timeline["tree"],
         "paraphrx_imported_from": timeline["paraphrx_imported_from"],
@@ -429,6 +434,11 @@ def report(results: list[dict]) -> None:
         label = "  of which tokenization" if part == "dataset_prep" else part
         print(f"| {label} | " + " | ".join(_num(r["startup_s"].get(part), ".1f") for r in results) + " |")
     print("| launch -> first step end | " + " | ".join(f"{r['phases_s']['startup']:.1f}" for r in results) + " |")
+    for timer in ("total", "tracing", "backend", "kernels", "guards"):
+        label = "torch.compile until then" if timer == "total" else f"  of which {timer}"
+        print(
+            f"| {label} | " + " | ".join(_num(r["compile_s_at_first_step"].get(timer), ".1f") for r in results) + " |"
+        )
     print("\n| phase | " + " | ".join(r["config"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for phase in PHASES:

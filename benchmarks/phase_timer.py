@@ -10,8 +10,8 @@ phase starts or ends. Everything touched belongs to the libraries, which every c
 the code under test gets no benchmark switch. At exit, however the script ended, the timeline is written as JSON
 (times in seconds since the epoch); bench_run.py turns it into phases.
 
-Also recorded: torch.compile's compiled frames (dynamo's counter) at each mark and interval, each recompilation
-with its reason (the `recompiles` log of `TORCH_LOGS`), peak GPU memory, and where start-up goes: when the script
+Also recorded: torch.compile's compiled frames (dynamo's counter) at each mark and interval, where its time went
+until the first step ended (dynamo's timers: tracing, backend, kernels, guards), each recompilation with its reason (the `recompiles` log of `TORCH_LOGS`), peak GPU memory, and where start-up goes: when the script
 starts, when the model load (`PreTrainedModel.from_pretrained`) and the trainer's construction (of which SFTTrainer's
 dataset preparation) begin and end, and when training begins.
 """
@@ -47,6 +47,7 @@ class Timeline:
         # start-up marks: script_start, model_load_start/_end, trainer_init_start/_end, train_begin (first of each)
         self.marks: dict[str, float] = {}
         self.dataset_prep_s = 0.0  # SFTTrainer's dataset preparation inside the trainer's construction
+        self.compile_s_at_first_step: dict[str, float] = {}  # where torch.compile's time went until then
 
     def to_json(self, **extra) -> dict:
         trained = int(self.tokens) if self.tokens is not None else 0
@@ -60,6 +61,7 @@ class Timeline:
             "train_tokens": trained,
             "first_step_tokens": self.first_step_tokens,
             "compiles_at": self.compiles_at,
+            "compile_s_at_first_step": self.compile_s_at_first_step,
             "recompiles": self.recompiles,
             "marks": self.marks,
             "dataset_prep_s": self.dataset_prep_s,
@@ -84,6 +86,30 @@ def compiled_frames() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["frames"]["ok"])
+
+
+# dynamo's own timers (`torch._dynamo.utils.compile_times`) that split a compilation: all of it, tracing the Python,
+# the backend (AOT autograd + inductor: graphs from the FX cache, kernels compiled or loaded), building guards.
+COMPILE_TIMERS = {
+    "total": "_compile.compile_inner",
+    "tracing": "bytecode_tracing",
+    "backend": "OutputGraph.call_user_compiler",
+    "kernels": "async_compile.wait",
+    "guards": "build_guards",
+}
+
+
+def compile_seconds() -> dict[str, float]:
+    """Seconds torch.compile has spent so far in this process, split by COMPILE_TIMERS ({} before any compile)."""
+    if "torch._dynamo" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import compile_times
+
+    timers = compile_times(repr="csv", aggregate=True)
+    if not isinstance(timers, tuple):
+        return {}
+    seconds = dict(zip(timers[0], (float(v) for v in timers[1])))
+    return {name: seconds[key] for name, key in COMPILE_TIMERS.items() if key in seconds}
 
 
 def dataset_size(dataset) -> tuple[int | None, int | None]:
@@ -199,6 +225,7 @@ def step_marks_callback():
                 TIMELINE.first_step_end = now
                 TIMELINE.first_step_tokens = int(TIMELINE.tokens) if TIMELINE.tokens is not None else 0
                 TIMELINE.compiles_at["first_step_end"] = compiled_frames()
+                TIMELINE.compile_s_at_first_step = compile_seconds()
             TIMELINE.last_step_end, TIMELINE.steps, TIMELINE.max_steps = now, state.global_step, state.max_steps
             TIMELINE.steps_run += 1
             TIMELINE.compiles_at["last_step_end"] = compiled_frames()

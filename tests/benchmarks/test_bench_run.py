@@ -112,18 +112,20 @@ def test_phases_split_the_wall_time_by_what_ran_when():
     assert sum(v for k, v in r["startup_s"].items() if k != "dataset_prep") == r["phases_s"]["startup"]
 
 
-def test_the_phase_timer_counts_compiled_frames_and_recompilations_with_their_reasons():
+def test_the_phase_timer_counts_compiled_frames_and_compile_time_and_recompilations_with_their_reasons():
     import logging
 
     import torch
 
     handler = phase_timer.watch_recompiles()
     try:
-        before = phase_timer.compiled_frames()
+        before, seconds_before = phase_timer.compiled_frames(), phase_timer.compile_seconds()
         double = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
         for n in (3, 4, 5):  # a static graph per new length: two recompilations
             double(torch.ones(n))
         assert phase_timer.compiled_frames() - before == 3
+        seconds = phase_timer.compile_seconds()  # dynamo's timers, accumulated over the process
+        assert seconds["total"] > seconds_before.get("total", 0) and 0 < seconds["tracing"] <= seconds["total"]
         reasons = [r["reason"] for r in phase_timer.TIMELINE.recompiles]
         assert len(reasons) == 2 and all("Recompiling function" in r and "size mismatch" in r for r in reasons)
     finally:
@@ -140,6 +142,16 @@ def test_the_trl_configuration_is_a_valid_recipe_with_trls_knobs():
     assert training_args.fast_path == "off" and training_args.padding_free and training_args.max_length is None
     assert (training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps) == (16, 1)
     assert not training_args.gradient_checkpointing
+
+
+def test_the_warm_run_is_make_train_alls_next_recipe_on_the_first_runs_caches(tmp_path):
+    args = argparse.Namespace(max_steps=4, before_max_steps=None, trl_max_steps=None, configs="ours,ours_warm")
+    commands = {
+        config: bench_run.command(config, REPO, "recipes/bucket1-4.yaml", args, tmp_path, tmp_path / "d", tmp_path)
+        for config in ("ours", "ours_warm")
+    }
+    assert str(REPO / "recipes/bucket1-4.yaml") in commands["ours"]
+    assert str(REPO / "recipes/bucket1-5.yaml") in commands["ours_warm"]
 
 
 def test_smoke_mode_times_every_configuration(tiny_model_dir, tmp_path, capsys):
