@@ -25,7 +25,7 @@ from paraphrx.modeling import check_model_source, load_model_and_tokenizer
 from paraphrx.recipe_cli import parse_recipe_or_exit
 from paraphrx.run_outputs import claim_run_folder, finalize_run, hub_push, push_run, resolved_recipe, resume_hint
 from paraphrx.trainer_factory import build_trainer, end_run
-from paraphrx.training_data import check_dataset_source, load_training_splits
+from paraphrx.training_data import check_dataset_source, load_token_supersets, load_training_splits
 
 
 def main(script_args, training_args, model_args):
@@ -52,8 +52,19 @@ def main(script_args, training_args, model_args):
         train_dataset, eval_dataset, full_eval_dataset, dataset_record = load_training_splits(
             script_args, training_args.seed, with_eval
         )
+        # the splits whose rows every run takes its tokens from: tokenized by the first run, then from the cache
+        supersets = load_token_supersets(script_args, with_eval)
         model, tokenizer = load_model_and_tokenizer(model_args, training_args)
-        trainer = build_trainer(model, tokenizer, training_args, model_args, train_dataset, eval_dataset, undo=run)
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            training_args,
+            model_args,
+            train_dataset,
+            eval_dataset,
+            undo=run,
+            token_supersets=supersets,
+        )
 
         trainer.train(resume_from_checkpoint=folder.checkpoint)
         evaluate_full_validation(trainer, full_eval_dataset)  # the kept adapter on the whole validation split

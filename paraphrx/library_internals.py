@@ -6,7 +6,8 @@ log-prob kernels (lm_head.py), the output type of the forward TRL patches onto t
 (module_walks.py), transformers' packed-sequence check, its block-mask builder and the mask builders a modeling
 module imports, dynamo's recompile limit and float specialization, inductor's default cache folder, its
 precision-cast emulation (the decode engine) and torch's record of a compiled module; the label-mask view runs
-SFTTrainer's dataset preparation without a model (label_mask.py). No other module names them. Each is looked up when
+SFTTrainer's dataset preparation without a model (label_mask.py), and a training run's trainer routes that
+preparation through token_reuse.py (`PreparationHook`). No other module names them. Each is looked up when
 paraphrx is imported: one that a TRL, transformers or torch release renamed or removed lands in `MISSING` instead of
 failing an import, so `fast_path: auto` trains on the plain path (one warning line) and `fast_path: on` refuses
 (config.fast_path_enabled). pyproject.toml bounds the versions they were tested on.
@@ -106,6 +107,47 @@ def prepare_sft_dataset(dataset, tokenizer, training_args, name: str = "dataset"
     )
     trainer.chat_template = None
     return trainer._prepare_dataset(dataset, tokenizer, training_args, False, None, name)
+
+
+# The signature of SFTTrainer's dataset preparation that `PreparationHook` overrides (checked at import).
+PREPARE_DATASET_PARAMETERS = (
+    "self",
+    "dataset",
+    "processing_class",
+    "args",
+    "packing",
+    "formatting_func",
+    "dataset_name",
+)
+
+
+def _prepare_dataset_as_expected() -> bool:
+    try:
+        from trl import SFTTrainer
+
+        return tuple(inspect.signature(SFTTrainer._prepare_dataset).parameters) == PREPARE_DATASET_PARAMETERS
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+
+
+class PreparationHook:
+    """SFTTrainer mixin: every dataset SFTTrainer prepares (in `__init__` and in `evaluate`) goes through
+    `self.prepare_rows(prepare, dataset, args, packing, formatting_func, dataset_name)`, where `prepare(rows,
+    args=..., packing=...)` is SFTTrainer's own preparation of `rows` with the call's arguments unless given others.
+    Where this TRL's `_prepare_dataset` is missing or takes other parameters, the mixin changes nothing."""
+
+    if _prepare_dataset_as_expected():
+
+        def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+            own = super()._prepare_dataset
+
+            def prepare(rows, args=args, packing=packing):
+                return own(rows, processing_class, args, packing, formatting_func, dataset_name)
+
+            return self.prepare_rows(prepare, dataset, args, packing, formatting_func, dataset_name)
+
+    def prepare_rows(self, prepare, dataset, args, packing, formatting_func, dataset_name):
+        return prepare(dataset)
 
 
 def step_metrics(trainer) -> dict[str, dict[str, list]]:

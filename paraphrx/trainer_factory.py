@@ -8,8 +8,10 @@ token).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack
 
+from datasets import Dataset
 from loguru import logger
 from trl import SFTTrainer, get_peft_config
 
@@ -17,12 +19,14 @@ from paraphrx import fast_path
 from paraphrx.callbacks import add_run_metrics, build_callbacks, log_each_step_once
 from paraphrx.resume import ResumableTrainerMixin
 from paraphrx.run_outputs import sort_adapter_config
+from paraphrx.token_reuse import TokenReuse
 
 
-class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
+class ParaphrxSFTTrainer(ResumableTrainerMixin, TokenReuse, SFTTrainer):
     """SFTTrainer as a paraphrx run reports and saves: every log (and so trainer_state.json and every `report_to`)
-    also carries perplexity and peak memory, a resumed run ends as the uninterrupted one would (resume.py), and the
-    final save under FSDP writes one loadable adapter. It holds no
+    also carries perplexity and peak memory, a resumed run ends as the uninterrupted one would (resume.py), the
+    final save under FSDP writes one loadable adapter, and rows tokenized by an earlier run are not tokenized again
+    (token_reuse.py, given `token_supersets`). It holds no
     speed code: the fast path's changes are applied to an instance from outside (fast_path.CHANGES) and undone
     when the run ends."""
 
@@ -41,11 +45,19 @@ class ParaphrxSFTTrainer(ResumableTrainerMixin, SFTTrainer):
 
 
 def build_trainer(
-    model, tokenizer, training_args, model_args, train_dataset, eval_dataset=None, undo: ExitStack | None = None
+    model,
+    tokenizer,
+    training_args,
+    model_args,
+    train_dataset,
+    eval_dataset=None,
+    undo: ExitStack | None = None,
+    token_supersets: Mapping[str, Dataset] | None = None,
 ) -> SFTTrainer:
     """The run's trainer. When the recipe resolved to the fast path (`training_args.use_fast_path`), the fast path's
     changes go to the arguments before SFTTrainer reads them and to the built trainer after, each registered on
-    `undo`, the run's ExitStack (train_sft.main closes it when the run ends)."""
+    `undo`, the run's ExitStack (train_sft.main closes it when the run ends). `token_supersets`
+    (training_data.load_token_supersets) lets the rows be taken from splits tokenized once for every run."""
     fast = training_args.use_fast_path
     if fast and undo is None:
         raise ValueError("build_trainer: the fast path's changes need the run's ExitStack (undo) to be undone")
@@ -58,6 +70,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         callbacks=build_callbacks(training_args),
+        token_supersets=token_supersets,
     )
     log_each_step_once(trainer)
     if fast:

@@ -1,13 +1,14 @@
 """The rows a training run sees: the recipe's bucket-range split for training, and the `validation` split
 restricted to the same buckets for eval loss (a fixed subset of it every `eval_steps`, the whole of it once at the
-end: `paraphrx.eval_subset`), both through `paraphrx.dataset_io.load_prepared`."""
+end: `paraphrx.eval_subset`), both through `paraphrx.dataset_io.load_prepared`; and the splits that hold those rows, whose
+tokens every run shares (`paraphrx.token_reuse`)."""
 
 from __future__ import annotations
 
 from datasets import Dataset
 from loguru import logger
 
-from paraphrx.buckets import BucketSpecError, buckets_of_split
+from paraphrx.buckets import BUCKETS, BucketSpecError, buckets_of_split, split_name
 from paraphrx.dataset_io import check_local_dataset, dataset_fingerprint, load_prepared
 from paraphrx.errors import EXIT_FAILED, UserError, loading
 from paraphrx.eval_subset import EvalSubsetError, select_eval_subset
@@ -86,3 +87,22 @@ def load_training_splits(
             list(buckets),
         )
     return train, evaluation, validation, record
+
+
+def load_token_supersets(script_args, with_eval: bool = True) -> dict[str, Dataset]:
+    """The splits a run's rows are taken from once tokenized (token_reuse.py), by the name SFTTrainer gives the rows:
+    `train`: the widest bucket split (every training row; none where the dataset lacks it, e.g. prepared with other
+    `--buckets`, or where the run trains on a `max_train_samples` sample, for which tokenizing every row would cost
+    more than its own); `eval`: the whole validation split, of which the run evaluates on a part every `eval_steps`
+    and on its buckets' rows at the end."""
+    name, revision = script_args.dataset_name, script_args.dataset_revision
+    supersets = {}
+    if script_args.max_train_samples is None:
+        widest = split_name(BUCKETS)
+        try:
+            supersets["train"] = _load(name, widest, revision)
+        except TrainingDataError as err:
+            logger.info("data: training rows tokenized in this run only: {}", err)
+    if with_eval:
+        supersets["eval"] = _load(name, script_args.dataset_test_split, revision)
+    return supersets

@@ -63,3 +63,13 @@ def test_compiled_and_the_recompile_limit_are_undone():
         assert "_compiled_call_impl" in vars(layer) and torch._dynamo.config.recompile_limit == limit + 8
     assert "_compiled_call_impl" not in vars(layer) and torch._dynamo.config.recompile_limit == limit
     assert torch.equal(layer(torch.ones(1, 2)), layer.forward(torch.ones(1, 2)))  # eager again
+
+
+def test_the_preparation_hook_overrides_sfttrainers_preparation_only_where_its_signature_is_known(monkeypatch):
+    assert "_prepare_dataset" in vars(library_internals.PreparationHook)  # TRL 1.16: token_reuse.py is in the path
+
+    def other_signature(self, dataset, processing_class, args, packing, formatting_func, dataset_name, extra):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(SFTTrainer, "_prepare_dataset", other_signature)
+    assert not library_internals._prepare_dataset_as_expected()

@@ -1,11 +1,12 @@
 """Which rows a run trains and evaluates on: the bucket-range split, and validation restricted to its buckets (a fixed
-subset of it for the evaluations during training, the whole of it at the end)."""
+subset of it for the evaluations during training, the whole of it at the end), and the splits holding those rows
+whose tokens the runs share."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from paraphrx.training_data import TrainingDataError, load_training_splits
+from paraphrx.training_data import TrainingDataError, load_token_supersets, load_training_splits
 
 
 def _args(dataset, split="bucket1_2", **extra):
@@ -77,3 +78,29 @@ def test_folder_without_card_is_a_one_line_error(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(TrainingDataError, match="README.md"):
         load_training_splits(_args(tmp_path))
+
+
+def test_every_bucket_range_shares_the_widest_split_and_the_whole_validation(prepared_dataset_dir):
+    """The five runs of `make train-all` get the same two splits, so the first run's tokens serve the others."""
+    shared = set()
+    for split in ("bucket1", "bucket1_2", "bucket1_3", "bucket1_4", "bucket1_5"):
+        supersets = load_token_supersets(_args(prepared_dataset_dir, split))
+        shared.add(tuple((role, str(rows.split), len(rows)) for role, rows in sorted(supersets.items())))
+    validation = load_training_splits(_args(prepared_dataset_dir, "bucket1_5"))[2]
+    assert shared == {(("eval", "validation", len(validation)), ("train", "bucket1_5", 2746))}
+
+
+def test_a_sample_or_a_dataset_without_the_widest_split_tokenizes_its_own_training_rows(
+    prepared_dataset_dir, alpaca_path, tmp_path
+):
+    from prep.cli import run
+    from prep.config import PrepConfig
+
+    sample = _args(prepared_dataset_dir, "bucket1_2")
+    sample.max_train_samples = 64  # tokenizing every training row would cost it more than its own
+    assert list(load_token_supersets(sample)) == ["eval"]
+    assert load_token_supersets(_args(prepared_dataset_dir), with_eval=False).keys() == {"train"}
+
+    config = PrepConfig(data_paths=[str(alpaca_path)], output_dir=str(tmp_path / "narrow"), buckets=["1", "1-2"])
+    narrow = run(config, command="python -m prep --buckets 1 1-2")  # no bucket1_5
+    assert list(load_token_supersets(_args(narrow))) == ["eval"]
