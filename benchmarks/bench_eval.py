@@ -25,12 +25,10 @@ never picks them: answers stop only at their drawn length and decode to comparab
   identical text is expected.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `lora=masked`
-  (the fp32 update with every row multiplying all five adapters, masked, instead of the per-row Triton kernels),
-  `base=bf16` (a bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager
-  kernels instead of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest
-  live row, instead of flex decoding's own length per row); each with its tokens/s and its agreement with
-  one-at-a-time.
+  `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `base=bf16` (a
+  bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager kernels instead
+  of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest live row,
+  instead of flex decoding's own length per row); each with its tokens/s and its agreement with one-at-a-time.
 `--steady_only` skips today's path, the references and the agreement: ours' steady rate, levers and float32 check.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
 whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
@@ -85,7 +83,6 @@ LEVERS = (
     "slots=128",
     "slots=256",
     "lora=fused",
-    "lora=masked",
     "base=bf16",
     "compile=off",
     "attention=padded",
@@ -304,8 +301,7 @@ def bnb_dequantize_then_matmul():
 @contextmanager
 def lever_applied(lever: str, engine, model_args, adapters, args):
     """The engine with one lever changed: `graphs=off`, `batching=static`, `slots=N` (set on it for the block),
-    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype), `lora=masked` (the float32 update
-    with every row multiplying every adapter, masked, instead of the per-row kernels), `compile=off` (a second engine on
+    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype), `compile=off` (a second engine on
     the same base, eager elementwise kernels), `attention=padded` (a second engine on the same base, every row's
     attention reading up to the longest live row instead of flex's own length) or `base=bf16` (a second engine on a
     base loaded in bf16 without 4-bit)."""
@@ -316,8 +312,7 @@ def lever_applied(lever: str, engine, model_args, adapters, args):
             base_args = dataclasses.replace(model_args, load_in_4bit=False, use_bnb_nested_quant=False, dtype=dtype)
             variant, _ = engine_for(base_args, adapters, args)
         elif key == "lora":
-            exact = {"exact_lora": False} if value == "fused" else {"lora_kernels": value != "masked"}
-            variant, _ = engine_for(model_args, adapters, args, model=engine.model, **exact)
+            variant, _ = engine_for(model_args, adapters, args, model=engine.model, exact_lora=value != "fused")
         elif key == "compile":
             variant, _ = engine_for(model_args, adapters, args, model=engine.model, compile_kernels=value != "off")
         else:

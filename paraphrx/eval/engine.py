@@ -45,13 +45,11 @@ from paraphrx.eval import decode_attention
 from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
     LoraAdapter,
-    PaddedLora,
     StackedLora,
     UnsupportedAdapter,
     adapter_masks,
     add_update,
     apply_lora,
-    pad_lora,
     read_lora_adapter,
     stack_lora,
 )
@@ -197,19 +195,12 @@ def decoder_kernels(
 @dataclass
 class _Projection:
     weight: torch.Tensor  # [out, in]
-    lora: StackedLora | PaddedLora | None  # PaddedLora: the GPU kernels' layout (lora_kernels.py)
+    lora: StackedLora | None
     round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
     add: Callable  # add_update, eager or compiled
 
-    def __call__(self, x: torch.Tensor, rows) -> torch.Tensor:
-        """x W^T plus each row's adapter update; `rows` is what `GemmaDecodeEngine._rows` made of the rows' models."""
-        y = F.linear(x, self.weight)
-        if isinstance(self.lora, PaddedLora):
-            from paraphrx.eval import lora_kernels
-
-            u = lora_kernels.shrink(x, self.lora, rows)
-            return lora_kernels.expand(y, u, self.lora, rows, self.round_before_add)
-        return apply_lora(y, x, self.lora, rows, self.round_before_add, self.add)
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add, self.add)
 
 
 @dataclass
@@ -240,8 +231,6 @@ class GemmaDecodeEngine:
     buckets, `prefill_tokens` the padded prompt tokens per prefill batch, `cuda_graphs` replays captured decode steps
     on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
     `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch),
-    `lora_kernels` computes that float32 update with each row multiplying only its own adapter (`lora_kernels.py`;
-    default: on CUDA where Triton is installed; off, every row multiplies every adapter and masks the others),
     `compile_kernels` fuses the elementwise steps into compiled kernels (`decoder_kernels`; default: on CUDA, eager
     on the CPU), `flex_attention` has each decode row read only its own keys (`decode_attention.py`; default: on
     CUDA; off, every row reads up to the longest live row's bucketed length)."""
@@ -258,7 +247,6 @@ class GemmaDecodeEngine:
         cuda_graphs: bool = True,
         continuous: bool = True,
         exact_lora: bool = True,
-        lora_kernels: bool | None = None,
         compile_kernels: bool | None = None,
         flex_attention: bool | None = None,
     ):
@@ -300,11 +288,6 @@ class GemmaDecodeEngine:
         self.models = [BASE] + [a.name for a in loaded]
         lora_dtype = torch.float32 if exact_lora else self.dtype
         self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
-        if lora_kernels is None:
-            lora_kernels = exact_lora and self.device.type == "cuda" and _triton_installed()
-        if lora_kernels and not exact_lora:
-            raise ValueError("lora_kernels compute the exact (float32) update: they need exact_lora=True")
-        self.lora_kernels = bool(lora_kernels and loaded)
         self.compile_kernels = self.device.type == "cuda" if compile_kernels is None else compile_kernels
         self.kernels = decoder_kernels(
             self.eps, self.scaling, self.attn_cap, self.final_cap, self.act, compiled=self.compile_kernels
@@ -325,7 +308,7 @@ class GemmaDecodeEngine:
         self._state: dict | None = None
         self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0, "capture_s": 0.0}
         logger.info(
-            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels, {} decode attention, LoRA {}",
+            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels, {} decode attention",
             len(self.models),
             ", ".join(self.models),
             len(self.layers),
@@ -333,9 +316,6 @@ class GemmaDecodeEngine:
             "CUDA graphs" if self.cuda_graphs else "eager",
             "compiled" if self.compile_kernels else "eager",
             "flex" if self.flex else "padded",
-            "per-row kernels"
-            if self.lora_kernels
-            else ("masked float32" if exact_lora else "fused in the model dtype"),
         )
 
     def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
@@ -344,11 +324,9 @@ class GemmaDecodeEngine:
 
         def projection(modules: list[str], linears: list[torch.nn.Linear]) -> _Projection:
             weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
-            shape = linears[0].in_features, [m.out_features for m in linears]
-            if self.lora_kernels:
-                lora = pad_lora(adapters, modules, *shape, self.device)
-            else:
-                lora = stack_lora(adapters, modules, *shape, lora_dtype, self.device)
+            lora = stack_lora(
+                adapters, modules, linears[0].in_features, [m.out_features for m in linears], lora_dtype, self.device
+            )
             return _Projection(weight, lora, four_bit, self.kernels.lora_add)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
@@ -373,20 +351,11 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _rows(self, model_index: torch.Tensor):
-        """What the projections need to know of the rows' models [N] (indices into self.models): their adapter
-        masks [N, R] (lora_batch), or the rows sorted by adapter for the per-row kernels."""
-        if self.lora_kernels:
-            from paraphrx.eval import lora_kernels
-
-            return lora_kernels.row_order(model_index - 1)  # model 0 is the base: adapter -1
-        return self.row_masks[model_index]
-
-    def _decoder(self, h: torch.Tensor, model_index: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
-        """Every decoder layer on tokens h [N, hidden] (each token's model `model_index` [N]), then the final norm;
+    def _decoder(self, h: torch.Tensor, mask: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
+        """Every decoder layer on tokens h [N, hidden] (each token's adapter `mask` [N, R]), then the final norm;
         `attend(index, layer, q, k, v)` is layer `index`'s attention, which also writes its keys and values."""
         ops = self.kernels
-        n, mask = h.shape[0], self._rows(model_index)
+        n = h.shape[0]
         x = ops.norm(h, self.layers[0].norms[0])
         # Each residual add is fused with the norm that reads its sum: the layer's next one, or the final norm.
         next_norms = [layer.norms[0] for layer in self.layers[1:]] + [self.final_norm]
@@ -453,7 +422,7 @@ class GemmaDecodeEngine:
             out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
             return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-        x = self._decoder(h, model_index.repeat_interleave(p), cos, sin, attend)
+        x = self._decoder(h, self.row_masks[model_index.repeat_interleave(p)], cos, sin, attend)
         return x, model_index, lengths, slot_idx
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
@@ -510,7 +479,7 @@ class GemmaDecodeEngine:
             q = q.reshape(width, self.kv_heads, g, self.head_dim)
             return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
 
-        x = self._decoder(h, st["model"][:width], cos, sin, attend)
+        x = self._decoder(h, self.row_masks[st["model"][:width]], cos, sin, attend)
         tokens.copy_(self._greedy(x))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 
@@ -703,12 +672,6 @@ class GemmaDecodeEngine:
         for slot, row in zip(free, rows):
             live[slot] = row
             host_pos[slot] = len(row.request.prompt_ids)
-
-
-def _triton_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
 
 
 def _extend(row: _Row, new: list[int], eos_ids: set[int]) -> bool:

@@ -154,37 +154,6 @@ def stack_lora(
     return StackedLora(a=a.to(device=device, dtype=dtype), b=tuple(b.to(device=device, dtype=dtype) for b in bs))
 
 
-@dataclass
-class PaddedLora:
-    """One projection's adapters for the GPU kernels (`lora_kernels.py`), one block per adapter: `a` [adapters,
-    k * R, in] (module i's A in rows i*R..), `b` per module [adapters, out_i, R], `scales` [adapters]; float32,
-    every rank zero-padded to R (a power of two >= 16, tl.dot's minimum: zero products add nothing)."""
-
-    a: torch.Tensor
-    b: tuple[torch.Tensor, ...]
-    scales: torch.Tensor
-    rank: int
-
-
-def pad_lora(
-    adapters: list[LoraAdapter], modules: list[str], in_features: int, out_features: list[int], device
-) -> PaddedLora | None:
-    """`stack_lora`'s adapters laid out per adapter for the kernels; None when no adapter touches the modules."""
-    if not any(m in adapter.tensors for adapter in adapters for m in modules):
-        return None
-    rank = max(16, 1 << (max(adapter.rank for adapter in adapters) - 1).bit_length())
-    a = torch.zeros(len(adapters), len(modules) * rank, in_features)
-    bs = [torch.zeros(len(adapters), out, rank) for out in out_features]
-    for i, adapter in enumerate(adapters):
-        for k, module in enumerate(modules):
-            if module in adapter.tensors:
-                lora_a, lora_b = adapter.tensors[module]
-                a[i, k * rank : k * rank + adapter.rank] = lora_a
-                bs[k][i, :, : adapter.rank] = lora_b
-    scales = torch.tensor([adapter.scaling for adapter in adapters], dtype=torch.float32)
-    return PaddedLora(a.to(device), tuple(b.to(device) for b in bs), scales.to(device), rank)
-
-
 def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> torch.Tensor:
     """[1 + n, R]: row 0 selects nothing (the base), row 1 + i holds adapter i's scaling on its block."""
     masks = torch.zeros(1 + len(adapters), sum(adapter.rank for adapter in adapters))

@@ -163,6 +163,24 @@ def test_flex_decode_attention_gives_the_padded_attentions_text(tiny_model_dir, 
     assert flex.stats["compactions"] >= 1 and flex._state["max_len"] % 128 == 0
 
 
+@pytest.mark.parametrize("requests", [12, 100, 512])
+def test_prepare_captures_every_width_the_run_can_decode_in(tiny_model_dir, monkeypatch, requests):
+    """With flex attention on CUDA the cache length is fixed, so `prepare` captures the decode step at the slots and
+    at every width a compaction can choose (`_next_width`) before the run: none is compiled halfway."""
+    from paraphrx.eval.engine import _next_width
+
+    engine, batch = GemmaDecodeEngine(load(tiny_model_dir), max_slots=512), [Request(BASE, [2, 5, 7], 4)] * requests
+    engine.flex = True
+    assert engine.prepare(batch) == min(requests, 512)  # on the CPU: the cache only
+    engine.cuda_graphs = True  # then as on CUDA, the captures recorded instead of run
+    captured = []
+    monkeypatch.setattr(engine, "_capture", lambda width, kv_len: captured.append((width, kv_len)))
+    slots = engine.prepare(batch)
+    assert slots == min(requests, 512) and {kv for _, kv in captured} == {engine._state["max_len"]}
+    widths = {w for w, _ in captured}
+    assert {_next_width(live, slots) for live in range(1, slots + 1)} | {slots} == widths
+
+
 def test_static_batches_and_one_slot_give_the_same_text(tiny_model_dir, adapters, tokenizer):
     jobs = {BASE: PROMPTS[:3], "a2": PROMPTS[2:5]}
     expected = generate_texts(GemmaDecodeEngine(load(tiny_model_dir), adapters), tokenizer, jobs, 20)
@@ -320,7 +338,7 @@ def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, ad
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
-@pytest.mark.parametrize("flex", [True, False], ids=["flex-per-row-lora", "padded-masked-lora"])
+@pytest.mark.parametrize("flex", [True, False], ids=["flex", "padded"])
 @pytest.mark.parametrize("nf4", [False, True], ids=["float32", "nf4-float32"])
 def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapters, tokenizer, nf4, flex):
     """On the GPU: decode steps replayed from CUDA graphs (several widths and KV lengths: refills, compaction, the
@@ -339,7 +357,6 @@ def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapter
         chunk_steps=4,
         kv_bucket=16,
         flex_attention=flex,
-        lora_kernels=flex,
     )
     ids = dict(zip(PROMPTS, tokenizer(PROMPTS)["input_ids"]))
     requests = [Request(model, ids[p], 72, key=p) for model, prompts in jobs.items() for p in prompts]
