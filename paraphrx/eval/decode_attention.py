@@ -11,8 +11,9 @@ The sums are the same as eager attention's; the roundings are flex's: the scores
 (eager rounds them to the model dtype), so in bf16 the weights differ in the last bit and near-ties may break the
 other way. Float32 gives eager's values to float32 rounding.
 
-torch.compile with static shapes: one graph per (slots, cache length, dtype). Dynamic shapes do not lower on the CPU
-torch this was written on ("unbacked_bindings"), and the engine decodes at a few slot counts only.
+torch.compile with static shapes: one graph per (slots, cache length, dtype), which the engine compiles before a
+run (`GemmaDecodeEngine.prepare`) for its few slot counts. Dynamic shapes fail: inductor's "unbacked_bindings" on
+torch 2.13 (CPU) and 2.11 (CUDA), and an illegal memory access at the second width under automatic dynamic shapes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 BLOCK = 128
 
 
-def flex_decode_attention(scaling: float, cap: float | None, dynamic: bool = False) -> Callable:
+def flex_decode_attention(scaling: float, cap: float | None) -> Callable:
     """attention(q [B, heads, 1, d], keys/values [B, kv_heads, S, d], pos [B], lo [B]) -> [B, heads, 1, d]: each row
     attends to keys lo < j <= pos (S a multiple of BLOCK). The constants are closure constants, compiled in."""
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -48,4 +49,4 @@ def flex_decode_attention(scaling: float, cap: float | None, dynamic: bool = Fal
         )
         return flex_attention(q, keys, values, score_mod=score_mod, block_mask=mask, scale=scaling, enable_gqa=True)
 
-    return torch.compile(attention, dynamic=dynamic)
+    return torch.compile(attention, dynamic=False)
