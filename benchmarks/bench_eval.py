@@ -25,7 +25,7 @@ never picks them: answers stop only at their drawn length and decode to comparab
   identical text is expected.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `lora=fused` (the LoRA update in bf16, an addmm per module, instead of PEFT's fp32 arithmetic), `base=bf16` (a
+  `lora=fused` (the LoRA update in bf16, as training's autocast computes it, instead of PEFT's fp32 arithmetic), `base=bf16` (a
   bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager kernels instead
   of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest live row,
   instead of flex decoding's own length per row); each with its tokens/s and its agreement with one-at-a-time.
@@ -513,19 +513,25 @@ def main(argv=None) -> dict:
     steady_requests = text_requests(tokenizer, {name: steady for name in MODELS}, args.max_new_tokens, limits)
     _, t_prepare = timed(engine.prepare, steady_requests)
     prepared = engine.stats["graphs_captured"] - captured
+    before = dict(engine.stats)
     _, t_steady = timed(run_ours, engine, tokenizer, steady, limits, args)
     steady_peak = peak_gib()
+    run_stats = {k: v - before[k] for k, v in engine.stats.items()}
+    lora_padding = run_stats["lora_rows"] / max(run_stats["adapter_rows"], 1)
     report(
         "steady",
         f"steady      ours, {len(MODELS)} models x {len(steady)} prompts: {n_steady:,} tokens in "
         f"{t_steady:.1f} s = {n_steady / t_steady:,.0f} tokens/s (goal >= 30k), peak {gib(steady_peak)}; before "
         f"it, {prepared} decode graphs compiled and captured in {t_prepare:.1f} s; "
-        f"{engine.stats['graphs_captured'] - captured - prepared} more during the run",
+        f"{run_stats['graphs_captured']} more during the run ({run_stats['capture_s']:.1f} s); "
+        f"{engine._state['slots']} slots; the LoRA matmuls computed {lora_padding:.2f} rows per adapter row",
         tokens=n_steady,
         seconds=t_steady,
         tokens_per_s=n_steady / t_steady,
         prepare_s=t_prepare,
         peak_gib=steady_peak,
+        slots=engine._state["slots"],
+        stats=run_stats,
     )
 
     # Levers, one at a time, on the same workload as the default engine.

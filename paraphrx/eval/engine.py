@@ -5,17 +5,18 @@ weight on every step, so the GPU mostly waits. This engine, built from a loaded 
 
 - **dequantizes an NF4 base once** (`paraphrx.modeling.dequantize_frozen_base`, bitsandbytes' own dequantization:
   the NF4-rounded values the adapters trained on) and fuses q|k|v and gate|up into one matmul each;
-- runs **every model in one batch**: each row carries its adapter's mask (`lora_batch.py`), so the base and all
-  adapters share each weight read;
+- runs **every model in one batch**: the rows are grouped by adapter and each group multiplies only its own
+  adapter (`lora_batch.py`: batched matmuls over the groups), so the base and all adapters share each weight read;
 - keeps a **static KV cache** [layers, slots, kv_heads, max_len, head_dim] with per-slot positions, so every decode
   step has static shapes; on CUDA each row's attention reads only its own keys (flex decoding, `decode_attention`),
   elsewhere every row attends over the first L cache columns (L from a few buckets, set by the longest live row)
   with a per-slot valid-length mask;
 - **continuous batching**: one queue of (model, prompt) requests; every `chunk_steps` decode steps the host reads
   the new tokens once, retires finished rows and prefills queued prompts into the freed slots (length-sorted
-  batches); when the queue runs dry the live rows are compacted into fewer slots;
-- on CUDA, each decode step of a (slots, L) shape is **captured once as a CUDA graph** and replayed (no host work
-  per kernel, no `.item()` inside a step); eager on the CPU;
+  batches, the models taking turns so the adapters' groups stay even); when the queue runs dry the live rows are
+  compacted into fewer slots;
+- on CUDA, each decode step of a (slots, L, adapter group width) shape is **captured once as a CUDA graph** and
+  replayed (no host work per kernel, no `.item()` inside a step); eager on the CPU;
 - on CUDA, the **elementwise work between the matmuls is compiled** (`decoder_kernels`: torch.compile, one fused
   kernel per step such as an fp32 RMSNorm with the residual add before it, or soft-cap + mask + fp32 softmax)
   with eager's roundings kept; eager on the CPU.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +47,15 @@ from paraphrx.eval import decode_attention
 from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
     LoraAdapter,
+    LoraGroups,
     StackedLora,
     UnsupportedAdapter,
-    adapter_masks,
     add_update,
     apply_lora,
+    capacity_for,
+    cuda_float32_output_available,
+    lora_groups,
+    pick_rows,
     read_lora_adapter,
     stack_lora,
 )
@@ -139,6 +145,7 @@ class Kernels:
     glu: Callable  # (gate, up) -> act(gate) * up
     greedy: Callable  # (logits) -> argmax of the soft-capped logits
     lora_add: Callable  # lora_batch.add_update
+    lora_pick: Callable  # lora_batch.pick_rows
 
 
 def decoder_kernels(
@@ -183,6 +190,7 @@ def decoder_kernels(
         glu=glu,
         greedy=greedy,
         lora_add=add_update,
+        lora_pick=pick_rows,
     )
     options = internals.inductor_eager_rounding() if compiled else None
     if compiled and options is None:
@@ -197,10 +205,14 @@ class _Projection:
     weight: torch.Tensor  # [out, in]
     lora: StackedLora | None
     round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
-    add: Callable  # add_update, eager or compiled
+    kernels: Kernels  # lora_add and lora_pick, eager or compiled
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return apply_lora(F.linear(x, self.weight), x, self.lora, mask, self.round_before_add, self.add)
+    def __call__(self, x: torch.Tensor, groups: LoraGroups | None) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        if groups is None:
+            return y
+        ops = self.kernels
+        return apply_lora(y, x, self.lora, groups, self.round_before_add, ops.lora_add, ops.lora_pick)
 
 
 @dataclass
@@ -287,7 +299,13 @@ class GemmaDecodeEngine:
             raise UnsupportedModel(str(err)) from None
         self.models = [BASE] + [a.name for a in loaded]
         lora_dtype = torch.float32 if exact_lora else self.dtype
-        self.row_masks = adapter_masks(loaded, lora_dtype, self.device)
+        # the float32 shrink on the tensor cores, A in three bf16 parts (lora_batch): for a bf16 model's inputs
+        self.split_lora = (
+            exact_lora
+            and self.dtype == torch.bfloat16
+            and (self.device.type != "cuda" or cuda_float32_output_available(self.device))
+        )
+        self.model_index = {name: i for i, name in enumerate(self.models)}
         self.compile_kernels = self.device.type == "cuda" if compile_kernels is None else compile_kernels
         self.kernels = decoder_kernels(
             self.eps, self.scaling, self.attn_cap, self.final_cap, self.act, compiled=self.compile_kernels
@@ -306,7 +324,15 @@ class GemmaDecodeEngine:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.continuous = continuous
         self._state: dict | None = None
-        self.stats = {"graphs_captured": 0, "decode_steps": 0, "prefill_batches": 0, "compactions": 0, "capture_s": 0.0}
+        self.stats = {
+            "graphs_captured": 0,
+            "decode_steps": 0,
+            "prefill_batches": 0,
+            "compactions": 0,
+            "capture_s": 0.0,
+            "lora_rows": 0,
+            "adapter_rows": 0,
+        }
         logger.info(
             "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels, {} decode attention",
             len(self.models),
@@ -324,10 +350,9 @@ class GemmaDecodeEngine:
 
         def projection(modules: list[str], linears: list[torch.nn.Linear]) -> _Projection:
             weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
-            lora = stack_lora(
-                adapters, modules, linears[0].in_features, [m.out_features for m in linears], lora_dtype, self.device
-            )
-            return _Projection(weight, lora, four_bit, self.kernels.lora_add)
+            outs = [m.out_features for m in linears]
+            lora = stack_lora(adapters, modules, linears[0].in_features, outs, lora_dtype, self.device, self.split_lora)
+            return _Projection(weight, lora, four_bit, self.kernels)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
             return [f"{prefix}.{group}.{p}" for p in projs]
@@ -351,22 +376,23 @@ class GemmaDecodeEngine:
         )
 
     # --- the model --------------------------------------------------------------------------------------------------
-    def _decoder(self, h: torch.Tensor, mask: torch.Tensor, cos, sin, attend: Callable) -> torch.Tensor:
-        """Every decoder layer on tokens h [N, hidden] (each token's adapter `mask` [N, R]), then the final norm;
-        `attend(index, layer, q, k, v)` is layer `index`'s attention, which also writes its keys and values."""
+    def _decoder(self, h: torch.Tensor, groups: LoraGroups | None, cos, sin, attend: Callable) -> torch.Tensor:
+        """Every decoder layer on tokens h [N, hidden] (grouped by adapter: `groups`, None without adapters), then
+        the final norm; `attend(index, layer, q, k, v)` is layer `index`'s attention, which also writes its keys and
+        values."""
         ops = self.kernels
         n = h.shape[0]
         x = ops.norm(h, self.layers[0].norms[0])
         # Each residual add is fused with the norm that reads its sum: the layer's next one, or the final norm.
         next_norms = [layer.norms[0] for layer in self.layers[1:]] + [self.final_norm]
         for index, (layer, next_norm) in enumerate(zip(self.layers, next_norms)):
-            qkv = layer.qkv(x, mask).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
+            qkv = layer.qkv(x, groups).view(n, self.heads + 2 * self.kv_heads, self.head_dim)
             qk = ops.rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
             q, key, value = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
             attention = attend(index, layer, q, key, value).reshape(n, self.heads * self.head_dim)
-            h, x = ops.residual_norm(h, layer.o(attention, mask), layer.norms[1], layer.norms[2])
-            gate, up = layer.gate_up(x, mask).split(self.intermediate, dim=-1)
-            h, x = ops.residual_norm(h, layer.down(ops.glu(gate, up), mask), layer.norms[3], next_norm)
+            h, x = ops.residual_norm(h, layer.o(attention, groups), layer.norms[1], layer.norms[2])
+            gate, up = layer.gate_up(x, groups).split(self.intermediate, dim=-1)
+            h, x = ops.residual_norm(h, layer.down(ops.glu(gate, up), groups), layer.norms[3], next_norm)
         return x
 
     def _attention(self, q, keys, values, mask) -> torch.Tensor:
@@ -422,7 +448,11 @@ class GemmaDecodeEngine:
             out = self._attention(q, k.unsqueeze(2), v.unsqueeze(2), additive[layer.sliding])
             return out.permute(0, 3, 1, 2, 4)  # [m, p, kv, g, d]
 
-        x = self._decoder(h, self.row_masks[model_index.repeat_interleave(p)], cos, sin, attend)
+        groups = None
+        if len(self.models) > 1:
+            indices = [self.model_index[name] for name in models]
+            groups = lora_groups(indices, len(self.models) - 1, repeat=p, present_only=True).to(self.device)
+        x = self._decoder(h, groups, cos, sin, attend)
         return x, model_index, lengths, slot_idx
 
     def prompt_logits(self, prompts: list[list[int]], models: list[str]) -> torch.Tensor:
@@ -443,13 +473,13 @@ class GemmaDecodeEngine:
         st["tokens"][slot_idx] = first
         st["first"][slot_idx] = first
         st["pos"][slot_idx] = lengths
-        st["model"][slot_idx] = model_index
         self.stats["prefill_batches"] += 1
 
     # --- decode -----------------------------------------------------------------------------------------------------
-    def _decode_step(self, width: int, kv_len: int) -> None:
-        """One greedy step of slots [0, width): reads tokens/pos, writes the next token to tokens and advances pos.
-        Shapes depend only on (width, kv_len), and nothing here reads a value back to the host."""
+    def _decode_step(self, width: int, kv_len: int, capacity: int) -> None:
+        """One greedy step of slots [0, width): reads tokens/pos (and the adapter groups of that `capacity`), writes
+        the next token to tokens and advances pos. Shapes depend only on (width, kv_len, capacity), and nothing here
+        reads a value back to the host."""
         st = self._state
         tokens, pos = st["tokens"][:width], st["pos"][:width]
         h = self.embed(tokens)
@@ -479,30 +509,33 @@ class GemmaDecodeEngine:
             q = q.reshape(width, self.kv_heads, g, self.head_dim)
             return self._attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], additive[layer.sliding])
 
-        x = self._decoder(h, self.row_masks[st["model"][:width]], cos, sin, attend)
+        groups = st["groups"].get(capacity)
+        if groups is not None:
+            groups = LoraGroups(groups.pick, groups.back[:width])
+        x = self._decoder(h, groups, cos, sin, attend)
         tokens.copy_(self._greedy(x))
         pos.add_(1).clamp_(max=st["max_len"] - 1)
 
-    def _traced_step(self, width: int, kv_len: int) -> None:
+    def _traced_step(self, width: int, kv_len: int, capacity: int) -> None:
         """A decode step that may compile: flex attention compiles one graph per (width, cache length, dtype), and
         an evaluation or benchmark process holds several engines, so dynamo's default limit of 8 would send the rest
         to eager flex (the whole score matrix, slow)."""
         if not self.flex:
-            self._decode_step(width, kv_len)
+            self._decode_step(width, kv_len, capacity)
             return
         with internals.recompile_limit_at_least(64):
-            self._decode_step(width, kv_len)
+            self._decode_step(width, kv_len, capacity)
 
-    def _run_step(self, width: int, kv_len: int) -> None:
+    def _run_step(self, width: int, kv_len: int, capacity: int) -> None:
         if not self.cuda_graphs:
-            self._traced_step(width, kv_len)
+            self._traced_step(width, kv_len, capacity)
             return
-        graph = self._state["graphs"].get((width, kv_len))
+        graph = self._state["graphs"].get((width, kv_len, capacity))
         if graph is None:
-            graph = self._capture(width, kv_len)
+            graph = self._capture(width, kv_len, capacity)
         graph.replay()
 
-    def _capture(self, width: int, kv_len: int):
+    def _capture(self, width: int, kv_len: int, capacity: int):
         """Capture one decode step of this shape. The warm-up run compiles the fused kernels for the shape if they
         need it (compiling, or autotuning, inside a capture would fail) and writes keys/values only at the slots'
         current positions (rewritten by the real step before anything reads them); tokens and positions are
@@ -512,17 +545,18 @@ class GemmaDecodeEngine:
         saved = st["tokens"].clone(), st["pos"].clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
+        self._groups_buffer(capacity)
         with torch.cuda.stream(stream):
-            self._traced_step(width, kv_len)
+            self._traced_step(width, kv_len, capacity)
         torch.cuda.current_stream().wait_stream(stream)
         st["tokens"].copy_(saved[0])
         st["pos"].copy_(saved[1])
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=st["pool"]):
-            self._decode_step(width, kv_len)
+            self._decode_step(width, kv_len, capacity)
         st["tokens"].copy_(saved[0])
         st["pos"].copy_(saved[1])
-        st["graphs"][(width, kv_len)] = graph
+        st["graphs"][(width, kv_len, capacity)] = graph
         self.stats["graphs_captured"] += 1
         self.stats["capture_s"] += time.perf_counter() - start
         return graph
@@ -564,7 +598,7 @@ class GemmaDecodeEngine:
             "tokens": torch.full((slots,), self.pad_id, dtype=torch.long, device=self.device),
             "first": torch.zeros(slots, dtype=torch.long, device=self.device),
             "pos": torch.zeros(slots, dtype=torch.long, device=self.device),
-            "model": torch.zeros(slots, dtype=torch.long, device=self.device),
+            "groups": {},  # capacity -> LoraGroups buffers that the decode steps of that capacity read
             "out": torch.zeros(slots, self.chunk_steps, dtype=torch.long, device=self.device),
             "graphs": {},
             "pool": torch.cuda.graph_pool_handle() if self.cuda_graphs else None,
@@ -576,8 +610,41 @@ class GemmaDecodeEngine:
             2 * self._state["k"].numel() * self._state["k"].element_size() / 2**30,
         )
 
+    def _groups_buffer(self, capacity: int) -> LoraGroups | None:
+        """The device buffers of the adapter groups at this capacity (made on first use; None without adapters)."""
+        st, n = self._state, len(self.models) - 1
+        if n == 0:
+            return None
+        if capacity not in st["groups"]:
+            zeros = dict(dtype=torch.long, device=self.device)
+            st["groups"][capacity] = LoraGroups(torch.zeros(n, capacity, **zeros), torch.zeros(st["slots"], **zeros))
+        return st["groups"][capacity]
+
+    def _set_groups(self, live: dict[int, _Row], width: int) -> int:
+        """Group slots [0, width) by adapter for the next decode steps (rows not live count as the base's); returns
+        the capacity, whose buffers now hold the groups (0 without adapters)."""
+        n = len(self.models) - 1
+        if n == 0:
+            return 0
+        models = [0] * width
+        for slot, row in live.items():
+            models[slot] = self.model_index[row.request.model]
+        counts = [0] * (n + 1)
+        for index in models:
+            counts[index] += 1
+        capacity = capacity_for(max(counts[1:]), width)
+        # rows the LoRA matmuls compute against rows that need them, over the next chunk of steps
+        self.stats["lora_rows"] += n * capacity * self.chunk_steps
+        self.stats["adapter_rows"] += sum(counts[1:]) * self.chunk_steps
+        host, buffer = lora_groups(models, n, capacity), self._groups_buffer(capacity)
+        buffer.pick.copy_(host.pick.pin_memory() if self.device.type == "cuda" else host.pick, non_blocking=True)
+        buffer.back[:width].copy_(
+            host.back.pin_memory() if self.device.type == "cuda" else host.back, non_blocking=True
+        )
+        return capacity
+
     def _compact(self, live: dict[int, _Row], width: int) -> dict[int, int]:
-        """Move the live rows into slots [0, width) (cache rows, tokens, positions, models); {old: new slot}."""
+        """Move the live rows into slots [0, width) (cache rows, tokens, positions); {old: new slot}."""
         st = self._state
         movers = sorted(s for s in live if s >= width)
         free = sorted(set(range(width)) - set(live))[: len(movers)]
@@ -585,7 +652,7 @@ class GemmaDecodeEngine:
             src, dst = (torch.tensor(x, device=self.device) for x in (movers, free))
             for name in ("k", "v"):
                 st[name][:, dst] = st[name][:, src]
-            for buffer in (st["tokens"], st["first"], st["pos"], st["model"]):
+            for buffer in (st["tokens"], st["first"], st["pos"]):
                 buffer[dst] = buffer[src]
         self.stats["compactions"] += 1
         return dict(zip(movers, free))
@@ -594,15 +661,20 @@ class GemmaDecodeEngine:
     def prepare(self, requests: list[Request]) -> int:
         """Allocate the cache for `requests` and, with flex attention on CUDA, compile and capture the decode step
         at every width the run can use (the slots, then each power of two from 8 below it: the tail's compactions),
-        so no compilation stalls the run halfway; `generate` calls it. Returns the slots the run decodes in."""
+        so no compilation stalls the run halfway (each at the adapter group width the requests' mix of models needs;
+        another width is only captured, ~0.1 s, when met); `generate` calls it. Returns the slots the run decodes
+        in."""
         slots, max_len = self._plan(requests)
         self._allocate(slots, max_len)
         if self.flex and self.cuda_graphs:  # padded attention's KV length follows the live rows: captured when met
+            counts = Counter(r.model for r in requests)
+            share = max((counts[name] for name in self.models[1:]), default=0) / len(requests)
             widths = [slots] + [w for w in (8 << i for i in range(slots.bit_length())) if w < slots]
             with torch.inference_mode():
                 for width in widths:
-                    if (width, self._state["max_len"]) not in self._state["graphs"]:
-                        self._capture(width, self._state["max_len"])
+                    capacity = capacity_for(math.ceil(width * share * 1.1), width) if len(self.models) > 1 else 0
+                    if (width, self._state["max_len"], capacity) not in self._state["graphs"]:
+                        self._capture(width, self._state["max_len"], capacity)
         return slots
 
     def generate(self, requests: list[Request]) -> Iterator[list[tuple[Request, list[int]]]]:
@@ -614,8 +686,9 @@ class GemmaDecodeEngine:
         if not requests:
             return
         slots = self.prepare(requests)
-        # Longest prompts first: prefill batches of similar length, and an out-of-memory shape fails at once.
-        queue = sorted(requests, key=lambda r: -len(r.prompt_ids))
+        # Longest prompts first: prefill batches of similar length, and an out-of-memory shape fails at once; a prompt's
+        # requests for the different models side by side, so each refill takes the models in turn (even groups).
+        queue = sorted(requests, key=lambda r: (-len(r.prompt_ids), r.prompt_ids))
         queue.reverse()  # pop() from the end
         live: dict[int, _Row] = {}
         width = slots
@@ -634,9 +707,10 @@ class GemmaDecodeEngine:
                     kv_len = min(
                         _round_up(max(host_pos[s] for s in live) + self.chunk_steps + 1, self.kv_bucket), kv_len
                     )
+                capacity = self._set_groups(live, width)
                 out = self._state["out"]
                 for step in range(self.chunk_steps):
-                    self._run_step(width, kv_len)
+                    self._run_step(width, kv_len, capacity)
                     out[:width, step].copy_(self._state["tokens"][:width])
                 self.stats["decode_steps"] += self.chunk_steps
                 first_and_out = torch.cat([self._state["first"][:width, None], out[:width]], dim=1).tolist()

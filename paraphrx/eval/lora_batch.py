@@ -1,23 +1,30 @@
-"""Several LoRA adapters in one batch: every row picks its adapter (or none, the base model) with a mask.
+"""Several LoRA adapters in one batch: every row gets its own adapter's update (or none, the base model's rows).
 
-For one projection W and adapters i = 1..n (A_i [r_i, in], B_i [out, r_i], scaling s_i), stack
-A_cat = [A_1; ...; A_n] [R, in] and B_cat = [B_1 | ... | B_n] [out, R]. A row whose mask [R] holds s_i on its
-adapter's block (all zeros for the base) gets exactly its own update:
+For one projection W and adapters i = 1..n (A_i [r, in], B_i [out, r], scaling s_i):
 
-    y = x W^T + ((x A_cat^T) * mask) B_cat^T
+    u = x [A_1; ...; A_n]^T                  one matmul for every row and adapter ("shrink": [N, n*r], cheap)
+    g = u[pick] * s                          each adapter's group of rows, only its own block of u: [n, C, r]
+    update = g B^T                           one batched matmul over the groups ("expand": [n, C, out])
+    y = x W^T + update[back]                 back [N]: each row's place among the n*C results (a zero row for the base)
 
-two skinny matmuls for every adapter at once, so rows of all models share one read of W. Projections that run as
-one matmul (q|k|v, gate|up) stack their modules' A_cat's into one A ([k*R, in]: one matmul for the k modules),
-and each module's B_cat then multiplies only its own block of the masked x A^T, writing its columns of the
-update: no block-diagonal zeros are multiplied (an adapter that leaves a module alone still has zero columns
-in that module's B_cat).
+`pick` [n, C] lists, for adapter i, the rows that use it (C, the capacity, at least the largest group; unused places
+repeat a row, their results never read), so the expand, whose output is as wide as the projection, multiplies each
+row by its own adapter only, and rows of every model share one read of W. Projections run as one matmul (q|k|v,
+gate|up) stack their modules' A's (one shrink for the k modules) and each module's B writes its own columns of the
+update. Ranks below the largest are padded with zero rows, and an adapter that leaves a module alone has zeros there.
 
 With float32 adapter weights the update is computed as PEFT computes it (PEFT keeps adapter weights in fp32): in
-float32, then added to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output
-dtype before the add, plain layers add in fp32 and round the sum. The one difference, the scale applied before
-B_cat instead of after, is a float32 rounding and keeps the [rows, out] update to two passes. With adapter weights
-in the model dtype each module's update is one `addmm` into the base output (fewer kernels and bytes; in bf16 it
-drifts from PEFT's).
+float32, then added to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output dtype
+before the add, plain layers add in fp32 and round the sum. The one difference, the scale applied before B instead
+of after, is a float32 rounding. On a bf16 model the float32 shrink runs on the tensor cores: A is split into three
+bf16 parts whose sum is A to float32 precision (`split_bf16`), every product of a bf16 input and a bf16 part is
+exact in float32, and the GEMM accumulates in float32, so the sum of the three GEMMs is x A^T in float32 (Hopper's
+tensor cores truncate their float32 adds: about ten times a float32 GEMM's error, ~1e-5 relative, far below the
+bf16 rounding the update then gets). With adapter weights in the model dtype (bf16) both matmuls run in bf16 and the rounded update is
+added to the base output, as training's bf16 autocast computes PEFT's layer.
+
+The groups are built on the host (`lora_groups`) from each row's model: per prefill batch, and in the decode engine
+once per chunk of steps into buffers its CUDA graphs read, with a capacity from a few sizes (`capacity_for`).
 
 Adapters are read from their folders as PEFT writes them (`LoraConfig.from_pretrained`, `load_peft_weights`, keys
 `base_model.model.<module>.lora_A.weight`). Anything this formula does not compute is refused with one line
@@ -36,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 # Config fields the formula above computes.
 COMPUTED_FIELDS = {
@@ -121,11 +129,29 @@ def read_lora_adapter(name: str, path: str | Path, module_names: set[str]) -> Lo
 
 @dataclass
 class StackedLora:
-    """The stacked update of one projection run as one matmul whose output concatenates k modules' outputs: A
-    [k*R, in] (module i's A_cat in rows i*R..(i+1)*R) and each module's B_cat [out_i, R]."""
+    """The adapters' update of one projection run as one matmul whose output concatenates k modules' outputs:
+    `a` [parts * n * k * r, in] (rows by part, adapter, module, rank: the A's, or `parts` bf16 parts of the float32
+    A's, `split_bf16`), `b` one [n, r, out_j] per module (B^T), `scaling` [n, 1, 1]; r is the largest rank (smaller
+    ones padded with zeros)."""
 
     a: torch.Tensor
     b: tuple[torch.Tensor, ...]
+    scaling: torch.Tensor
+    parts: int = 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the update is computed in."""
+        return self.b[0].dtype
+
+
+def split_bf16(w: torch.Tensor) -> torch.Tensor:
+    """[3, ...] bf16 parts of a float32 tensor, hi + mid + lo = w to float32 precision (each part holds the next 8
+    bits of the significand; bf16 has float32's exponent range)."""
+    hi = w.bfloat16()
+    rest = w - hi.float()
+    mid = rest.bfloat16()
+    return torch.stack([hi, mid, (rest - mid.float()).bfloat16()])
 
 
 def stack_lora(
@@ -135,66 +161,153 @@ def stack_lora(
     out_features: list[int],
     dtype: torch.dtype,
     device,
+    split: bool = False,
 ) -> StackedLora | None:
     """Stack every adapter's update of `modules` (run as one matmul whose output concatenates theirs). An adapter
-    that does not touch a module contributes zeros there. None when no adapter touches any of them."""
+    that does not touch a module contributes zeros there. `split`: the float32 A as three bf16 parts for the tensor
+    cores (see the module doc). None when no adapter touches any of them."""
     if not any(m in adapter.tensors for adapter in adapters for m in modules):
         return None
-    total = sum(adapter.rank for adapter in adapters)
-    a = torch.zeros(len(modules) * total, in_features)
-    bs = [torch.zeros(out, total) for out in out_features]
-    for k, module in enumerate(modules):
-        col = 0
-        for adapter in adapters:
+    n, r = len(adapters), max(adapter.rank for adapter in adapters)
+    a = torch.zeros(n, len(modules), r, in_features)
+    bs = [torch.zeros(n, r, out) for out in out_features]
+    for i, adapter in enumerate(adapters):
+        for k, module in enumerate(modules):
             if module in adapter.tensors:
                 lora_a, lora_b = adapter.tensors[module]
-                a[k * total + col : k * total + col + adapter.rank] = lora_a
-                bs[k][:, col : col + adapter.rank] = lora_b
-            col += adapter.rank
-    return StackedLora(a=a.to(device=device, dtype=dtype), b=tuple(b.to(device=device, dtype=dtype) for b in bs))
+                a[i, k, : adapter.rank] = lora_a
+                bs[k][i, : adapter.rank] = lora_b.t()
+    a = a.view(-1, in_features)
+    scaling = torch.tensor([adapter.scaling for adapter in adapters]).view(n, 1, 1)
+    return StackedLora(
+        a=split_bf16(a.to(device)).flatten(0, 1) if split else a.to(device=device, dtype=dtype),
+        b=tuple(b.to(device=device, dtype=dtype) for b in bs),
+        scaling=scaling.to(device=device, dtype=dtype),
+        parts=3 if split else 1,
+    )
 
 
-def adapter_masks(adapters: list[LoraAdapter], dtype: torch.dtype, device) -> torch.Tensor:
-    """[1 + n, R]: row 0 selects nothing (the base), row 1 + i holds adapter i's scaling on its block."""
-    masks = torch.zeros(1 + len(adapters), sum(adapter.rank for adapter in adapters))
-    col = 0
-    for i, adapter in enumerate(adapters):
-        masks[1 + i, col : col + adapter.rank] = adapter.scaling
-        col += adapter.rank
-    return masks.to(device=device, dtype=dtype)
+@dataclass
+class LoraGroups:
+    """Which rows of a batch of N each adapter updates: `pick` [g, C] (row j of adapter i as j * n + i, n the
+    engine's adapters: a row of the shrink's [N * n, r] blocks; unused places hold a valid index, their results
+    never read), `back` [N] each row's place among the g*C results (g*C, a zero row, for the base's rows),
+    `adapters` the adapters of the g groups (None: all n, in order)."""
+
+    pick: torch.Tensor
+    back: torch.Tensor
+    adapters: torch.Tensor | None = None
+
+    def to(self, device) -> LoraGroups:
+        """On `device`; to CUDA through pinned memory without waiting (a copy from pageable memory waits for the
+        GPU's queue to drain)."""
+        cuda = torch.device(device).type == "cuda"
+
+        def move(t):
+            return None if t is None else (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
+
+        return LoraGroups(move(self.pick), move(self.back), move(self.adapters))
 
 
-def add_update(y: torch.Tensor, update: torch.Tensor, round_before_add: bool) -> torch.Tensor:
-    """The float32 update added to the base output as PEFT's layer adds it: bitsandbytes 4-bit layers round the
-    update to y's dtype first, plain layers add in float32 and round the sum."""
-    return y + update.to(y.dtype) if round_before_add else (y + update).to(y.dtype)
+def lora_groups(
+    models: list[int], n_adapters: int, capacity: int | None = None, repeat: int = 1, present_only: bool = False
+) -> LoraGroups:
+    """The groups (on the CPU) of a batch whose entry j (model index: 0 the base, 1 + i adapter i) covers rows
+    j*repeat .. (j+1)*repeat - 1 (a prompt's tokens in a prefill). `capacity`: the groups' width (default: the largest
+    group); `present_only`: one group per adapter the batch uses, not one per adapter (a prefill, computed eagerly)."""
+    index = torch.tensor(models, dtype=torch.long)
+    used = [i for i in range(n_adapters) if not present_only or bool((index == i + 1).any())]
+    members = [(index == i + 1).nonzero().flatten() for i in used]
+    largest = max([len(m) * repeat for m in members] + [1])
+    capacity = capacity or largest
+    if largest > capacity:
+        raise ValueError(f"a group of {largest} rows does not fit capacity {capacity}")
+    pick = torch.tensor(used, dtype=torch.long).view(-1, 1).repeat(1, capacity)  # row 0 of each adapter: unused places
+    back = torch.full((len(models) * repeat,), len(used) * capacity, dtype=torch.long)
+    offsets = torch.arange(repeat)
+    for g, (adapter, entries) in enumerate(zip(used, members)):
+        at = (entries[:, None] * repeat + offsets).flatten()
+        pick[g, : len(at)] = at * n_adapters + adapter
+        back[at] = g * capacity + torch.arange(len(at))
+    return LoraGroups(pick, back, torch.tensor(used, dtype=torch.long) if present_only else None)
+
+
+def capacity_for(need: int, width: int) -> int:
+    """The group width a decode step of `width` rows is captured with: the smallest of 8, 12, 16, 24, 32, 48, ...
+    (a power of two or 1.5 times one) holding `need` rows, at most `width`. Few sizes: each is one CUDA graph."""
+    size = 8
+    while size < need:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return min(size, width)
+
+
+def mm_float32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [N, in] (bf16) times w [M, in]^T (bf16), accumulated and returned in float32: cuBLAS's bf16 GEMM with a
+    float32 output on CUDA; elsewhere the same products in a float32 matmul."""
+    if x.is_cuda:
+        return torch.mm(x, w.t(), out_dtype=torch.float32)
+    return torch.mm(x.float(), w.float().t())
+
+
+def cuda_float32_output_available(device) -> bool:
+    """Whether this torch's CUDA bf16 GEMM can return float32 (`torch.mm(..., out_dtype=)`, torch >= 2.8)."""
+    try:
+        ones = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+        return mm_float32(ones, ones).dtype == torch.float32
+    except (RuntimeError, TypeError):
+        return False
+
+
+def pick_rows(u: torch.Tensor, pick: torch.Tensor, scaling: torch.Tensor) -> torch.Tensor:
+    """The groups' rows of the shrink u [N, parts, n, k*r] (its parts summed in order: hi + mid + lo), scaled:
+    [g, C, k*r]."""
+    total = u[:, 0]
+    for part in range(1, u.shape[1]):
+        total = total + u[:, part]
+    g, capacity = pick.shape
+    return total.reshape(-1, total.shape[-1])[pick.view(-1)].view(g, capacity, -1) * scaling
+
+
+def add_update(y: torch.Tensor, update: torch.Tensor, back: torch.Tensor, round_before_add: bool) -> torch.Tensor:
+    """Each row's update (`update[back]`) added to the base output as PEFT's layer adds it: bitsandbytes 4-bit
+    layers (and an update computed in y's dtype) round the update to y's dtype first, plain layers add in float32
+    and round the sum."""
+    mine = update[back]
+    return y + mine.to(y.dtype) if round_before_add else (y + mine).to(y.dtype)
 
 
 def apply_lora(
     y: torch.Tensor,
     x: torch.Tensor,
     lora: StackedLora | None,
-    mask: torch.Tensor,
+    groups: LoraGroups,
     round_before_add: bool = False,
-    add: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor] = add_update,
+    add: Callable = add_update,
+    pick: Callable = pick_rows,
 ) -> torch.Tensor:
-    """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc); `mask`
-    [N, R] is each row's adapter mask (`adapter_masks`), the same for every module of a fused projection;
-    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer; `add` computes `add_update` (the
-    engine passes a compiled one). Adapter weights in y's dtype add the update into `y` in place."""
-    if lora is None:
+    """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc);
+    `round_before_add` for a base that PEFT wraps in its bitsandbytes layer; `add` and `pick` compute `add_update`
+    and `pick_rows` (the engine passes compiled ones)."""
+    if lora is None or groups.pick.shape[0] == 0:  # no adapter touches it, or only the base's rows
         return y
-    n = x.shape[0]
-    u = torch.nn.functional.linear(x.to(lora.a.dtype), lora.a).view(n, len(lora.b), -1) * mask.unsqueeze(1)
-    fused = lora.a.dtype == y.dtype
-    # float32: the modules' updates side by side in one [N, out] tensor, then one pass adds them to y.
-    update = y if fused else torch.empty(y.shape, dtype=lora.a.dtype, device=y.device)
+    b, scaling = lora.b, lora.scaling
+    if groups.adapters is not None:
+        b, scaling = tuple(m[groups.adapters] for m in b), scaling[groups.adapters]
+    n_all, rank = lora.scaling.shape[0], b[0].shape[1]
+    if lora.parts > 1:
+        u = mm_float32(x, lora.a)
+    else:
+        u = F.linear(x.to(lora.a.dtype), lora.a)
+    # [N, parts, n, k * r]: adapter i's block of row j is row j * n + i of the summed parts
+    g = pick(u.view(x.shape[0], lora.parts, n_all, len(b) * rank), groups.pick, scaling)
+    groups_n, capacity = groups.pick.shape
+    # the modules' updates side by side, one row per group place and a zero row last (the base's rows read it)
+    update = torch.empty(groups_n * capacity + 1, y.shape[1], dtype=lora.dtype, device=y.device)
+    update[-1].zero_()
     col = 0
-    for k, b in enumerate(lora.b):
-        block = update[:, col : col + b.shape[0]]
-        if fused:
-            block.addmm_(u[:, k], b.t())
-        else:
-            torch.mm(u[:, k], b.t(), out=block)
-        col += b.shape[0]
-    return y if fused else add(y, update, round_before_add)
+    for m, module_b in enumerate(b):
+        width = module_b.shape[2]
+        out = update[:-1, col : col + width].view(groups_n, capacity, width)
+        torch.bmm(g[..., m * rank : (m + 1) * rank], module_b, out=out)
+        col += width
+    return add(y, update, groups.back, round_before_add or lora.dtype == y.dtype)

@@ -174,11 +174,26 @@ def test_prepare_captures_every_width_the_run_can_decode_in(tiny_model_dir, monk
     assert engine.prepare(batch) == min(requests, 512)  # on the CPU: the cache only
     engine.cuda_graphs = True  # then as on CUDA, the captures recorded instead of run
     captured = []
-    monkeypatch.setattr(engine, "_capture", lambda width, kv_len: captured.append((width, kv_len)))
+    monkeypatch.setattr(engine, "_capture", lambda width, kv_len, capacity: captured.append((width, kv_len)))
     slots = engine.prepare(batch)
     assert slots == min(requests, 512) and {kv for _, kv in captured} == {engine._state["max_len"]}
     widths = {w for w, _ in captured}
     assert {_next_width(live, slots) for live in range(1, slots + 1)} | {slots} == widths
+
+
+def test_adapter_groups_stay_even_so_each_row_multiplies_about_its_own_adapter_only(
+    tiny_model_dir, adapters, tokenizer
+):
+    """The queue takes a prompt's models in turn, so a refill spreads over the adapters and the groups' capacity stays
+    near each adapter's share of the slots: the LoRA matmuls compute few rows beyond the adapter rows (masking every
+    row with every adapter would compute 3 per adapter row here, 4 once the base's rows count)."""
+    # model after model, as `generate_texts` asks; 36 prompts of one length (the length sort leaves them in order)
+    prompts = [[2] + [100 + (7 * i + j) % 200 for j in range(5)] for i in range(36)]
+    requests = [Request(m, ids, 6 + i % 5) for m in (BASE, "a1", "a2", "a3") for i, ids in enumerate(prompts)]
+    engine = GemmaDecodeEngine(load(tiny_model_dir), adapters, max_slots=48, chunk_steps=4)
+    answers = [tokens for group in engine.generate(requests) for _, tokens in group]
+    assert len(answers) == len(requests) and engine.stats["prefill_batches"] >= 2  # refilled
+    assert engine.stats["adapter_rows"] > 0 and engine.stats["lora_rows"] < 1.5 * engine.stats["adapter_rows"]
 
 
 def test_static_batches_and_one_slot_give_the_same_text(tiny_model_dir, adapters, tokenizer):
@@ -261,7 +276,10 @@ def test_compiled_kernels_compute_what_the_eager_ones_do_for_any_shape(compiled_
             "probs": (bf16(n, kv, g, s, scale=30.0), mask),
             "glu": gate_up.split(engine.intermediate, dim=-1),
             "greedy": (bf16(n, 4 * s, scale=60.0),),  # soft-capped to 30: bf16 ties, the first one wins
-            "lora_add": (bf16(n, hidden), torch.randn(n, hidden) * 0.01, False),  # plain base: the sum rounded
+            # plain base: the sum rounded; the update's rows read in another order, the last one for the base
+            "lora_add": (bf16(n, hidden), torch.randn(n + 1, hidden) * 0.01, torch.randperm(n + 1)[:n], False),
+            # the shrink's three float32 parts summed, n rows of 5 adapters' blocks picked into 5 groups of 4, scaled
+            "lora_pick": (torch.randn(n, 3, 5, 48), torch.randint(0, 5 * n, (5, 4)), torch.rand(5, 1, 1)),
         }
 
     assert set(cases(2, 2)) == {f.name for f in dataclasses.fields(Kernels)}
@@ -276,7 +294,7 @@ def test_compiled_kernels_compute_what_the_eager_ones_do_for_any_shape(compiled_
         causal = torch.zeros(16, 16).bfloat16().masked_fill_(torch.ones(16, 16, dtype=torch.bool).triu(1), low)
         prefill = (bf16(2, kv, g, 16, 16, scale=30.0), causal)  # the prefill's [m, kv, g, p, p] against one mask
         assert_as_eager_in_bf16(compiled.probs(*prefill), eager.probs(*prefill))
-        four_bit = (bf16(8, hidden), torch.randn(8, hidden) * 0.01, True)  # an NF4 base: the update rounded first
+        four_bit = (bf16(8, hidden), torch.randn(9, hidden) * 0.01, torch.arange(8).flip(0), True)  # NF4: rounded first
         assert_as_eager_in_bf16(compiled.lora_add(*four_bit), eager.lora_add(*four_bit))
 
 
@@ -342,8 +360,8 @@ def test_models_the_engine_does_not_cover_are_named(tiny_model_dir, tmp_path, ad
 @pytest.mark.parametrize("nf4", [False, True], ids=["float32", "nf4-float32"])
 def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapters, tokenizer, nf4, flex):
     """On the GPU: decode steps replayed from CUDA graphs (several widths and KV lengths: refills, compaction, the
-    sliding window), with flex decode attention and the per-row LoRA kernels or the padded attention and masked LoRA,
-    give HF's one-at-a-time greedy tokens in float32, with and without the NF4 base. cuBLAS picks
+    sliding window, several adapter group widths), with flex decode attention or the padded attention, give HF's
+    one-at-a-time greedy tokens in float32, with and without the NF4 base. cuBLAS picks
     its float32 kernels by shape (a batch of rows, fused q|k|v, against one prompt at a time), so sums round
     differently, and bitsandbytes answers one prompt at a time through its fused 4-bit kernels where the engine (and
     training) dequantize and multiply; so a greedy choice between two logits tied to that rounding can go either
@@ -381,7 +399,7 @@ def test_cuda_graph_decode_equals_per_example_generation(tiny_model_dir, adapter
             logits = active(input_ids=prefix).logits[0, -1].float()
             margins.append((logits[theirs[at]] - logits[tokens[at]]).item())
     print(
-        f"float32 on CUDA ({'NF4' if nf4 else 'plain'} base, {'flex, per-row LoRA' if flex else 'padded, masked LoRA'}): {len(ours) - parted}/{len(ours)} answers token for "
-        f"token equal; where they part, the reference's margin between the two tokens: {margins}"
+        f"float32 on CUDA ({'NF4' if nf4 else 'plain'} base, {'flex' if flex else 'padded'} attention): "
+        f"{len(ours) - parted}/{len(ours)} answers token for token equal; where they part, the reference's margin between the two tokens: {margins}"
     )
     assert all(margin < 2e-3 for margin in margins), margins

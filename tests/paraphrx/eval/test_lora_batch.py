@@ -6,9 +6,12 @@ import torch
 from paraphrx.eval.lora_batch import (
     LoraAdapter,
     UnsupportedAdapter,
-    adapter_masks,
     apply_lora,
+    capacity_for,
+    lora_groups,
+    mm_float32,
     read_lora_adapter,
+    split_bf16,
     stack_lora,
 )
 from tests.conftest import make_adapter
@@ -25,20 +28,24 @@ def tiny_module_names(num_layers=2):
     }
 
 
-@pytest.mark.parametrize("y_dtype", [torch.float64, torch.float32], ids=["addmm", "separate-precision"])
-def test_each_row_gets_its_own_adapters_update_on_a_fused_projection(y_dtype):
+@pytest.mark.parametrize("y_dtype", [torch.float64, torch.float32], ids=["same-dtype", "separate-precision"])
+@pytest.mark.parametrize("capacity", [None, 5])
+def test_each_row_gets_its_own_adapters_update_on_a_fused_projection(y_dtype, capacity):
     torch.manual_seed(0)
     d_in, outs = 6, [5, 3]  # a fused projection: two modules run as one matmul
     modules = ["m.one", "m.two"]
     a1 = LoraAdapter("a1", None, 2, 0.5, {m: (torch.randn(2, d_in), torch.randn(o, 2)) for m, o in zip(modules, outs)})
     a2 = LoraAdapter("a2", None, 3, 2.0, {"m.two": (torch.randn(3, d_in), torch.randn(3, 3))})  # second module only
     lora = stack_lora([a1, a2], modules, d_in, outs, torch.float64, "cpu")
-    assert lora.a.shape == (2 * 5, d_in) and [b.shape for b in lora.b] == [(5, 5), (3, 5)]  # no zero blocks of B
-    masks = adapter_masks([a1, a2], torch.float64, "cpu")
-    x = torch.randn(4, d_in, dtype=torch.float64)
-    y = torch.randn(4, sum(outs), dtype=y_dtype)
-    row_models = torch.tensor([0, 1, 2, 1])  # base, a1, a2, a1
-    out = apply_lora(y.clone(), x, lora, masks[row_models])
+    assert lora.a.shape == (2 * 2 * 3, d_in) and [b.shape for b in lora.b] == [(2, 3, 5), (2, 3, 3)]  # rank 2 padded
+    x = torch.randn(5, d_in, dtype=torch.float64)
+    y = torch.randn(5, sum(outs), dtype=y_dtype)
+    row_models = [0, 1, 2, 1, 0]  # base, a1, a2, a1, base
+    groups = lora_groups(row_models, 2, capacity)
+    assert groups.pick.shape == (2, capacity or 2) and groups.back.tolist()[0] == groups.back.tolist()[4] == 2 * (
+        capacity or 2
+    )  # the base's rows read the zero row
+    out = apply_lora(y.clone(), x, lora, groups)
 
     def expected(adapter, row):
         parts = []
@@ -50,10 +57,83 @@ def test_each_row_gets_its_own_adapters_update_on_a_fused_projection(y_dtype):
                 parts.append(adapter.scaling * (b @ (a @ x[row])))
         return (y[row].double() + torch.cat(parts)).to(y_dtype)
 
-    for row, adapter in enumerate([None, a1, a2, a1]):
+    for row, adapter in enumerate([None, a1, a2, a1, None]):
         torch.testing.assert_close(out[row], expected(adapter, row))
-    assert torch.equal(out[0], y[0])  # the base row is untouched
+    assert torch.equal(out[0], y[0]) and torch.equal(out[4], y[4])  # the base rows are untouched
+    # one group per adapter present (a prefill): the same values
+    present = lora_groups([0, 2, 0], 2, present_only=True)
+    assert present.adapters.tolist() == [1] and present.pick.tolist() == [[1 * 2 + 1]]  # row 1, adapter 1 of 2
+    torch.testing.assert_close(apply_lora(y[[0, 2, 4]], x[[0, 2, 4]], lora, present)[1], expected(a2, 2))
+    assert torch.equal(apply_lora(y[:2], x[:2], lora, lora_groups([0, 0], 2, present_only=True)), y[:2])
     assert stack_lora([a2], ["m.one"], d_in, [5], torch.float64, "cpu") is None  # no adapter touches it: no work
+
+
+def test_groups_cover_each_row_once_with_repeats_and_capacity():
+    """A prefill's entries cover `repeat` rows each (a prompt's tokens); every adapter row appears once in its
+    group, as its block of the shrink (row * n + adapter), and `back` finds it there."""
+    models = [2, 0, 1, 2]
+    groups = lora_groups(models, 3, capacity=8, repeat=3)
+    assert groups.pick.shape == (3, 8) and groups.back.shape == (12,)
+    flat = groups.pick.flatten()
+    for row in range(12):
+        model = models[row // 3]
+        if model == 0:
+            assert groups.back[row] == 3 * 8
+        else:
+            assert flat[groups.back[row]] == row * 3 + model - 1 and groups.back[row] // 8 == model - 1
+    assert sorted(flat[groups.back[groups.back < 24]].tolist()) == sorted(
+        row * 3 + models[row // 3] - 1 for row in range(12) if models[row // 3]
+    )
+    assert (flat % 3 == torch.arange(3).repeat_interleave(8)).all()  # unused places: still their adapter's block
+    with pytest.raises(ValueError, match="capacity 4"):
+        lora_groups(models, 3, capacity=4, repeat=3)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_split_shrink_is_the_float32_product(device):
+    """A float32 A as three bf16 parts: their sum is A to float32 precision, and a bf16 x times the parts (float32
+    accumulation: on CUDA, cuBLAS's bf16 tensor-core GEMM with a float32 output) is x A^T to float32 precision (on
+    the tensor cores within 2^-16), where one bf16 A would be off in the third digit."""
+    torch.manual_seed(0)
+    a = (torch.randn(48, 2304) / 48).to(device)
+    parts = split_bf16(a)
+    assert parts.dtype == torch.bfloat16 and parts.shape == (3, 48, 2304)
+    assert (parts.double().sum(0) - a.double()).abs().max() <= a.abs().max() * 2**-24
+    x = torch.randn(64, 2304, device=device).bfloat16()
+    exact = x.double() @ a.double().t()
+    split = sum(mm_float32(x, p) for p in parts)
+    float32 = x.float() @ a.t()
+    assert split.dtype == torch.float32
+    error, float32_error = ((t.double() - exact).abs().max() for t in (split, float32))
+    if device == "cpu":  # the same products, added in float32 in another order
+        assert error <= 4 * float32_error + 1e-7
+    else:  # Hopper's tensor cores add in float32 but truncate: ~10x a float32 GEMM's error, 2^-16 at most
+        assert error <= 2**-16 * exact.abs().max()
+    assert (mm_float32(x, parts[0]).double() - exact).abs().max() > 100 * error
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["float32", "split-bf16"])
+def test_split_update_equals_the_float32_update(split):
+    torch.manual_seed(0)
+    adapters = [
+        LoraAdapter(f"a{i}", None, 4, 2.0, {"m": (torch.randn(4, 32), torch.randn(16, 4) * 1e-2)}) for i in (1, 2)
+    ]
+    x, y = torch.randn(24, 32).bfloat16(), torch.randn(24, 16).bfloat16()
+    groups = lora_groups([i % 3 for i in range(24)], 2)
+    reference = apply_lora(y, x, stack_lora(adapters, ["m"], 32, [16], torch.float64, "cpu"), groups)
+    ours = apply_lora(y, x, stack_lora(adapters, ["m"], 32, [16], torch.float32, "cpu", split=split), groups)
+    assert (ours == reference).float().mean() > 0.99
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-2)
+
+
+def test_capacities_are_few_sizes_that_hold_the_group():
+    sizes = [capacity_for(need, 512) for need in range(0, 513)]
+    assert sorted(set(sizes)) == [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+    assert all(size >= need for need, size in enumerate(sizes))
+    assert capacity_for(86, 512) == 96 and capacity_for(7, 6) == 6  # at most the width
 
 
 def test_exact_update_rounds_like_peft_layers():
@@ -63,12 +143,15 @@ def test_exact_update_rounds_like_peft_layers():
     lora = stack_lora([a], ["m"], 16, [8], torch.float32, "cpu")
     x, y = torch.randn(64, 16).bfloat16(), torch.randn(64, 8).bfloat16()
     update = (x.float() @ a.tensors["m"][0].T @ a.tensors["m"][1].T) * 2.0
-    mask = torch.full((64, 4), 2.0)
-    plain, four_bit = (apply_lora(y, x, lora, mask, round_before_add=r) for r in (False, True))
+    groups = lora_groups([1] * 64, 1)
+    plain, four_bit = (apply_lora(y, x, lora, groups, round_before_add=r) for r in (False, True))
     torch.testing.assert_close(plain, (y + update).bfloat16(), rtol=0, atol=1e-2)  # scale before B: fp32 rounding
     torch.testing.assert_close(four_bit, y + update.bfloat16(), rtol=0, atol=1e-2)
     assert (plain == (y + update).bfloat16()).float().mean() > 0.99 and (four_bit == y + update.bfloat16()).all()
     assert not torch.equal(plain, four_bit)  # the two roundings really differ somewhere
+    # in bf16 (training's autocast arithmetic): the update rounded to bf16, then added
+    fused = apply_lora(y, x, stack_lora([a], ["m"], 16, [8], torch.bfloat16, "cpu"), groups)
+    torch.testing.assert_close(fused, four_bit, rtol=0, atol=3e-2)
 
 
 def test_scaling_follows_peft_with_and_without_rslora(tiny_model_dir, tmp_path):
