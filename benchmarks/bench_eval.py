@@ -17,23 +17,26 @@ never picks them: answers stop only at their drawn length and decode to comparab
   each adapter in turn, exactly as the pipeline did, on `--today_prompts` prompts (keep it to ~1 minute).
 - **ours**: `GemmaDecodeEngine` on the same prompts (first call: graph captures included; second call: warm), then
   on `--steady_prompts` prompts per model for its steady tokens/s.
-- **agreement**: the share of answers identical to one-prompt-at-a-time generation (`generate_per_example`, the
-  adapter active and unmerged) on `--reference_prompts` prompts per model, for both paths (bf16 near-ties differ).
-  On CUDA also against one-at-a-time with bitsandbytes' fused inference kernels switched off (dequantize + matmul,
-  the arithmetic of training and of the engine), which separates the kernels' part of the disagreement.
-- **float32 check**: the base in float32 (no 4-bit): ours vs one-at-a-time on `--fp32_prompts` prompts per model;
-  identical text is expected.
+- **agreement** (after the steady rate: the references are slow): the share of answers identical to
+  one-prompt-at-a-time generation (`generate_per_example`, the adapter active and unmerged) on `--reference_prompts`
+  prompts per model, for both paths (bf16 near-ties differ). With `--dequant_reference` (CUDA) also against
+  one-at-a-time with bitsandbytes' fused inference kernels switched off (dequantize + matmul, the arithmetic of
+  training and of the engine), which separates the kernels' part of the disagreement.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `lora=fused` (the LoRA update in bf16, as training's autocast computes it, instead of PEFT's fp32 arithmetic), `base=bf16` (a
-  bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager kernels instead
-  of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest live row,
+  `lora=fused` (the LoRA update in bf16, as training's autocast computes it, instead of PEFT's fp32 arithmetic),
+  `base=bf16` (a bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager
+  kernels instead of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest live row,
   instead of flex decoding's own length per row); each with its tokens/s and its agreement with one-at-a-time.
+- **float32 check**: the base in float32 (no 4-bit): ours vs one-at-a-time on `--fp32_prompts` prompts per model;
+  identical text is expected.
 `--steady_only` skips today's path, the references and the agreement: ours' steady rate, levers and float32 check.
 Generated tokens/s count the drawn answer lengths (what every path must generate) over wall time, the six models'
-whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). On one H200 the default
-run takes over 6 minutes (today's path ~2.5, the one-at-a-time references ~2; a 350 s limit stopped one before
-its levers).
+whole job; peak GiB is `torch.cuda.max_memory_allocated` of each path (weights included). The parts run in the
+order above, the JSON written after each, so a run stopped at a time limit keeps the claims. On one H200, today's
+path takes ~2 minutes (6 x 32 prompts), the one-at-a-time references ~14 s per answer (bitsandbytes' 4-bit kernels
+one token at a time: 172 s for 2 prompts per model, twice that with `--dequant_reference`), the default levers
+several minutes more.
 """
 
 from __future__ import annotations
@@ -350,6 +353,12 @@ def parse_args(argv):
     parser.add_argument("--today_prompts", type=int, default=None, help="per model, for today's path (default 32)")
     parser.add_argument("--batch_size", type=int, default=32, help="today's path: --batch_size of the evaluation")
     parser.add_argument("--reference_prompts", type=int, default=None, help="per model, one at a time (default 1)")
+    parser.add_argument(
+        "--dequant_reference",
+        action="store_true",
+        help="also one-at-a-time with bitsandbytes' dequantize + matmul instead of its fused 4-bit kernels (CUDA; "
+        "doubles the references' time)",
+    )
     parser.add_argument("--steady_prompts", type=int, default=None, help="per model, ours only (default 512)")
     parser.add_argument(
         "--lever_prompts", type=int, default=None, help="per model, each lever (default 128: more requests than slots)"
@@ -425,9 +434,10 @@ def main(argv=None) -> dict:
         f"{statistics.median(answer_lengths):.0f} tokens, capped at {args.max_new_tokens}"
     )
 
-    reference, n_ref = {}, 0  # one-at-a-time answers (none with --steady_only)
+    # The claims first (today's path, ours on the same job, the ratio, ours' steady rate), then the slow one-at-a-time
+    # references and the agreement: a run stopped at its time limit keeps what matters most.
     if not args.steady_only:
-        # Today's path: the PEFT model with all adapters, one model at a time; then one prompt at a time (references).
+        # Today's path: the PEFT model with all adapters, one model at a time.
         reset_peak()
         peft_model = attach_adapters(load_base_model(model_args), adapters)
         today, t_today = timed(
@@ -444,16 +454,6 @@ def main(argv=None) -> dict:
             tokens_per_s=n_today / t_today,
             peak_gib=today_peak,
         )
-        reference, t_reference = timed(
-            run_hf, generate_per_example, peft_model, tokenizer, reference_prompts, limits, args
-        )
-        print(f"reference   {len(MODELS)} models x {len(reference_prompts)} prompts one at a time: {t_reference:.1f} s")
-        with bnb_dequantize_then_matmul() as switched:
-            dequant_reference = (
-                run_hf(generate_per_example, peft_model, tokenizer, reference_prompts, limits, args)
-                if switched is not None and model_args.load_in_4bit
-                else None
-            )
         del peft_model
         reset_peak()
 
@@ -484,25 +484,6 @@ def main(argv=None) -> dict:
             cold=t_today / t_cold,
             warm=t_today / t_warm,
         )
-        same_today, n_ref = identical(today, reference)
-        same_ours, _ = identical(ours, reference)
-        agreement = dict(
-            today=same_today / n_ref, ours=same_ours / n_ref, answers=n_ref, cold_equals_warm=ours == ours_warm
-        )
-        line = (
-            f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
-            f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}"
-        )
-        same_as_today, n_today_answers = identical(ours, today)  # every answer both paths gave, not only the references
-        agreement["ours_vs_today"] = same_as_today / n_today_answers
-        line += f"; ours identical to today's batched path on {same_as_today}/{n_today_answers} answers"
-        if dequant_reference is not None:
-            agreement["ours_vs_dequantize_matmul"] = identical(ours, dequant_reference)[0] / n_ref
-            line += (
-                f"; ours vs one-at-a-time with bitsandbytes' dequantize+matmul (training's arithmetic, not its fused "
-                f"inference kernels): {agreement['ours_vs_dequantize_matmul']:.0%}"
-            )
-        report("agreement", line + f"; ours cold == warm: {ours == ours_warm}", **agreement)
     else:  # the first graph captures and compilations happen here, outside the timed run, as above
         run_ours(engine, tokenizer, today_prompts, limits, args)
     steady = pool[: args.steady_prompts]
@@ -533,6 +514,42 @@ def main(argv=None) -> dict:
         slots=engine._state["slots"],
         stats=run_stats,
     )
+
+    reference, n_ref = {}, 0  # one-at-a-time answers (none with --steady_only)
+    if not args.steady_only:
+        peft_model = attach_adapters(load_base_model(model_args), adapters)
+        reference, t_reference = timed(
+            run_hf, generate_per_example, peft_model, tokenizer, reference_prompts, limits, args
+        )
+        print(f"reference   {len(MODELS)} models x {len(reference_prompts)} prompts one at a time: {t_reference:.1f} s")
+        dequant_reference = None
+        if args.dequant_reference and model_args.load_in_4bit:
+            with bnb_dequantize_then_matmul() as switched:
+                if switched is not None:
+                    dequant_reference = run_hf(
+                        generate_per_example, peft_model, tokenizer, reference_prompts, limits, args
+                    )
+        del peft_model
+        reset_peak()
+        same_today, n_ref = identical(today, reference)
+        same_ours, _ = identical(ours, reference)
+        agreement = dict(
+            today=same_today / n_ref, ours=same_ours / n_ref, answers=n_ref, cold_equals_warm=ours == ours_warm
+        )
+        line = (
+            f"agreement   identical to one-at-a-time on {n_ref} answers ({model_args.dtype}): today "
+            f"{same_today / n_ref:.0%}, ours {same_ours / n_ref:.0%}"
+        )
+        same_as_today, n_today_answers = identical(ours, today)  # every answer both paths gave, not only the references
+        agreement["ours_vs_today"] = same_as_today / n_today_answers
+        line += f"; ours identical to today's batched path on {same_as_today}/{n_today_answers} answers"
+        if dequant_reference is not None:
+            agreement["ours_vs_dequantize_matmul"] = identical(ours, dequant_reference)[0] / n_ref
+            line += (
+                f"; ours vs one-at-a-time with bitsandbytes' dequantize+matmul (training's arithmetic, not its fused "
+                f"inference kernels): {agreement['ours_vs_dequantize_matmul']:.0%}"
+            )
+        report("agreement", line + f"; ours cold == warm: {ours == ours_warm}", **agreement)
 
     # Levers, one at a time, on the same workload as the default engine.
     if args.levers:
