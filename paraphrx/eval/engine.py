@@ -25,7 +25,8 @@ The arithmetic follows `transformers.models.gemma2.modeling_gemma2` op for op (e
 RMSNorm in fp32 as x * (1 + w), RoPE from the model's own rotary module, `query_pre_attn_scalar`, attention logits
 soft-capped before the mask, softmax in fp32, sliding window on the model's `sliding_attention` layers, GeGLU, final
 norm, logits soft-capped in the model dtype), and the LoRA update as PEFT computes it (`lora_batch.py`), so in
-float32 the greedy text equals HF's one prompt at a time, and in bf16 on a bf16 base the logits are PEFT's.
+float32 the greedy text equals HF's one prompt at a time, and in bf16 on a bf16 base the logits are PEFT's (on
+CUDA up to the float32 shrink's tensor-core rounding, see lora_batch).
 Greedy stops at any id of `generation_config.eos_token_id`, at `max_new_tokens`, or at a request's own limit.
 """
 
@@ -242,7 +243,7 @@ class GemmaDecodeEngine:
     CPU), `chunk_steps` is the number of decode steps between two host reads, `kv_bucket` the step between KV-length
     buckets, `prefill_tokens` the padded prompt tokens per prefill batch, `cuda_graphs` replays captured decode steps
     on CUDA, `continuous` refills freed slots at once (False: a new batch only when all rows of the last finished),
-    `exact_lora` computes the LoRA update as PEFT does (float32; False: fused in the model dtype, see lora_batch),
+    `exact_lora` computes the LoRA update as PEFT does (float32; False: in the model dtype, as training's autocast),
     `compile_kernels` fuses the elementwise steps into compiled kernels (`decoder_kernels`; default: on CUDA, eager
     on the CPU), `flex_attention` has each decode row read only its own keys (`decode_attention.py`; default: on
     CUDA; off, every row reads up to the longest live row's bucketed length)."""

@@ -20,8 +20,8 @@ of after, is a float32 rounding. On a bf16 model the float32 shrink runs on the 
 bf16 parts whose sum is A to float32 precision (`split_bf16`), every product of a bf16 input and a bf16 part is
 exact in float32, and the GEMM accumulates in float32, so the sum of the three GEMMs is x A^T in float32 (Hopper's
 tensor cores truncate their float32 adds: about ten times a float32 GEMM's error, ~1e-5 relative, far below the
-bf16 rounding the update then gets). With adapter weights in the model dtype (bf16) both matmuls run in bf16 and the rounded update is
-added to the base output, as training's bf16 autocast computes PEFT's layer.
+bf16 rounding the update then gets). With adapter weights in the model dtype (bf16) both matmuls run in bf16 and
+the rounded update is added to the base output, as training's bf16 autocast computes PEFT's layer.
 
 The groups are built on the host (`lora_groups`) from each row's model: per prefill batch, and in the decode engine
 once per chunk of steps into buffers its CUDA graphs read, with a capacity from a few sizes (`capacity_for`).
