@@ -55,6 +55,7 @@ from paraphrx.eval.lora_batch import (
     apply_lora,
     capacity_for,
     cuda_float32_output_available,
+    host_copy_source,
     lora_groups,
     pick_rows,
     read_lora_adapter,
@@ -638,10 +639,8 @@ class GemmaDecodeEngine:
         self.stats["lora_rows"] += n * capacity * self.chunk_steps
         self.stats["adapter_rows"] += sum(counts[1:]) * self.chunk_steps
         host, buffer = lora_groups(models, n, capacity), self._groups_buffer(capacity)
-        buffer.pick.copy_(host.pick.pin_memory() if self.device.type == "cuda" else host.pick, non_blocking=True)
-        buffer.back[:width].copy_(
-            host.back.pin_memory() if self.device.type == "cuda" else host.back, non_blocking=True
-        )
+        buffer.pick.copy_(host_copy_source(host.pick, self.device), non_blocking=True)
+        buffer.back[:width].copy_(host_copy_source(host.back, self.device), non_blocking=True)
         return capacity
 
     def _compact(self, live: dict[int, _Row], width: int) -> dict[int, int]:

@@ -199,14 +199,18 @@ class LoraGroups:
     adapters: torch.Tensor | None = None
 
     def to(self, device) -> LoraGroups:
-        """On `device`; to CUDA through pinned memory without waiting (a copy from pageable memory waits for the
-        GPU's queue to drain)."""
-        cuda = torch.device(device).type == "cuda"
+        """On `device`, without waiting (see `host_copy_source`)."""
 
         def move(t):
-            return None if t is None else (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
+            return None if t is None else host_copy_source(t, device).to(device, non_blocking=True)
 
         return LoraGroups(move(self.pick), move(self.back), move(self.adapters))
+
+
+def host_copy_source(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor to copy to `device` with `non_blocking=True`: pinned for CUDA (a copy from pageable memory waits
+    for the GPU's queue to drain)."""
+    return t.pin_memory() if torch.device(device).type == "cuda" else t
 
 
 def lora_groups(
