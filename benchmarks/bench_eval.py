@@ -24,10 +24,13 @@ never picks them: answers stop only at their drawn length and decode to comparab
   training and of the engine), which separates the kernels' part of the disagreement.
 - **levers**: ours on `--lever_prompts` prompts per model with one lever changed at a time (`--levers`):
   `graphs=off` (eager decode steps), `batching=static` (no refill until a whole batch is done), `slots=N`,
-  `lora=fused` (the LoRA update in bf16, as training's autocast computes it, instead of PEFT's fp32 arithmetic),
+  `lora=bf16` (the LoRA update in bf16, as training's autocast computes it, instead of PEFT's fp32 arithmetic),
+  `lora=steps` (the fp32 update as pick, batched matmul and gather-add instead of one Triton kernel per module),
   `base=bf16` (a bf16 base instead of the NF4 one dequantized once), `compile=off` (the elementwise steps as eager
-  kernels instead of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest live row,
-  instead of flex decoding's own length per row); each with its tokens/s and its agreement with one-at-a-time.
+  kernels instead of torch.compile's fused ones), `attention=padded` (every decode row reads keys up to the longest
+  live row, instead of flex decoding's own length per row), `attention=untuned` (flex decoding with torch's default
+  tiles instead of `decode_attention.CUDA_KERNEL_OPTIONS`); each with its tokens/s and its agreement with
+  one-at-a-time.
 - **float32 check**: the base in float32 (no 4-bit): ours vs one-at-a-time on `--fp32_prompts` prompts per model;
   identical text is expected.
 `--steady_only` skips today's path, the references and the agreement: ours' steady rate, levers and float32 check.
@@ -64,6 +67,7 @@ sys.path.insert(0, str(REPO))  # run as a script: import train_sft and benchmark
 
 from benchmarks.bench_train import GEMMA2_2B, LORA_TARGETS  # noqa: E402
 from paraphrx.atomic_folder import atomic_folder  # noqa: E402
+from paraphrx.eval import decode_attention  # noqa: E402
 from paraphrx.eval.config import EvalModelConfig  # noqa: E402
 from paraphrx.eval.engine import BASE, GemmaDecodeEngine, generate_texts, text_requests  # noqa: E402
 from paraphrx.eval.generation import (  # noqa: E402
@@ -85,10 +89,12 @@ LEVERS = (
     "batching=static",
     "slots=128",
     "slots=256",
-    "lora=fused",
+    "lora=bf16",
+    "lora=steps",
     "base=bf16",
     "compile=off",
     "attention=padded",
+    "attention=untuned",
 )
 
 
@@ -303,23 +309,31 @@ def bnb_dequantize_then_matmul():
 
 @contextmanager
 def lever_applied(lever: str, engine, model_args, adapters, args):
-    """The engine with one lever changed: `graphs=off`, `batching=static`, `slots=N` (set on it for the block),
-    `lora=fused` (a second engine on the same base, LoRA fused in the model dtype), `compile=off` (a second engine on
-    the same base, eager elementwise kernels), `attention=padded` (a second engine on the same base, every row's
-    attention reading up to the longest live row instead of flex's own length) or `base=bf16` (a second engine on a
-    base loaded in bf16 without 4-bit)."""
+    """The engine with one lever changed: `graphs=off`, `batching=static`, `slots=N` (set on it for the block), or a
+    second engine on the same base: `lora=bf16` (the update in the model dtype), `lora=steps` (the fp32 update in
+    three steps), `compile=off` (eager elementwise kernels), `attention=padded` (every row's attention reading up to
+    the longest live row instead of flex's own length), `attention=untuned` (flex decoding's default tiles); or
+    `base=bf16` (a second engine on a base loaded in bf16 without 4-bit)."""
     key, _, value = lever.partition("=")
-    if key in ("base", "lora", "compile", "attention"):
+    second_engine = {
+        "lora=bf16": dict(exact_lora=False),
+        "lora=steps": dict(fused_lora=False),
+        "compile=off": dict(compile_kernels=False),
+        "attention=padded": dict(flex_attention=False),
+        "attention=untuned": {},
+    }
+    if key == "base" or lever in second_engine:
         if key == "base":
             dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(value, value)
             base_args = dataclasses.replace(model_args, load_in_4bit=False, use_bnb_nested_quant=False, dtype=dtype)
             variant, _ = engine_for(base_args, adapters, args)
-        elif key == "lora":
-            variant, _ = engine_for(model_args, adapters, args, model=engine.model, exact_lora=value != "fused")
-        elif key == "compile":
-            variant, _ = engine_for(model_args, adapters, args, model=engine.model, compile_kernels=value != "off")
         else:
-            variant, _ = engine_for(model_args, adapters, args, model=engine.model, flex_attention=value != "padded")
+            tiles = {} if lever == "attention=untuned" else decode_attention.CUDA_KERNEL_OPTIONS
+            saved, decode_attention.CUDA_KERNEL_OPTIONS = decode_attention.CUDA_KERNEL_OPTIONS, tiles
+            try:  # the engine reads the tiles when it is built
+                variant, _ = engine_for(model_args, adapters, args, model=engine.model, **second_engine[lever])
+            finally:
+                decode_attention.CUDA_KERNEL_OPTIONS = saved
         yield variant
         del variant
         reset_peak()

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from loguru import logger
 
 from paraphrx import library_internals as internals
-from paraphrx.eval import decode_attention
+from paraphrx.eval import decode_attention, lora_fused
 from paraphrx.eval.generation import BASE
 from paraphrx.eval.lora_batch import (
     LoraAdapter,
@@ -208,13 +208,14 @@ class _Projection:
     lora: StackedLora | None
     round_before_add: bool  # PEFT's bitsandbytes layers round the update to the output dtype before adding it
     kernels: Kernels  # lora_add and lora_pick, eager or compiled
+    expand_add: Callable | None  # lora_fused.expand_add, or None: the update in three steps
 
     def __call__(self, x: torch.Tensor, groups: LoraGroups | None) -> torch.Tensor:
         y = F.linear(x, self.weight)
         if groups is None:
             return y
         ops = self.kernels
-        return apply_lora(y, x, self.lora, groups, self.round_before_add, ops.lora_add, ops.lora_pick)
+        return apply_lora(y, x, self.lora, groups, self.round_before_add, ops.lora_add, ops.lora_pick, self.expand_add)
 
 
 @dataclass
@@ -247,7 +248,8 @@ class GemmaDecodeEngine:
     `exact_lora` computes the LoRA update as PEFT does (float32; False: in the model dtype, as training's autocast),
     `compile_kernels` fuses the elementwise steps into compiled kernels (`decoder_kernels`; default: on CUDA, eager
     on the CPU), `flex_attention` has each decode row read only its own keys (`decode_attention.py`; default: on
-    CUDA; off, every row reads up to the longest live row's bucketed length)."""
+    CUDA; off, every row reads up to the longest live row's bucketed length), `fused_lora` does the float32 LoRA
+    update's pick, expand and add in one Triton kernel per module (`lora_fused.py`; default: on CUDA with Triton)."""
 
     def __init__(
         self,
@@ -263,6 +265,7 @@ class GemmaDecodeEngine:
         exact_lora: bool = True,
         compile_kernels: bool | None = None,
         flex_attention: bool | None = None,
+        fused_lora: bool | None = None,
     ):
         adapters = dict(adapters or {})
         reason = unsupported_reason(model, {})
@@ -312,8 +315,11 @@ class GemmaDecodeEngine:
         self.kernels = decoder_kernels(
             self.eps, self.scaling, self.attn_cap, self.final_cap, self.act, compiled=self.compile_kernels
         )
+        self.fused_lora = lora_fused.available(self.device) if fused_lora is None else fused_lora
         self.flex = self.device.type == "cuda" if flex_attention is None else flex_attention
-        self.flex_attention = decode_attention.flex_decode_attention(self.scaling, self.attn_cap) if self.flex else None
+        self.flex_attention = (
+            decode_attention.flex_decode_attention(self.scaling, self.attn_cap, self.device) if self.flex else None
+        )
         self.layers = [
             self._build_layer(i, layer, config, loaded, lora_dtype, four_bit)
             for i, layer in enumerate(model.model.layers)
@@ -336,7 +342,7 @@ class GemmaDecodeEngine:
             "adapter_rows": 0,
         }
         logger.info(
-            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels, {} decode attention",
+            "decode engine: {} models ({}), {} decoder layers in {}, {}, {} kernels, {} decode attention, LoRA {}",
             len(self.models),
             ", ".join(self.models),
             len(self.layers),
@@ -344,6 +350,7 @@ class GemmaDecodeEngine:
             "CUDA graphs" if self.cuda_graphs else "eager",
             "compiled" if self.compile_kernels else "eager",
             "flex" if self.flex else "padded",
+            "fused (Triton)" if self.fused_lora else "in three steps",
         )
 
     def _build_layer(self, i: int, layer, config, adapters: list[LoraAdapter], lora_dtype, four_bit) -> _Layer:
@@ -354,7 +361,7 @@ class GemmaDecodeEngine:
             weight = _fuse(linears) if len(linears) > 1 else linears[0].weight.data
             outs = [m.out_features for m in linears]
             lora = stack_lora(adapters, modules, linears[0].in_features, outs, lora_dtype, self.device, self.split_lora)
-            return _Projection(weight, lora, four_bit, self.kernels)
+            return _Projection(weight, lora, four_bit, self.kernels, lora_fused.expand_add if self.fused_lora else None)
 
         def names(group: str, projs: tuple[str, ...]) -> list[str]:
             return [f"{prefix}.{group}.{p}" for p in projs]

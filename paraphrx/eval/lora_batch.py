@@ -12,6 +12,8 @@ repeat a row, their results never read), so the expand, whose output is as wide 
 row by its own adapter only, and rows of every model share one read of W. Projections run as one matmul (q|k|v,
 gate|up) stack their modules' A's (one shrink for the k modules) and each module's B writes its own columns of the
 update. Ranks below the largest are padded with zero rows, and an adapter that leaves a module alone has zeros there.
+On CUDA the pick, the expand and the add of a float32 update are one Triton kernel per module (`lora_fused`), which
+adds into y without writing the update.
 
 With float32 adapter weights the update is computed as PEFT computes it (PEFT keeps adapter weights in fp32): in
 float32, then added to the base output as PEFT's layer does: bitsandbytes 4-bit layers round it to the output dtype
@@ -288,10 +290,12 @@ def apply_lora(
     round_before_add: bool = False,
     add: Callable = add_update,
     pick: Callable = pick_rows,
+    expand_add: Callable | None = None,
 ) -> torch.Tensor:
     """The projection's base output `y` [N, out] plus each row's own adapter update (see the module doc);
     `round_before_add` for a base that PEFT wraps in its bitsandbytes layer; `add` and `pick` compute `add_update`
-    and `pick_rows` (the engine passes compiled ones)."""
+    and `pick_rows` (the engine passes compiled ones); `expand_add`, when given, does a float32 update's pick, expand
+    and add in one step, into `y` (`lora_fused.expand_add` on CUDA)."""
     if lora is None or groups.pick.shape[0] == 0:  # no adapter touches it, or only the base's rows
         return y
     b, scaling = lora.b, lora.scaling
@@ -302,6 +306,9 @@ def apply_lora(
         u = mm_float32(x, lora.a)
     else:
         u = F.linear(x.to(lora.a.dtype), lora.a)
+    round_first = round_before_add or lora.dtype == y.dtype
+    if expand_add is not None and lora.dtype == torch.float32:
+        return expand_add(y, u, lora.b, lora.scaling, groups.pick, groups.back, lora.parts, round_first)
     # [N, parts, n, k * r]: adapter i's block of row j is row j * n + i of the summed parts
     g = pick(u.view(x.shape[0], lora.parts, n_all, len(b) * rank), groups.pick, scaling)
     groups_n, capacity = groups.pick.shape
@@ -314,4 +321,4 @@ def apply_lora(
         out = update[:-1, col : col + width].view(groups_n, capacity, width)
         torch.bmm(g[..., m * rank : (m + 1) * rank], module_b, out=out)
         col += width
-    return add(y, update, groups.back, round_before_add or lora.dtype == y.dtype)
+    return add(y, update, groups.back, round_first)

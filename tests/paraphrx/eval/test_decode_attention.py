@@ -19,13 +19,20 @@ def eager(q, keys, values, pos, lo):
     return torch.matmul(weights, values).view(ROWS, KV_HEADS * GROUP, 1, DIM)
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
 @pytest.mark.parametrize("window", [None, 100], ids=["global", "sliding"])
-def test_flex_decode_attention_equals_eager_attention(window):
+def test_flex_decode_attention_equals_eager_attention(window, device):
+    """On CUDA with the tuned kernel options (`CUDA_KERNEL_OPTIONS`): tiles of 32 keys inside 128-key blocks."""
     torch.manual_seed(0)
     length = 3 * BLOCK
     q = torch.randn(ROWS, KV_HEADS * GROUP, 1, DIM)
     keys, values = torch.randn(2, ROWS, KV_HEADS, length, DIM).unbind(0)
     pos = torch.tensor([0, BLOCK - 1, BLOCK, 2 * BLOCK + 7, length - 1])  # first key, block edges, the last one
     lo = torch.full_like(pos, -1) if window is None else pos - window
-    ours = flex_decode_attention(SCALING, CAP)(q, keys, values, pos, lo)
-    torch.testing.assert_close(ours, eager(q, keys, values, pos, lo), rtol=0, atol=1e-5)
+    expected = eager(q, keys, values, pos, lo)
+    q, keys, values, pos, lo = (t.to(device) for t in (q, keys, values, pos, lo))
+    ours = flex_decode_attention(SCALING, CAP, device)(q, keys, values, pos, lo)
+    torch.testing.assert_close(ours.cpu(), expected, rtol=0, atol=1e-5)
