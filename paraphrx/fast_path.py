@@ -26,6 +26,7 @@ from loguru import logger
 from torch import nn
 
 from paraphrx import library_internals as internals
+from paraphrx.compile_cache import compile_cache_folder
 from paraphrx.completion_positions import score_collated_positions
 from paraphrx.device_loss import keep_loss_metrics_on_device
 from paraphrx.module_walks import list_module_walks_once
@@ -315,48 +316,6 @@ def block_masks_compiled_once(backend: str = "inductor") -> Iterator[None]:
     module, name = internals.block_mask_builder()
     with patch_attribute(module, name, create_block_mask):
         yield
-
-
-def compile_cache_root() -> str:
-    """Where the fast path's compile caches go unless TORCHINDUCTOR_CACHE_DIR says otherwise: a user cache folder
-    that outlives a reboot, not inductor's default under /tmp."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "paraphrx", "torch_compile")
-
-
-def _chosen_inductor_cache_dir() -> str | None:
-    """TORCHINDUCTOR_CACHE_DIR as the user set it: inductor writes its own default there once imported."""
-    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    default = internals.inductor_default_cache_dir()
-    if value is None or (default is not None and os.path.abspath(value) == os.path.abspath(default)):
-        return None
-    return value
-
-
-@contextmanager
-def compile_cache_folder() -> Iterator[str]:
-    """torch.compile's caches (inductor's FX graphs, AOTAutograd's, the Triton kernels, TRL's Triton kernels too) in
-    one folder until the context ends; yields it. A TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR the user set is kept;
-    otherwise `compile_cache_root()`, with Triton's kernels in its `triton/`. The second and later runs (the five of
-    `make train-all`, a resumed run) find the first one's compiled graphs there. Runs sharing the folder at the same
-    time are safe: torch and Triton write every entry under a temporary name and rename it into place, and an
-    entry's key covers the code, shapes, settings and library versions it depends on."""
-    root = _chosen_inductor_cache_dir() or compile_cache_root()
-    values = {
-        "TORCHINDUCTOR_CACHE_DIR": root,
-        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR") or os.path.join(root, "triton"),
-    }
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        logger.info("fast path: compile caches in {}", root)
-        yield root
-    finally:  # inductor writes the variables too; put back what the process had
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def find_packed_sequence_indices(position_ids: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,10 @@ import torch
 
 # KV positions per block of the mask; flex decoding's kernels tile keys by 128 or less.
 BLOCK = 128
-# The decoding kernel's tiles on CUDA. torch's default on the H100/H200 is 64 keys, one stage, two warps (its table's
-# sm_90 entry is overwritten by the next branch): 2.1 TB/s of useful KV reads at 512 rows of Gemma-2-2b (256-wide
-# heads). 32 keys, three stages, four warps: 2.6 TB/s, 1.13x the steady decode rate (benchmarks/RESULTS.md).
+# The decoding kernel's tiles on CUDA. torch's default for sm_90 is 64 keys, one stage, two warps (in torch 2.13's
+# heuristics the sm_90 entry, three stages, is overwritten by the branch after it): on the H200 (torch 2.11) 2.1 TB/s
+# of useful KV reads at 512 rows of Gemma-2-2b (256-wide heads). 32 keys, three stages, four warps: 2.6 TB/s, 1.13x
+# the steady decode rate (benchmarks/RESULTS.md).
 CUDA_KERNEL_OPTIONS = {"BLOCK_N": 32, "num_stages": 3, "num_warps": 4}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from loguru import logger
 from tqdm.auto import tqdm
 
+from paraphrx.compile_cache import compile_cache_folder
 from paraphrx.dataset_io import check_local_dataset, dataset_fingerprint, load_prepared
 from paraphrx.errors import UserError, loading, one_line
 from paraphrx.eval.cache import GenerationCache, adapter_identity, base_identity, loaded_base_identity
@@ -339,9 +340,11 @@ def _engine(model, adapters: dict[str, Path], eval_args: EvalArguments) -> Gemma
 def _generate_with_engine(
     engine, tokenizer, jobs: dict[str, list[str]], caches: dict[str, GenerationCache], eval_args: EvalArguments
 ) -> None:
-    """Every model's missing answers in one engine run; each answer reaches its cache as its row finishes."""
+    """Every model's missing answers in one engine run; each answer reaches its cache as its row finishes. The
+    engine's compiled kernels go to training's compile cache folder, which outlives a reboot: the next evaluation
+    loads them instead of compiling."""
     total = sum(len(prompts) for prompts in jobs.values())
-    with tqdm(total=total, desc="generate", unit="answer") as progress:
+    with compile_cache_folder(), tqdm(total=total, desc="generate", unit="answer") as progress:
 
         def on_answers(name: str, prompts: list[str], texts: list[str]) -> None:
             caches[name].add(prompts, texts)

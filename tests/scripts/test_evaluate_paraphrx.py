@@ -1,6 +1,7 @@
 """evaluate_paraphrx.py end to end on the tiny model: report files, the cache, re-scoring, and bad input as one line."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -377,6 +378,26 @@ def test_engine_gives_the_same_generations_as_hf_generate(tmp_path, prepared_dat
     assert len({g for _, _, g in engine}) > len(engine) // 2  # real, mostly distinct answers
     summary = json.loads((tmp_path / "eval" / "hf" / "summary.json").read_text(encoding="utf-8"))
     assert summary["run"]["generation_engine"] == "hf"
+
+
+def test_the_engine_compiles_into_the_user_compile_cache(tmp_path, prepared_dataset_dir, eval_adapters, monkeypatch):
+    """The engine's compiled kernels go where training's go (and a later evaluation finds them); the process's own
+    settings are back afterwards."""
+    real, seen = pipeline.generate_texts, []
+
+    def generate_texts(*args, **kwargs):
+        seen.append((os.environ.get("TORCHINDUCTOR_CACHE_DIR"), os.environ.get("TRITON_CACHE_DIR")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "generate_texts", generate_texts)
+    argv = _argv(tmp_path, prepared_dataset_dir, eval_adapters, "--max_new_tokens", "4")
+    assert evaluate_paraphrx.main(argv) == 0
+    root = tmp_path / "xdg" / "paraphrx" / "torch_compile"
+    assert seen == [(str(root), str(root / "triton"))]
+    assert "TRITON_CACHE_DIR" not in os.environ
 
 
 def test_an_interrupted_engine_run_keeps_the_answers_that_finished(
