@@ -32,9 +32,10 @@ def compile_cache_folder() -> Iterator[str]:
     """torch.compile's caches (inductor's FX graphs, AOTAutograd's, the Triton kernels, TRL's Triton kernels too) in
     one folder until the context ends; yields it. A TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR the user set is kept;
     otherwise `compile_cache_root()`, with Triton's kernels in its `triton/`. The second and later runs (the five of
-    `make train-all`, a resumed run, the next evaluation) find the first one's compiled graphs and kernels there. Runs sharing the folder at the same
-    time are safe: torch and Triton write every entry under a temporary name and rename it into place, and an
-    entry's key covers the code, shapes, settings and library versions it depends on."""
+    `make train-all`, a resumed run, the next evaluation) find the first one's compiled graphs and kernels there.
+    Runs sharing the folder at the same time are safe: torch and Triton write every entry under a temporary name
+    and rename it into place, and an entry's key covers the code, shapes, settings and library versions it depends
+    on."""
     root = _chosen_inductor_cache_dir() or compile_cache_root()
     values = {
         "TORCHINDUCTOR_CACHE_DIR": root,
