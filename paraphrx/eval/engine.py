@@ -6,7 +6,8 @@ weight on every step, so the GPU mostly waits. This engine, built from a loaded 
 - **dequantizes an NF4 base once** (`paraphrx.modeling.dequantize_frozen_base`, bitsandbytes' own dequantization:
   the NF4-rounded values the adapters trained on) and fuses q|k|v and gate|up into one matmul each;
 - runs **every model in one batch**: the rows are grouped by adapter and each group multiplies only its own
-  adapter (`lora_batch.py`: batched matmuls over the groups), so the base and all adapters share each weight read;
+  adapter (`lora_batch.py`: batched matmuls over the groups; on CUDA the float32 update's expand and add are one
+  Triton kernel per module, `lora_fused.py`), so the base and all adapters share each weight read;
 - keeps a **static KV cache** [layers, slots, kv_heads, max_len, head_dim] with per-slot positions, so every decode
   step has static shapes; on CUDA each row's attention reads only its own keys (flex decoding, `decode_attention`),
   elsewhere every row attends over the first L cache columns (L from a few buckets, set by the longest live row)
